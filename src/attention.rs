@@ -1,0 +1,698 @@
+//! Multi-head attention through the four pipelines of SPEC section 5.
+//!
+//! The pipelines here are the unfused ones: per (batch, head) they materialise the `Lq x Lk`
+//! score block, run the softmax over it, then multiply by V. They are the behavioural reference
+//! for every faster schedule.
+
+use std::fmt;
+use std::str::FromStr;
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::error::{param_err, shape_err, Error, Result};
+use crate::float::{matmul_f16, matmul_f32, Rhs};
+use crate::kernels::{self, Kernel, MAX_K_S8S8, MAX_K_U8S8};
+use crate::quant::{check_finite, QTensor};
+use crate::reference;
+use crate::softmax::{IndexSoftmaxParams, Lut, SoftmaxVariant, DEFAULT_CLIP, DEFAULT_TABLE_BITS};
+use crate::threads;
+
+/// The four pipelines of SPEC section 5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pipeline {
+    /// 0: f32 end to end.
+    Fp32,
+    /// 1: f16 GEMMs, f32 softmax between casts.
+    Fp16,
+    /// 2: s8 GEMMs with a float softmax, P quantized to u8.
+    Int8,
+    /// 3: s8 GEMMs with IndexSoftmax.
+    IntAttention,
+}
+
+impl Pipeline {
+    pub const ALL: [Pipeline; 4] = [
+        Pipeline::Fp32,
+        Pipeline::Fp16,
+        Pipeline::Int8,
+        Pipeline::IntAttention,
+    ];
+
+    /// The short name used by the CLI and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pipeline::Fp32 => "fp32",
+            Pipeline::Fp16 => "fp16",
+            Pipeline::Int8 => "int8",
+            Pipeline::IntAttention => "intattn",
+        }
+    }
+
+    /// Whether the pipeline quantizes Q, K, V to int8.
+    pub fn is_integer(self) -> bool {
+        matches!(self, Pipeline::Int8 | Pipeline::IntAttention)
+    }
+}
+
+impl fmt::Display for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Pipeline {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "0" | "fp32" | "f32" => Ok(Pipeline::Fp32),
+            "1" | "fp16" | "f16" => Ok(Pipeline::Fp16),
+            "2" | "int8" | "i8" => Ok(Pipeline::Int8),
+            "3" | "intattn" | "intattention" | "int" => Ok(Pipeline::IntAttention),
+            _ => param_err(format!(
+                "unknown pipeline '{s}' (expected 0-3, fp32, fp16, int8 or intattn)"
+            )),
+        }
+    }
+}
+
+/// Shapes: Q is `[batch, heads, q_len, head_dim]`, K and V are
+/// `[batch, kv_heads, kv_len, head_dim]`, the output is shaped like Q. Query head `h` reads
+/// key/value head `h / (heads / kv_heads)` (grouped-query attention).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    /// Self-attention with as many K/V heads as query heads.
+    pub fn new(batch: usize, heads: usize, len: usize, head_dim: usize) -> Self {
+        AttnShape {
+            batch,
+            heads,
+            kv_heads: heads,
+            q_len: len,
+            kv_len: len,
+            head_dim,
+        }
+    }
+
+    pub fn q_elems(&self) -> usize {
+        self.batch * self.heads * self.q_len * self.head_dim
+    }
+
+    pub fn kv_elems(&self) -> usize {
+        self.batch * self.kv_heads * self.kv_len * self.head_dim
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let dims = [
+            ("batch", self.batch),
+            ("heads", self.heads),
+            ("kv_heads", self.kv_heads),
+            ("q_len", self.q_len),
+            ("kv_len", self.kv_len),
+            ("head_dim", self.head_dim),
+        ];
+        if let Some((name, _)) = dims.iter().find(|(_, v)| *v == 0) {
+            return shape_err(format!("{name} must be at least 1"));
+        }
+        if self.heads % self.kv_heads != 0 {
+            return shape_err(format!(
+                "kv_heads ({}) must divide heads ({})",
+                self.kv_heads, self.heads
+            ));
+        }
+        let total = dims
+            .iter()
+            .try_fold(1usize, |acc, (_, v)| acc.checked_mul(*v))
+            .ok_or_else(|| Error::Shape("tensor sizes overflow usize".into()))?;
+        let _ = total;
+        if self.head_dim > MAX_K_S8S8 {
+            return Err(Error::Unsupported(format!(
+                "head_dim {} exceeds {MAX_K_S8S8}, past which i32 scores can overflow",
+                self.head_dim
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An attention configuration: which pipeline, which softmax, which masks, how many threads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attention {
+    pub pipeline: Pipeline,
+    /// IndexSoftmax finish (IntAttention only).
+    pub variant: SoftmaxVariant,
+    /// IndexSoftmax table bits `b`, 4..=8 (IntAttention only).
+    pub table_bits: u32,
+    /// IndexSoftmax clip `c` in logit units (IntAttention only).
+    pub clip: f32,
+    /// Logit scale; `None` means `1/sqrt(head_dim)`.
+    pub scale: Option<f32>,
+    /// Causal mask: key `j` is masked for query `i` when `j > i + (kv_len - q_len)`.
+    pub causal: bool,
+    /// Valid key length per batch row (key padding); `None` means all keys.
+    pub key_lens: Option<Vec<usize>>,
+    /// Worker threads; 0 means one per core.
+    pub threads: usize,
+    /// How the integer pipelines are scheduled (the float pipelines are always unfused).
+    pub schedule: Schedule,
+}
+
+/// How the integer pipelines walk a head. Both give bit-identical results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// The fastest available (fused where it exists).
+    #[default]
+    Auto,
+    /// Materialise the whole `Lq x Lk` score block per head.
+    Unfused,
+    /// Row blocks: scores, softmax and P x V per block of query rows, never an `Lq x Lk` buffer.
+    Fused,
+}
+
+impl FromStr for Schedule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Schedule::Auto),
+            "unfused" => Ok(Schedule::Unfused),
+            "fused" => Ok(Schedule::Fused),
+            _ => param_err(format!(
+                "unknown schedule '{s}' (expected auto, unfused or fused)"
+            )),
+        }
+    }
+}
+
+impl Default for Attention {
+    fn default() -> Self {
+        Attention::new(Pipeline::IntAttention)
+    }
+}
+
+impl Attention {
+    /// A configuration with SPEC's defaults: Deferred IndexSoftmax, b = 5, c = 6.6,
+    /// scale 1/sqrt(d), no masks, one thread.
+    pub fn new(pipeline: Pipeline) -> Self {
+        Attention {
+            pipeline,
+            variant: SoftmaxVariant::Deferred,
+            table_bits: DEFAULT_TABLE_BITS,
+            clip: DEFAULT_CLIP,
+            scale: None,
+            causal: false,
+            key_lens: None,
+            threads: 1,
+            schedule: Schedule::Auto,
+        }
+    }
+
+    pub fn variant(mut self, v: SoftmaxVariant) -> Self {
+        self.variant = v;
+        self
+    }
+    pub fn table_bits(mut self, b: u32) -> Self {
+        self.table_bits = b;
+        self
+    }
+    pub fn clip(mut self, c: f32) -> Self {
+        self.clip = c;
+        self
+    }
+    pub fn scale(mut self, s: f32) -> Self {
+        self.scale = Some(s);
+        self
+    }
+    pub fn causal(mut self, causal: bool) -> Self {
+        self.causal = causal;
+        self
+    }
+    pub fn key_lens(mut self, lens: Vec<usize>) -> Self {
+        self.key_lens = Some(lens);
+        self
+    }
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+    pub fn schedule(mut self, s: Schedule) -> Self {
+        self.schedule = s;
+        self
+    }
+
+    /// The logit scale in use for a head dimension.
+    pub fn softmax_scale(&self, head_dim: usize) -> f32 {
+        self.scale.unwrap_or_else(|| 1.0 / (head_dim as f32).sqrt())
+    }
+
+    fn check(&self, shape: &AttnShape) -> Result<()> {
+        shape.validate()?;
+        if let Some(s) = self.scale {
+            if !s.is_finite() || s <= 0.0 {
+                return param_err(format!("scale must be finite and > 0, got {s}"));
+            }
+        }
+        if let Some(lens) = &self.key_lens {
+            if lens.len() != shape.batch {
+                return shape_err(format!(
+                    "key_lens has {} entries for batch {}",
+                    lens.len(),
+                    shape.batch
+                ));
+            }
+            if let Some(&l) = lens.iter().find(|&&l| l > shape.kv_len) {
+                return shape_err(format!("key length {l} exceeds kv_len {}", shape.kv_len));
+            }
+        }
+        if self.pipeline == Pipeline::IntAttention {
+            IndexSoftmaxParams::new(1, self.variant)?
+                .with_table_bits(self.table_bits)?
+                .with_clip(self.clip)?;
+        }
+        Ok(())
+    }
+
+    /// Number of keys query row `i` of batch row `b` attends to: always a prefix of the keys.
+    pub fn valid_keys(&self, shape: &AttnShape, b: usize, i: usize) -> usize {
+        let mut n = shape.kv_len;
+        if let Some(lens) = &self.key_lens {
+            n = n.min(lens[b]);
+        }
+        if self.causal {
+            // j is masked when j > i + (kv_len - q_len): keep j < i + kv_len - q_len + 1.
+            let keep = (i + shape.kv_len + 1).saturating_sub(shape.q_len);
+            n = n.min(keep);
+        }
+        n
+    }
+
+    /// Runs attention on f32 inputs (row-major, shapes as [`AttnShape`] says) and returns the
+    /// f32 output shaped like Q. The integer pipelines quantize each tensor per SPEC section 1.
+    pub fn run(&self, shape: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
+        self.check(shape)?;
+        check_lens(shape, q.len(), k.len(), v.len())?;
+        match self.pipeline {
+            Pipeline::Fp32 => {
+                check_finite("Q", q)?;
+                check_finite("K", k)?;
+                check_finite("V", v)?;
+                self.run_float::<f32>(shape, q, k, v)
+            }
+            Pipeline::Fp16 => {
+                let q16 = to_f16("Q", q)?;
+                let k16 = to_f16("K", k)?;
+                let v16 = to_f16("V", v)?;
+                self.run_float::<f16>(shape, &q16, &k16, &v16)
+            }
+            Pipeline::Int8 | Pipeline::IntAttention => {
+                let (q, k, v) = (
+                    QTensor::quantize(q)?,
+                    QTensor::quantize(k)?,
+                    QTensor::quantize(v)?,
+                );
+                self.run_quantized(shape, &q, &k, &v)
+            }
+        }
+    }
+
+    /// Runs an integer pipeline on int8 tensors the caller already holds (any i8 values,
+    /// -128 included; per-tensor scales).
+    pub fn run_quantized(
+        &self,
+        shape: &AttnShape,
+        q: &QTensor,
+        k: &QTensor,
+        v: &QTensor,
+    ) -> Result<Vec<f32>> {
+        self.check(shape)?;
+        check_lens(shape, q.data.len(), k.data.len(), v.data.len())?;
+        for (name, t) in [("Q", q), ("K", k), ("V", v)] {
+            if !t.scale.is_finite() || t.scale < 0.0 {
+                return param_err(format!("{name} scale must be finite and >= 0"));
+            }
+        }
+        if !self.pipeline.is_integer() {
+            return param_err(format!(
+                "run_quantized needs an integer pipeline, not {}",
+                self.pipeline
+            ));
+        }
+        let kernel = kernels::active()?;
+        let scale = self.softmax_scale(shape.head_dim);
+        let softmax = match self.pipeline {
+            Pipeline::IntAttention => IntSoftmax::Index {
+                params: IndexSoftmaxParams::from_scales(
+                    q.scale,
+                    k.scale,
+                    scale,
+                    self.table_bits,
+                    self.clip,
+                    self.variant,
+                )?,
+            },
+            _ => IntSoftmax::Float {
+                logit_scale: (q.scale as f64 * k.scale as f64 * scale as f64) as f32,
+            },
+        };
+        let lut = match softmax {
+            IntSoftmax::Index { params } => params.lut(),
+            IntSoftmax::Float { .. } => Lut::new(DEFAULT_TABLE_BITS, DEFAULT_CLIP)?,
+        };
+        let mut out = vec![0f32; shape.q_elems()];
+        let per_head = shape.q_len * shape.head_dim;
+        threads::install(self.threads, || {
+            out.par_chunks_mut(per_head)
+                .enumerate()
+                .for_each(|(bh, o)| {
+                    let (qh, kh, vh) = head_slices(shape, bh, &q.data, &k.data, &v.data);
+                    let ctx = HeadCtx {
+                        shape,
+                        attn: self,
+                        batch: bh / shape.heads,
+                    };
+                    ctx.int_head(kernel, &softmax, &lut, qh, kh, vh, v.scale, o);
+                })
+        })?;
+        Ok(out)
+    }
+
+    fn run_float<T: FloatElem>(
+        &self,
+        shape: &AttnShape,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+    ) -> Result<Vec<f32>> {
+        let kernel = kernels::active()?;
+        let mut out = vec![0f32; shape.q_elems()];
+        let per_head = shape.q_len * shape.head_dim;
+        let scale = self.softmax_scale(shape.head_dim);
+        let overflow = std::sync::atomic::AtomicBool::new(false);
+        threads::install(self.threads, || {
+            out.par_chunks_mut(per_head)
+                .enumerate()
+                .for_each(|(bh, o)| {
+                    let (qh, kh, vh) = head_slices(shape, bh, q, k, v);
+                    let ctx = HeadCtx {
+                        shape,
+                        attn: self,
+                        batch: bh / shape.heads,
+                    };
+                    if !ctx.float_head(kernel, scale, qh, kh, vh, o) {
+                        overflow.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+        })?;
+        if overflow.into_inner() {
+            return Err(Error::Unsupported(
+                "fp16 pipeline: the scaled scores overflow f16; use fp32 or an integer pipeline"
+                    .into(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+fn check_lens(shape: &AttnShape, q: usize, k: usize, v: usize) -> Result<()> {
+    if q != shape.q_elems() {
+        return shape_err(format!(
+            "Q has {q} elements, shape {}x{}x{}x{} needs {}",
+            shape.batch,
+            shape.heads,
+            shape.q_len,
+            shape.head_dim,
+            shape.q_elems()
+        ));
+    }
+    for (name, n) in [("K", k), ("V", v)] {
+        if n != shape.kv_elems() {
+            return shape_err(format!(
+                "{name} has {n} elements, shape {}x{}x{}x{} needs {}",
+                shape.batch,
+                shape.kv_heads,
+                shape.kv_len,
+                shape.head_dim,
+                shape.kv_elems()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn to_f16(what: &'static str, x: &[f32]) -> Result<Vec<f16>> {
+    check_finite(what, x)?;
+    if let Some(i) = x.iter().position(|v| v.abs() > f16::MAX.to_f32()) {
+        return Err(Error::Unsupported(format!(
+            "{what}[{i}] = {} is outside the f16 range (|x| <= 65504)",
+            x[i]
+        )));
+    }
+    Ok(x.iter().map(|&v| f16::from_f32(v)).collect())
+}
+
+/// The Q, K and V slices of flat head index `bh = b * heads + h`.
+pub(crate) fn head_slices<'a, T>(
+    shape: &AttnShape,
+    bh: usize,
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+) -> (&'a [T], &'a [T], &'a [T]) {
+    let (b, h) = (bh / shape.heads, bh % shape.heads);
+    let kvh = h / (shape.heads / shape.kv_heads);
+    let qn = shape.q_len * shape.head_dim;
+    let kn = shape.kv_len * shape.head_dim;
+    let kv = b * shape.kv_heads + kvh;
+    (
+        &q[bh * qn..(bh + 1) * qn],
+        &k[kv * kn..(kv + 1) * kn],
+        &v[kv * kn..(kv + 1) * kn],
+    )
+}
+
+#[derive(Clone, Copy)]
+enum IntSoftmax {
+    /// IntAttention: IndexSoftmax with these parameters.
+    Index { params: IndexSoftmaxParams },
+    /// INT8 baseline: logits = S * logit_scale, f32 softmax, P = round(255 p).
+    Float { logit_scale: f32 },
+}
+
+struct HeadCtx<'a> {
+    shape: &'a AttnShape,
+    attn: &'a Attention,
+    batch: usize,
+}
+
+/// f32 and f16 through one code path: the element type of the GEMMs.
+trait FloatElem: Copy + Send + Sync + Default + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+    fn matmul(
+        a: &[Self],
+        b: &[Self],
+        m: usize,
+        n: usize,
+        k: usize,
+        rhs: Rhs,
+        alpha: f32,
+        c: &mut [Self],
+    );
+}
+
+impl FloatElem for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn matmul(
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        n: usize,
+        k: usize,
+        rhs: Rhs,
+        alpha: f32,
+        c: &mut [f32],
+    ) {
+        matmul_f32(a, b, m, n, k, rhs, alpha, c)
+    }
+}
+
+impl FloatElem for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn matmul(
+        a: &[f16],
+        b: &[f16],
+        m: usize,
+        n: usize,
+        k: usize,
+        rhs: Rhs,
+        alpha: f32,
+        c: &mut [f16],
+    ) {
+        matmul_f16(a, b, m, n, k, rhs, alpha, c)
+    }
+}
+
+impl HeadCtx<'_> {
+    /// One head of the fp32 or fp16 pipeline. Returns false if a score overflowed.
+    fn float_head<T: FloatElem>(
+        &self,
+        kernel: &dyn Kernel,
+        scale: f32,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        out: &mut [f32],
+    ) -> bool {
+        let (lq, lk, d) = (self.shape.q_len, self.shape.kv_len, self.shape.head_dim);
+        let mut s = vec![T::default(); lq * lk];
+        T::matmul(q, k, lq, lk, d, Rhs::Transposed, scale, &mut s);
+        let mut row = vec![0f32; lk];
+        for i in 0..lq {
+            let srow = &mut s[i * lk..(i + 1) * lk];
+            for (r, x) in row.iter_mut().zip(srow.iter()) {
+                *r = x.to_f32();
+            }
+            if row.iter().any(|x| !x.is_finite()) {
+                return false;
+            }
+            kernel.softmax_f32_row(&mut row, self.attn.valid_keys(self.shape, self.batch, i));
+            for (x, r) in srow.iter_mut().zip(row.iter()) {
+                *x = T::from_f32(*r);
+            }
+        }
+        let mut o = vec![T::default(); lq * d];
+        T::matmul(&s, v, lq, d, lk, Rhs::Plain, 1.0, &mut o);
+        for (dst, src) in out.iter_mut().zip(o) {
+            *dst = src.to_f32();
+        }
+        true
+    }
+
+    /// One head of the int8 or IntAttention pipeline.
+    #[allow(clippy::too_many_arguments)]
+    fn int_head(
+        &self,
+        kernel: &dyn Kernel,
+        softmax: &IntSoftmax,
+        lut: &Lut,
+        q: &[i8],
+        k: &[i8],
+        v: &[i8],
+        v_scale: f32,
+        out: &mut [f32],
+    ) {
+        let (lq, lk, d) = (self.shape.q_len, self.shape.kv_len, self.shape.head_dim);
+        let mut s = vec![0i32; lq * lk];
+        kernel.gemm_s8s8_nt(q, k, lq, lk, d, &mut s);
+        let mut p = vec![0u8; lq * lk];
+        // Per-row divisor of O32 (255 for P with scale 1/255, the row sum for Deferred).
+        let mut divisor = vec![255u32; lq];
+        let mut frow = vec![0f32; lk];
+        for i in 0..lq {
+            let valid = self.attn.valid_keys(self.shape, self.batch, i);
+            let srow = &s[i * lk..(i + 1) * lk];
+            let prow = &mut p[i * lk..(i + 1) * lk];
+            match softmax {
+                IntSoftmax::Index { params } => match params.variant {
+                    SoftmaxVariant::PaperSim => {
+                        reference::index_softmax_paper_sim_row(
+                            srow,
+                            |j| j < valid,
+                            lut,
+                            params.threshold,
+                            prow,
+                        );
+                    }
+                    SoftmaxVariant::Normalized => {
+                        let sum =
+                            kernel.index_softmax_row(srow, valid, lut, params.threshold, prow);
+                        kernel.normalize_row(prow, sum);
+                    }
+                    SoftmaxVariant::Deferred => {
+                        divisor[i] =
+                            kernel.index_softmax_row(srow, valid, lut, params.threshold, prow);
+                    }
+                },
+                IntSoftmax::Float { logit_scale } => {
+                    for (f, &x) in frow.iter_mut().zip(srow) {
+                        *f = x as f32 * logit_scale;
+                    }
+                    kernel.softmax_f32_row(&mut frow, valid);
+                    for (pv, &f) in prow.iter_mut().zip(frow.iter()) {
+                        *pv = (f * 255.0).round_ties_even().clamp(0.0, 255.0) as u8;
+                    }
+                }
+            }
+        }
+        let o32 = pv_product(kernel, &p, v, lq, lk, d);
+        for i in 0..lq {
+            let div = divisor[i];
+            let f = if div == 0 {
+                0.0
+            } else {
+                v_scale as f64 / div as f64
+            };
+            for c in 0..d {
+                out[i * d + c] = (o32[i * d + c] as f64 * f) as f32;
+            }
+        }
+    }
+}
+
+/// `P[lq x lk] * V[lk x d]` exactly, in i64 (key ranges past the i32-safe depth are split).
+pub(crate) fn pv_product(
+    kernel: &dyn Kernel,
+    p: &[u8],
+    v: &[i8],
+    lq: usize,
+    lk: usize,
+    d: usize,
+) -> Vec<i64> {
+    let mut acc = vec![0i64; lq * d];
+    if lk <= MAX_K_U8S8 {
+        let mut c = vec![0i32; lq * d];
+        kernel.gemm_u8s8(p, v, lq, d, lk, &mut c);
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a = x as i64;
+        }
+        return acc;
+    }
+    // Long key ranges: one query row at a time, keys in chunks that cannot overflow i32.
+    let mut c = vec![0i32; d];
+    for i in 0..lq {
+        for start in (0..lk).step_by(MAX_K_U8S8) {
+            let end = (start + MAX_K_U8S8).min(lk);
+            kernel.gemm_u8s8(
+                &p[i * lk + start..i * lk + end],
+                &v[start * d..end * d],
+                1,
+                d,
+                end - start,
+                &mut c,
+            );
+            for (a, &x) in acc[i * d..(i + 1) * d].iter_mut().zip(&c) {
+                *a += x as i64;
+            }
+        }
+    }
+    acc
+}

@@ -1,0 +1,41 @@
+//! The portable kernel: the scalar references themselves. Always available.
+
+use super::Kernel;
+use crate::reference;
+use crate::softmax::Lut;
+
+/// Portable scalar code, identical to [`crate::reference`].
+pub struct Generic;
+
+impl Kernel for Generic {
+    fn name(&self) -> &'static str {
+        "generic"
+    }
+
+    fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+        reference::gemm_s8s8_nt(a, b, m, n, k, c)
+    }
+
+    fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+        reference::gemm_u8s8(a, b, m, n, k, c)
+    }
+
+    fn index_softmax_row(
+        &self,
+        row: &[i32],
+        valid: usize,
+        lut: &Lut,
+        threshold: i32,
+        e: &mut [u8],
+    ) -> u32 {
+        reference::index_softmax_row(row, |j| j < valid, lut, threshold, e)
+    }
+
+    fn normalize_row(&self, p: &mut [u8], sum: u32) {
+        reference::normalize_row(p, sum)
+    }
+
+    fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
+        reference::softmax_f32_row(row, valid)
+    }
+}

@@ -1,0 +1,151 @@
+//! Compute kernels behind one trait, chosen at run time once and cached.
+//!
+//! [`generic::Generic`] is portable scalar code built on [`crate::reference`]; architecture
+//! modules plug in faster kernels whose constructors return `None` unless the CPU has the
+//! features they need, so holding a kernel value is proof that it may run. Set
+//! `INTATTENTION_KERNEL=<name>` to force one (an unknown or unsupported name is an error, not a
+//! silent fallback). Every kernel must give exactly the reference's integers.
+
+pub mod generic;
+
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+use crate::softmax::Lut;
+
+/// Environment variable that forces a kernel by name.
+pub const KERNEL_ENV: &str = "INTATTENTION_KERNEL";
+
+/// Largest depth for which an s8 x s8 dot product of i8 values (including -128) fits i32.
+pub const MAX_K_S8S8: usize = (i32::MAX as usize) / (128 * 128);
+/// Largest depth for which a u8 x s8 dot product fits i32.
+pub const MAX_K_U8S8: usize = (i32::MAX as usize) / (255 * 128);
+
+/// The operations a kernel provides. Callers (the public ops in [`crate::gemm`],
+/// [`crate::softmax`] and the pipelines) check shapes and lengths before calling, so
+/// implementations may rely on the documented preconditions.
+pub trait Kernel: Send + Sync + 'static {
+    /// Short name, as accepted by `INTATTENTION_KERNEL`.
+    fn name(&self) -> &'static str;
+
+    /// `c[m x n] = a[m x k] * b[n x k]^T`, exact. Preconditions: `a.len() == m*k`,
+    /// `b.len() == n*k`, `c.len() == m*n`, `k <= MAX_K_S8S8`. Any i8 value, -128 included.
+    fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]);
+
+    /// `c[m x n] = a[m x k] * b[k x n]`, exact. Preconditions: `a.len() == m*k`,
+    /// `b.len() == k*n`, `c.len() == m*n`, `k <= MAX_K_U8S8`. Any u8 and i8 values.
+    fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]);
+
+    /// IndexSoftmax exponent pass over `row[..valid]`: writes the table values to
+    /// `e[..valid]`, zeros to `e[valid..]`, returns their sum (0 when `valid == 0`).
+    /// Preconditions: `row.len() == e.len()`, `valid <= row.len() < 2^24`,
+    /// `1 <= threshold <= 2^30`.
+    fn index_softmax_row(
+        &self,
+        row: &[i32],
+        valid: usize,
+        lut: &Lut,
+        threshold: i32,
+        e: &mut [u8],
+    ) -> u32;
+
+    /// Normalized finish: `p[j] = round_half_up(255 p[j] / sum)`, all zeros when `sum == 0`.
+    /// Precondition: `sum` is the sum of the row's values (so every result is <= 255).
+    fn normalize_row(&self, p: &mut [u8], sum: u32);
+
+    /// Float softmax over `row[..valid]`, zeros past it; within a few f32 ulps of
+    /// [`crate::reference::softmax_f32_row`].
+    fn softmax_f32_row(&self, row: &mut [f32], valid: usize);
+
+    /// Packs K (`n x k` row-major, the B of [`Kernel::gemm_s8s8_nt`]) once so that many blocks
+    /// of query rows can be multiplied against it. The default keeps the plain layout.
+    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
+        PackedB::plain(b, n, k)
+    }
+
+    /// `c[m x n] = a[m x k] * K^T` with K from [`Kernel::pack_k`] of the same kernel; exact,
+    /// same preconditions as [`Kernel::gemm_s8s8_nt`].
+    fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
+        self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c)
+    }
+
+    /// Packs V (`k x n` row-major, the B of [`Kernel::gemm_u8s8`]) once per head.
+    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
+        PackedB::plain(b, n, k)
+    }
+
+    /// `c[m x n] = a[m x k] * V` with V from [`Kernel::pack_v`] of the same kernel; exact,
+    /// same preconditions as [`Kernel::gemm_u8s8`].
+    fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
+        self.gemm_u8s8(a, &b.data, m, b.n, b.k, c)
+    }
+}
+
+/// A B operand in a kernel's own layout: `n` output columns, depth `k`. Only the kernel that
+/// packed it knows the layout of `data`; `sums` holds whatever per-column corrections the
+/// kernel needs (for example column sums for the u8 = s8 + 128 trick), possibly empty.
+#[derive(Clone, Debug, Default)]
+pub struct PackedB {
+    pub data: Vec<i8>,
+    pub sums: Vec<i32>,
+    pub n: usize,
+    pub k: usize,
+    /// Name of the kernel that packed it (checked in debug builds).
+    pub packed_by: &'static str,
+}
+
+impl PackedB {
+    /// The unpacked layout: a copy of `b` as given.
+    pub fn plain(b: &[i8], n: usize, k: usize) -> Self {
+        PackedB {
+            data: b.to_vec(),
+            sums: Vec::new(),
+            n,
+            k,
+            packed_by: "plain",
+        }
+    }
+}
+
+/// Every kernel this CPU can run, the portable one first.
+pub fn available() -> Vec<&'static dyn Kernel> {
+    let mut v: Vec<&'static dyn Kernel> = vec![&generic::Generic];
+    v.extend(arch_kernels());
+    v
+}
+
+/// Kernels of this architecture that this CPU supports, slowest first.
+fn arch_kernels() -> Vec<&'static dyn Kernel> {
+    Vec::new()
+}
+
+/// The kernel named `name`, if it exists and this CPU supports it.
+pub fn by_name(name: &str) -> Result<&'static dyn Kernel> {
+    let avail = available();
+    avail
+        .iter()
+        .copied()
+        .find(|k| k.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<_> = avail.iter().map(|k| k.name()).collect();
+            Error::Param(format!(
+                "kernel '{name}' is unknown or not supported by this CPU (available: {})",
+                names.join(", ")
+            ))
+        })
+}
+
+/// The kernel every operation uses: `INTATTENTION_KERNEL` if set, else the fastest available.
+/// Chosen once per process.
+pub fn active() -> Result<&'static dyn Kernel> {
+    static ACTIVE: OnceLock<std::result::Result<&'static dyn Kernel, String>> = OnceLock::new();
+    ACTIVE
+        .get_or_init(|| match std::env::var(KERNEL_ENV) {
+            Ok(name) if !name.is_empty() => {
+                by_name(&name).map_err(|e| format!("{KERNEL_ENV}={name}: {e}"))
+            }
+            _ => Ok(*available().last().expect("generic kernel always exists")),
+        })
+        .clone()
+        .map_err(Error::Param)
+}

@@ -1,0 +1,129 @@
+//! Symmetric per-tensor int8 quantization (SPEC section 1).
+
+use crate::error::{Error, Result};
+
+/// An int8 tensor with its per-tensor scale: the real value of `data[i]` is `data[i] * scale`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QTensor {
+    pub data: Vec<i8>,
+    pub scale: f32,
+}
+
+/// Returns the first non-finite element of `x` as an error naming `what`.
+pub fn check_finite(what: &'static str, x: &[f32]) -> Result<()> {
+    match x.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(Error::NonFinite {
+            what,
+            index,
+            value: x[index],
+        }),
+    }
+}
+
+/// The per-tensor scale `max|x| / 127` (0 for an all-zero tensor). Errors on NaN or infinity.
+pub fn symmetric_scale(x: &[f32]) -> Result<f32> {
+    check_finite("tensor to quantize", x)?;
+    let max_abs = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    Ok(max_abs / 127.0)
+}
+
+/// Quantizes `x` with a given scale: `clamp(round_half_even(x / s), -127, 127)`, all zeros when
+/// `s == 0`. `s` must come from [`symmetric_scale`] (or be at least as large), so that the clamp
+/// only absorbs rounding at the ends of the range.
+pub fn quantize_with_scale(x: &[f32], scale: f32, out: &mut [i8]) {
+    debug_assert_eq!(x.len(), out.len());
+    if scale == 0.0 {
+        out.fill(0);
+        return;
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+}
+
+/// SPEC section 1: `s = max|x| / 127`, `q = clamp(round_half_even(x / s), -127, 127)`.
+///
+/// An all-zero tensor is valid and gives all-zero `q` with scale 0. A NaN or an infinity is an
+/// error.
+pub fn quantize_symmetric(x: &[f32]) -> Result<(Vec<i8>, f32)> {
+    let scale = symmetric_scale(x)?;
+    let mut q = vec![0i8; x.len()];
+    quantize_with_scale(x, scale, &mut q);
+    Ok((q, scale))
+}
+
+impl QTensor {
+    /// Quantizes a float tensor per SPEC section 1.
+    pub fn quantize(x: &[f32]) -> Result<Self> {
+        let (data, scale) = quantize_symmetric(x)?;
+        Ok(QTensor { data, scale })
+    }
+
+    /// Wraps int8 data a caller already holds. The scale must be finite and non-negative.
+    pub fn from_parts(data: Vec<i8>, scale: f32) -> Result<Self> {
+        if !scale.is_finite() || scale < 0.0 {
+            return Err(Error::Param(format!(
+                "quantization scale must be finite and >= 0, got {scale}"
+            )));
+        }
+        Ok(QTensor { data, scale })
+    }
+
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.data.iter().map(|&q| q as f32 * self.scale).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_tensor_is_valid() {
+        let (q, s) = quantize_symmetric(&[0.0; 7]).unwrap();
+        assert_eq!(s, 0.0);
+        assert!(q.iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn max_maps_to_127_and_ties_go_to_even() {
+        let (q, s) = quantize_symmetric(&[-2.54, 2.54, 0.01, 0.03, -0.05]).unwrap();
+        assert_eq!(s, 2.54f32 / 127.0);
+        assert_eq!(q[0], -127);
+        assert_eq!(q[1], 127);
+        // 0.01 / 0.02 = 0.5 -> 0 (even), 0.03 / 0.02 = 1.5 -> 2, -0.05/0.02 = -2.5 -> -2
+        let expect: Vec<i8> = [0.01f32, 0.03, -0.05]
+            .iter()
+            .map(|&v| (v / s).round_ties_even() as i8)
+            .collect();
+        assert_eq!(&q[2..], &expect[..]);
+    }
+
+    #[test]
+    fn ties_to_even_exactly() {
+        // scale 1.0: max 127
+        let (q, s) = quantize_symmetric(&[127.0, 0.5, 1.5, 2.5, -0.5, -1.5]).unwrap();
+        assert_eq!(s, 1.0);
+        assert_eq!(q, vec![127, 0, 2, 2, 0, -2]);
+    }
+
+    #[test]
+    fn never_produces_minus_128() {
+        let x: Vec<f32> = (0..1000)
+            .map(|i| ((i as f32) * 0.731).sin() * 3.3)
+            .collect();
+        let (q, _) = quantize_symmetric(&x).unwrap();
+        assert!(q.iter().all(|&v| v >= -127));
+    }
+
+    #[test]
+    fn nan_and_inf_are_errors() {
+        assert!(matches!(
+            quantize_symmetric(&[1.0, f32::NAN]),
+            Err(Error::NonFinite { index: 1, .. })
+        ));
+        assert!(quantize_symmetric(&[f32::INFINITY]).is_err());
+        assert!(quantize_symmetric(&[f32::NEG_INFINITY, 0.0]).is_err());
+    }
+}
