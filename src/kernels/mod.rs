@@ -7,6 +7,10 @@
 //! silent fallback). Every kernel must give exactly the reference's integers.
 
 pub mod generic;
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
 
 use std::sync::OnceLock;
 
@@ -116,7 +120,13 @@ pub fn available() -> Vec<&'static dyn Kernel> {
 
 /// Kernels of this architecture that this CPU supports, slowest first.
 fn arch_kernels() -> Vec<&'static dyn Kernel> {
-    Vec::new()
+    #[allow(unused_mut)]
+    let mut v: Vec<&'static dyn Kernel> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    v.extend(x86_64::kernels());
+    #[cfg(target_arch = "aarch64")]
+    v.extend(aarch64::kernels());
+    v
 }
 
 /// The kernel named `name`, if it exists and this CPU supports it.

@@ -1,0 +1,404 @@
+//! The AVX2 (+FMA) kernel, `avx2`.
+//!
+//! GEMMs: both products widen their bytes to i16 at packing time and multiply with `vpmaddwd`
+//! (two i16 products summed into an i32 lane). That is exact for every input: a lane sums at
+//! most `2 * 255 * 128 = 65,280` in magnitude, and the i32 accumulators wrap only where the
+//! true result would not fit i32, which the trait's depth limits exclude. The byte path
+//! (`vpmaddubsw`) was not used: it saturates its i16 pair sums for u8 P x s8 V (`2 * 255 *
+//! 127 > 32,767`, and IndexSoftmax produces 255 for every entry tied with the row max) and,
+//! through the sign trick, for s8 x s8 with -128; made exact it needs as many instructions
+//! per product as `vpmaddwd` + `vpaddd` (sign, maddubs, madd, add per 32 products against
+//! madd, add per 16), so widening costs nothing in issue slots and needs no special cases.
+//!
+//! IndexSoftmax: the exact f64 index of [`super::index_consts`], then a `vpshufb` lookup per
+//! 16-entry slice of the table. Float softmax: a vectorized `exp` with f64 row sums.
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use super::{
+    check_packed, index_consts, index_softmax_tail, normalize_table, run_tiles, Blocking, Tile,
+};
+use crate::kernels::{Kernel, PackedB};
+use crate::softmax::Lut;
+
+const NAME: &str = "avx2";
+
+/// Micro-tile: 6 rows x 16 columns (12 ymm accumulators, 2 B vectors, 1 broadcast).
+const BL: Blocking = Blocking {
+    mr: 6,
+    nr: 16,
+    kg: 2,
+    kc: 256,
+    mc: 32,
+};
+
+/// The AVX2 kernel. Only [`Avx2::detect`] creates one, after checking the CPU, so holding a
+/// reference proves that AVX2 and FMA instructions may run.
+pub struct Avx2 {
+    _private: (),
+}
+
+impl Avx2 {
+    pub fn detect() -> Option<&'static Avx2> {
+        static K: OnceLock<Option<Avx2>> = OnceLock::new();
+        K.get_or_init(|| {
+            (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+                .then_some(Avx2 { _private: () })
+        })
+        .as_ref()
+    }
+}
+
+/// Packs i16 pairs: the values of depth `2g` and `2g + 1` (zero past `k`), little endian.
+fn put_pair(dst: &mut [u8], lo: i16, hi: i16) {
+    dst[..2].copy_from_slice(&lo.to_le_bytes());
+    dst[2..].copy_from_slice(&hi.to_le_bytes());
+}
+
+impl Kernel for Avx2 {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+        let packed = self.pack_k(b, n, k);
+        self.gemm_s8s8_packed(a, m, &packed, c);
+    }
+
+    fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+        let packed = self.pack_v(b, k, n);
+        self.gemm_u8s8_packed(a, m, &packed, c);
+    }
+
+    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
+        assert_eq!(b.len(), n * k, "pack_k: K must be n x k");
+        let at = |j: usize, t: usize| if t < k { b[j * k + t] as i16 } else { 0 };
+        PackedB {
+            data: BL.pack_b(n, k, |j, g, dst| {
+                put_pair(dst, at(j, 2 * g), at(j, 2 * g + 1))
+            }),
+            sums: Vec::new(),
+            n,
+            k,
+            packed_by: NAME,
+        }
+    }
+
+    fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
+        if b.packed_by == "plain" {
+            return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+        }
+        check_packed(b, &[NAME], &BL, false);
+        let k = b.k;
+        assert_eq!(a.len(), m * k, "gemm_s8s8_packed: A must be m x k");
+        let at = |r: usize, t: usize| if t < k { a[r * k + t] as i16 } else { 0 };
+        let pa = BL.pack_a(m, k, |r, g, dst| {
+            put_pair(dst, at(r, 2 * g), at(r, 2 * g + 1))
+        });
+        self.run(&pa, b, m, c);
+    }
+
+    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
+        assert_eq!(b.len(), k * n, "pack_v: V must be k x n");
+        let at = |t: usize, j: usize| if t < k { b[t * n + j] as i16 } else { 0 };
+        PackedB {
+            data: BL.pack_b(n, k, |j, g, dst| {
+                put_pair(dst, at(2 * g, j), at(2 * g + 1, j))
+            }),
+            sums: Vec::new(),
+            n,
+            k,
+            packed_by: NAME,
+        }
+    }
+
+    fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
+        if b.packed_by == "plain" {
+            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+        }
+        check_packed(b, &[NAME], &BL, false);
+        let k = b.k;
+        assert_eq!(a.len(), m * k, "gemm_u8s8_packed: A must be m x k");
+        let at = |r: usize, t: usize| if t < k { a[r * k + t] as i16 } else { 0 };
+        let pa = BL.pack_a(m, k, |r, g, dst| {
+            put_pair(dst, at(r, 2 * g), at(r, 2 * g + 1))
+        });
+        self.run(&pa, b, m, c);
+    }
+
+    fn index_softmax_row(
+        &self,
+        row: &[i32],
+        valid: usize,
+        lut: &Lut,
+        threshold: i32,
+        e: &mut [u8],
+    ) -> u32 {
+        assert!(row.len() == e.len() && valid <= row.len());
+        // SAFETY: `self` exists only if the CPU has AVX2 and FMA; lengths checked above.
+        unsafe { index_softmax_row(row, valid, lut, threshold, e) }
+    }
+
+    fn normalize_row(&self, p: &mut [u8], sum: u32) {
+        if sum == 0 {
+            p.fill(0);
+            return;
+        }
+        let t = normalize_table(sum);
+        for v in p.iter_mut() {
+            *v = t[*v as usize];
+        }
+    }
+
+    fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
+        assert!(valid <= row.len());
+        // SAFETY: `self` exists only if the CPU has AVX2 and FMA; `valid` checked above.
+        unsafe { softmax_f32_row(row, valid) }
+    }
+}
+
+impl Avx2 {
+    fn run(&self, pa: &[u8], b: &PackedB, m: usize, c: &mut [i32]) {
+        assert_eq!(c.len(), m * b.n, "C must be m x n");
+        run_tiles(&BL, pa, &b.data, None, m, b.n, b.k, c, |t| {
+            // SAFETY: `self` proves AVX2 support; `run_tiles` guarantees the tile's pointer
+            // ranges (see `Tile`), and `rows <= BL.mr`.
+            unsafe { micro_dispatch(t) }
+        });
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_dispatch(t: &Tile) {
+    match t.rows {
+        6 => micro::<6>(t),
+        5 => micro::<5>(t),
+        4 => micro::<4>(t),
+        3 => micro::<3>(t),
+        2 => micro::<2>(t),
+        _ => micro::<1>(t),
+    }
+}
+
+/// Lane mask selecting the first `lanes` of 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn lane_mask(lanes: usize) -> __m256i {
+    let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), iota)
+}
+
+/// One `R x 16` tile: `R` rows of packed i16 pairs against one B panel (see [`Tile`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro<const R: usize>(t: &Tile) {
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    let lanes = [t.cols.min(8), t.cols.saturating_sub(8).min(8)];
+    // Starting values: C itself when accumulating over depth blocks, else the corrections.
+    let base: Option<(*const i32, usize)> = if t.accumulate {
+        Some((t.c as *const i32, t.ldc))
+    } else if !t.init.is_null() {
+        Some((t.init, 0))
+    } else {
+        None
+    };
+    if let Some((src, ld)) = base {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            for (v, acc_rv) in acc_r.iter_mut().enumerate() {
+                let p = src.add(r * ld + 8 * v);
+                *acc_rv = match lanes[v] {
+                    8 => _mm256_loadu_si256(p as *const __m256i),
+                    0 => _mm256_setzero_si256(),
+                    l => _mm256_maskload_epi32(p, lane_mask(l)),
+                };
+            }
+        }
+    }
+    let (mut a, mut b) = (t.a, t.b);
+    for _ in 0..t.groups {
+        let b0 = _mm256_loadu_si256(b as *const __m256i);
+        let b1 = _mm256_loadu_si256(b.add(32) as *const __m256i);
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = _mm256_set1_epi32((a.add(4 * r) as *const i32).read_unaligned());
+            acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(av, b0));
+            acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(av, b1));
+        }
+        a = a.add(t.a_stride);
+        b = b.add(64);
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (v, acc_rv) in acc_r.iter().enumerate() {
+            let p = t.c.add(r * t.ldc + 8 * v);
+            match lanes[v] {
+                8 => _mm256_storeu_si256(p as *mut __m256i, *acc_rv),
+                0 => {}
+                l => _mm256_maskstore_epi32(p, lane_mask(l), *acc_rv),
+            }
+        }
+    }
+}
+
+/// Largest of `row` (not empty).
+#[target_feature(enable = "avx2")]
+fn row_max(row: &[i32]) -> i32 {
+    let mut chunks = row.chunks_exact(8);
+    let mut mx = _mm256_set1_epi32(i32::MIN);
+    for ch in &mut chunks {
+        // SAFETY: `ch` holds 8 i32.
+        let v = unsafe { _mm256_loadu_si256(ch.as_ptr() as *const __m256i) };
+        mx = _mm256_max_epi32(mx, v);
+    }
+    let mut lanes = [0i32; 8];
+    // SAFETY: `lanes` holds 8 i32.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, mx) };
+    let tail = chunks.remainder().iter().copied();
+    lanes.into_iter().chain(tail).max().unwrap_or(i32::MIN)
+}
+
+/// IndexSoftmax exponents for one row, 32 entries per step (trait preconditions hold).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn index_softmax_row(
+    row: &[i32],
+    valid: usize,
+    lut: &Lut,
+    threshold: i32,
+    e: &mut [u8],
+) -> u32 {
+    e[valid..].fill(0);
+    if valid == 0 {
+        return 0;
+    }
+    let max = row_max(&row[..valid]);
+    let (scale, bias) = index_consts(lut, threshold);
+    let chunks = lut.entries().len().div_ceil(16);
+    let mut tables = [_mm256_setzero_si256(); 16];
+    for (c, t) in tables.iter_mut().enumerate().take(chunks) {
+        *t = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+            lut.padded()[16 * c..].as_ptr() as *const __m128i
+        ));
+    }
+    let mv = _mm256_set1_epi32(max);
+    let tv = _mm256_set1_epi32(threshold);
+    let (sv, bv) = (_mm256_set1_pd(scale), _mm256_set1_pd(bias));
+    // Eight table indices (as two vectors of four i32) for eight scores.
+    let index8 = |s: __m256i| {
+        // m - S wraps in i32 but is exact read as u32 (0 <= m - S < 2^32); min with T.
+        let d = _mm256_min_epu32(_mm256_sub_epi32(mv, s), tv);
+        let lo = _mm256_cvtepi32_pd(_mm256_castsi256_si128(d));
+        let hi = _mm256_cvtepi32_pd(_mm256_extracti128_si256::<1>(d));
+        (
+            _mm256_cvttpd_epi32(_mm256_fmadd_pd(lo, sv, bv)),
+            _mm256_cvttpd_epi32(_mm256_fmadd_pd(hi, sv, bv)),
+        )
+    };
+    let bytes16 = |p: *const i32| {
+        let (a0, a1) = index8(_mm256_loadu_si256(p as *const __m256i));
+        let (b0, b1) = index8(_mm256_loadu_si256(p.add(8) as *const __m256i));
+        _mm_packus_epi16(_mm_packs_epi32(a0, a1), _mm_packs_epi32(b0, b1))
+    };
+    let zero = _mm256_setzero_si256();
+    let mut sum = zero;
+    let full = valid / 32 * 32;
+    for base in (0..full).step_by(32) {
+        let p = row.as_ptr().add(base);
+        let idx = _mm256_set_m128i(bytes16(p.add(16)), bytes16(p));
+        let mut out = zero;
+        for (c, t) in tables.iter().enumerate().take(chunks) {
+            // Bytes of this slice map to 0x70..=0x7f, all others to >= 0x80 (pshufb gives 0).
+            let local = _mm256_sub_epi8(idx, _mm256_set1_epi8((16 * c) as i8));
+            let sel = _mm256_adds_epu8(local, _mm256_set1_epi8(0x70));
+            out = _mm256_or_si256(out, _mm256_shuffle_epi8(*t, sel));
+        }
+        _mm256_storeu_si256(e.as_mut_ptr().add(base) as *mut __m256i, out);
+        sum = _mm256_add_epi64(sum, _mm256_sad_epu8(out, zero));
+    }
+    let mut lanes = [0u64; 4];
+    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+    let vec_sum = lanes.iter().sum::<u64>() as u32;
+    vec_sum + index_softmax_tail(row, full, valid, max, lut, threshold, e)
+}
+
+/// `exp(x)` for `x <= 0` (NaN stays NaN), within about 2 ulp, including subnormal results.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp_nonpositive(x: __m256) -> __m256 {
+    // Below -104 the result rounds to 0 anyway; clamping keeps 2^n representable.
+    // max returns its second operand when either is NaN, so NaN passes through.
+    let x = _mm256_max_ps(_mm256_set1_ps(-104.0), x);
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    // Cody-Waite: ln 2 = HI + LO with HI short enough that n * HI is exact.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    // Taylor series to degree 7 on |r| <= ln(2)/2: truncation error < 6e-9 relative.
+    let mut p = _mm256_set1_ps(1.0 / 5040.0);
+    for c in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / c));
+    }
+    // 2^n for n in [-150, 0] as two normal factors so that subnormal results round once.
+    let ni = _mm256_cvtps_epi32(n);
+    let n1 = _mm256_srai_epi32::<1>(ni);
+    let n2 = _mm256_sub_epi32(ni, n1);
+    let pow2 = |k: __m256i| {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            k,
+            _mm256_set1_epi32(127),
+        )))
+    };
+    _mm256_mul_ps(_mm256_mul_ps(p, pow2(n1)), pow2(n2))
+}
+
+/// Float softmax over `row[..valid]`, zeros past it; the row sum is accumulated in f64.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_f32_row(row: &mut [f32], valid: usize) {
+    let (kept, masked) = row.split_at_mut(valid);
+    masked.fill(0.0);
+    if kept.is_empty() {
+        return;
+    }
+    let full = kept.len() / 8 * 8;
+    let tail = kept.len() - full;
+    let tail_mask = lane_mask(tail);
+    let ptr = kept.as_mut_ptr();
+    let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
+    for i in (0..full).step_by(8) {
+        mx = _mm256_max_ps(mx, _mm256_loadu_ps(ptr.add(i)));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), mx);
+    let m = lanes
+        .iter()
+        .chain(&kept[full..])
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mv = _mm256_set1_ps(m);
+    let mut sum = _mm256_setzero_pd();
+    let mut add = |v: __m256| {
+        sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)));
+    };
+    for i in (0..full).step_by(8) {
+        let v = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(ptr.add(i)), mv));
+        _mm256_storeu_ps(ptr.add(i), v);
+        add(v);
+    }
+    if tail > 0 {
+        let x = _mm256_maskload_ps(ptr.add(full), tail_mask);
+        let v = exp_nonpositive(_mm256_sub_ps(x, mv));
+        let v = _mm256_and_ps(v, _mm256_castsi256_ps(tail_mask));
+        _mm256_maskstore_ps(ptr.add(full), tail_mask, v);
+        add(v);
+    }
+    let mut s = [0f64; 4];
+    _mm256_storeu_pd(s.as_mut_ptr(), sum);
+    let inv = _mm256_set1_ps(1.0 / (s.iter().sum::<f64>() as f32));
+    for i in (0..full).step_by(8) {
+        _mm256_storeu_ps(ptr.add(i), _mm256_mul_ps(_mm256_loadu_ps(ptr.add(i)), inv));
+    }
+    if tail > 0 {
+        let v = _mm256_mul_ps(_mm256_maskload_ps(ptr.add(full), tail_mask), inv);
+        _mm256_maskstore_ps(ptr.add(full), tail_mask, v);
+    }
+}
