@@ -72,6 +72,12 @@ pub fn prepare(
     }
 }
 
+/// ACL: every function is configured here, once; each run only copies data and runs them.
+#[cfg(intattention_acl)]
+fn prepare_acl(attn: &Attention, shape: &AttnShape) -> Result<Box<dyn AttentionRunner>> {
+    Ok(Box::new(crate::acl::AclAttention::prepare(attn, shape)?))
+}
+
 #[cfg(not(intattention_acl))]
 fn prepare_acl(_attn: &Attention, _shape: &AttnShape) -> Result<Box<dyn AttentionRunner>> {
     Err(acl_unavailable())

@@ -9,6 +9,8 @@
 //! - [`quant`], [`softmax`], [`gemm`]: the standalone operations.
 //! - [`attention`]: the four pipelines.
 
+#[cfg(intattention_acl)]
+pub mod acl;
 pub mod attention;
 pub mod backend;
 pub mod error;
