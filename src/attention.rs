@@ -2,7 +2,8 @@
 //!
 //! The pipelines here are the unfused ones: per (batch, head) they materialise the `Lq x Lk`
 //! score block, run the softmax over it, then multiply by V. They are the behavioural reference
-//! for every faster schedule.
+//! for every faster schedule; [`crate::fused`] holds the row-block one that
+//! [`Schedule::Auto`] picks for the integer pipelines.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::{param_err, shape_err, Error, Result};
 use crate::float::{matmul_f16, matmul_f32, Rhs};
+use crate::fused;
 use crate::kernels::{self, Kernel, MAX_K_S8S8, MAX_K_U8S8};
 use crate::quant::{check_finite, QTensor};
 use crate::reference;
@@ -333,6 +335,19 @@ impl Attention {
         k: &QTensor,
         v: &QTensor,
     ) -> Result<Vec<f32>> {
+        self.run_quantized_with(kernels::active()?, shape, q, k, v)
+    }
+
+    /// [`Attention::run_quantized`] on a given kernel rather than the process-wide one, so that
+    /// tests can run every kernel of [`kernels::available`] in one process.
+    pub fn run_quantized_with(
+        &self,
+        kernel: &dyn Kernel,
+        shape: &AttnShape,
+        q: &QTensor,
+        k: &QTensor,
+        v: &QTensor,
+    ) -> Result<Vec<f32>> {
         self.check(shape)?;
         check_lens(shape, q.data.len(), k.data.len(), v.data.len())?;
         for (name, t) in [("Q", q), ("K", k), ("V", v)] {
@@ -346,7 +361,6 @@ impl Attention {
                 self.pipeline
             ));
         }
-        let kernel = kernels::active()?;
         let scale = self.softmax_scale(shape.head_dim);
         let softmax = match self.pipeline {
             Pipeline::IntAttention => IntSoftmax::Index {
@@ -368,6 +382,10 @@ impl Attention {
             IntSoftmax::Float { .. } => Lut::new(DEFAULT_TABLE_BITS, DEFAULT_CLIP)?,
         };
         let mut out = vec![0f32; shape.q_elems()];
+        if self.schedule != Schedule::Unfused {
+            fused::run(self, kernel, shape, &softmax, &lut, q, k, v, &mut out)?;
+            return Ok(out);
+        }
         let per_head = shape.q_len * shape.head_dim;
         threads::install(self.threads, || {
             out.par_chunks_mut(per_head)
@@ -459,6 +477,12 @@ fn to_f16(what: &'static str, x: &[f32]) -> Result<Vec<f16>> {
     Ok(x.iter().map(|&v| f16::from_f32(v)).collect())
 }
 
+/// The flat key/value head index `b * kv_heads + kvh` that query head `bh = b * heads + h` reads.
+pub(crate) fn kv_head_index(shape: &AttnShape, bh: usize) -> usize {
+    let (b, h) = (bh / shape.heads, bh % shape.heads);
+    b * shape.kv_heads + h / (shape.heads / shape.kv_heads)
+}
+
 /// The Q, K and V slices of flat head index `bh = b * heads + h`.
 pub(crate) fn head_slices<'a, T>(
     shape: &AttnShape,
@@ -467,11 +491,9 @@ pub(crate) fn head_slices<'a, T>(
     k: &'a [T],
     v: &'a [T],
 ) -> (&'a [T], &'a [T], &'a [T]) {
-    let (b, h) = (bh / shape.heads, bh % shape.heads);
-    let kvh = h / (shape.heads / shape.kv_heads);
     let qn = shape.q_len * shape.head_dim;
     let kn = shape.kv_len * shape.head_dim;
-    let kv = b * shape.kv_heads + kvh;
+    let kv = kv_head_index(shape, bh);
     (
         &q[bh * qn..(bh + 1) * qn],
         &k[kv * kn..(kv + 1) * kn],
@@ -480,11 +502,69 @@ pub(crate) fn head_slices<'a, T>(
 }
 
 #[derive(Clone, Copy)]
-enum IntSoftmax {
+pub(crate) enum IntSoftmax {
     /// IntAttention: IndexSoftmax with these parameters.
     Index { params: IndexSoftmaxParams },
     /// INT8 baseline: logits = S * logit_scale, f32 softmax, P = round(255 p).
     Float { logit_scale: f32 },
+}
+
+impl IntSoftmax {
+    /// Softmax of one score row whose first `valid` keys take part, into the u8 row `prow`
+    /// (same length as `srow`). Returns the divisor of the row's O32: 255 when P carries scale
+    /// 1/255, the row sum for Deferred. `frow` is f32 scratch at least `srow.len()` long. Every
+    /// schedule calls this, so they agree bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn row(
+        &self,
+        kernel: &dyn Kernel,
+        lut: &Lut,
+        srow: &[i32],
+        valid: usize,
+        prow: &mut [u8],
+        frow: &mut [f32],
+    ) -> u32 {
+        match self {
+            IntSoftmax::Index { params } => match params.variant {
+                SoftmaxVariant::PaperSim => {
+                    reference::index_softmax_paper_sim_row(
+                        srow,
+                        |j| j < valid,
+                        lut,
+                        params.threshold,
+                        prow,
+                    );
+                    255
+                }
+                SoftmaxVariant::Normalized => {
+                    let sum = kernel.index_softmax_row(srow, valid, lut, params.threshold, prow);
+                    kernel.normalize_row(prow, sum);
+                    255
+                }
+                SoftmaxVariant::Deferred => {
+                    kernel.index_softmax_row(srow, valid, lut, params.threshold, prow)
+                }
+            },
+            IntSoftmax::Float { logit_scale } => {
+                let frow = &mut frow[..srow.len()];
+                for (f, &x) in frow.iter_mut().zip(srow) {
+                    *f = x as f32 * logit_scale;
+                }
+                kernel.softmax_f32_row(frow, valid);
+                for (pv, &f) in prow.iter_mut().zip(frow.iter()) {
+                    *pv = (f * 255.0).round_ties_even().clamp(0.0, 255.0) as u8;
+                }
+                255
+            }
+        }
+    }
+}
+
+/// One output row from its exact O32 row and divisor (0 for a fully masked row).
+pub(crate) fn output_row(o32: &[i64], divisor: u32, v_scale: f32, out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(o32) {
+        *o = reference::dequantize_output(x, v_scale, divisor);
+    }
 }
 
 struct HeadCtx<'a> {
@@ -611,49 +691,16 @@ impl HeadCtx<'_> {
             let valid = self.attn.valid_keys(self.shape, self.batch, i);
             let srow = &s[i * lk..(i + 1) * lk];
             let prow = &mut p[i * lk..(i + 1) * lk];
-            match softmax {
-                IntSoftmax::Index { params } => match params.variant {
-                    SoftmaxVariant::PaperSim => {
-                        reference::index_softmax_paper_sim_row(
-                            srow,
-                            |j| j < valid,
-                            lut,
-                            params.threshold,
-                            prow,
-                        );
-                    }
-                    SoftmaxVariant::Normalized => {
-                        let sum =
-                            kernel.index_softmax_row(srow, valid, lut, params.threshold, prow);
-                        kernel.normalize_row(prow, sum);
-                    }
-                    SoftmaxVariant::Deferred => {
-                        divisor[i] =
-                            kernel.index_softmax_row(srow, valid, lut, params.threshold, prow);
-                    }
-                },
-                IntSoftmax::Float { logit_scale } => {
-                    for (f, &x) in frow.iter_mut().zip(srow) {
-                        *f = x as f32 * logit_scale;
-                    }
-                    kernel.softmax_f32_row(&mut frow, valid);
-                    for (pv, &f) in prow.iter_mut().zip(frow.iter()) {
-                        *pv = (f * 255.0).round_ties_even().clamp(0.0, 255.0) as u8;
-                    }
-                }
-            }
+            divisor[i] = softmax.row(kernel, lut, srow, valid, prow, &mut frow);
         }
         let o32 = pv_product(kernel, &p, v, lq, lk, d);
         for i in 0..lq {
-            let div = divisor[i];
-            let f = if div == 0 {
-                0.0
-            } else {
-                v_scale as f64 / div as f64
-            };
-            for c in 0..d {
-                out[i * d + c] = (o32[i * d + c] as f64 * f) as f32;
-            }
+            output_row(
+                &o32[i * d..(i + 1) * d],
+                divisor[i],
+                v_scale,
+                &mut out[i * d..(i + 1) * d],
+            );
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`kernels`]: the kernel trait, runtime dispatch, and the SIMD kernels.
 //! - [`quant`], [`softmax`], [`gemm`]: the standalone operations.
 //! - [`attention`]: the four pipelines.
+//! - [`fused`]: the row-block schedule of the integer pipelines (no `Lq x Lk` buffer).
 
 #[cfg(intattention_acl)]
 pub mod acl;
@@ -15,6 +16,7 @@ pub mod attention;
 pub mod backend;
 pub mod error;
 pub mod float;
+pub mod fused;
 pub mod gemm;
 pub mod kernels;
 pub mod quant;
