@@ -10,15 +10,18 @@
 //! - [`attention`]: the four pipelines.
 //! - [`fused`]: the row-block schedule of the integer pipelines (no `Lq x Lk` buffer).
 
+pub mod accuracy;
 #[cfg(intattention_acl)]
 pub mod acl;
 pub mod attention;
 pub mod backend;
+pub mod data;
 pub mod error;
 pub mod float;
 pub mod fused;
 pub mod gemm;
 pub mod kernels;
+pub mod npy;
 pub mod quant;
 pub mod reference;
 pub mod softmax;

@@ -1,0 +1,90 @@
+//! `intattention accuracy`: the accuracy report of [`intattention::accuracy`] as a table or
+//! JSON.
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use intattention::accuracy::{self, AccuracyConfig, LARGE_LEN};
+use intattention::data::Family;
+use intattention::softmax::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
+use intattention::{Pipeline, SoftmaxVariant};
+
+#[derive(Args, Debug)]
+pub struct AccuracyArgs {
+    /// Input families, comma separated: gaussian, peaked, flat, outlier, causal [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub families: Vec<Family>,
+    /// Sequence lengths, comma separated.
+    #[arg(long = "L", value_delimiter = ',', default_values_t = [128usize, 1024, 4096])]
+    pub lens: Vec<usize>,
+    /// Also run L = 16384 (slow: minutes, and about 2 GiB per unfused float pipeline).
+    #[arg(long)]
+    pub large: bool,
+    /// Head dimension.
+    #[arg(long = "d", default_value_t = 64)]
+    pub d: usize,
+    #[arg(long, default_value_t = 1)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Pipelines, comma separated [default: all four].
+    #[arg(long, value_delimiter = ',')]
+    pub pipes: Vec<Pipeline>,
+    /// IndexSoftmax variants of the intattn pipeline [default: all three].
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Vec<SoftmaxVariant>,
+    /// IndexSoftmax table bits b, 4..=8.
+    #[arg(long, default_value_t = DEFAULT_TABLE_BITS)]
+    pub bits: u32,
+    /// IndexSoftmax clip c in logit units.
+    #[arg(long, default_value_t = DEFAULT_CLIP, allow_negative_numbers = true)]
+    pub clip: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker threads (0: one per core); results do not depend on it.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: AccuracyArgs) -> Result<()> {
+    let defaults = AccuracyConfig::default();
+    let mut lens = a.lens;
+    if a.large && !lens.contains(&LARGE_LEN) {
+        lens.push(LARGE_LEN);
+    }
+    if let Some(&l) = lens.iter().find(|&&l| l == 0) {
+        bail!("--L: lengths must be at least 1, got {l}");
+    }
+    let cfg = AccuracyConfig {
+        families: or_default(a.families, defaults.families),
+        lens,
+        batch: a.batch,
+        heads: a.heads,
+        head_dim: a.d,
+        pipelines: or_default(a.pipes, defaults.pipelines),
+        variants: or_default(a.variants, defaults.variants),
+        table_bits: a.bits,
+        clip: a.clip,
+        seed: a.seed,
+        threads: a.threads,
+    };
+    let report = accuracy::run(&cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+/// An empty list on the command line means "all".
+fn or_default<T>(given: Vec<T>, default: Vec<T>) -> Vec<T> {
+    if given.is_empty() {
+        default
+    } else {
+        given
+    }
+}

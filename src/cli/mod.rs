@@ -1,0 +1,141 @@
+//! Command-line front end: the argument structs of every subcommand (one module each) and the
+//! helpers they share (attention options, loading checked inputs).
+
+mod accuracy;
+mod bench;
+mod run;
+mod softmax;
+mod validate;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use intattention::npy::{self, NpyArray};
+use intattention::softmax::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
+use intattention::{Attention, Backend, Pipeline, Schedule, SoftmaxVariant};
+
+/// Fully integer attention (IntAttention) on CPUs: benchmarks, runs on .npy files, and
+/// accuracy against an f64 reference.
+#[derive(Parser, Debug)]
+#[command(name = "intattention", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Time one pipeline on seeded random inputs (set-up is not timed).
+    Bench(bench::BenchArgs),
+    /// Run attention on Q, K, V from .npy files and write the output.
+    Run(run::RunArgs),
+    /// IndexSoftmax over an int32 score matrix from a .npy file.
+    Softmax(softmax::SoftmaxArgs),
+    /// Compare every pipeline and softmax variant with an f64 reference attention.
+    Accuracy(accuracy::AccuracyArgs),
+    /// Run the same inputs through the native kernels and ACL and compare (integer results
+    /// bit for bit, float results within stated tolerances).
+    Validate(validate::ValidateArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Bench(a) => bench::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Softmax(a) => softmax::run(a),
+        Command::Accuracy(a) => accuracy::run(a),
+        Command::Validate(a) => validate::run(a),
+    }
+}
+
+/// Options of an attention call shared by `bench` and `run`.
+#[derive(Args, Debug, Clone)]
+pub struct AttnOpts {
+    /// Pipeline: 0|fp32, 1|fp16, 2|int8, 3|intattn.
+    #[arg(long, default_value = "intattn")]
+    pub pipe: Pipeline,
+    /// IndexSoftmax finish (intattn only): normalized, deferred or paper-sim.
+    #[arg(long, default_value = "deferred")]
+    pub variant: SoftmaxVariant,
+    /// IndexSoftmax table bits b, 4..=8 (intattn only).
+    #[arg(long, default_value_t = DEFAULT_TABLE_BITS)]
+    pub bits: u32,
+    /// IndexSoftmax clip c in logit units (intattn only).
+    #[arg(long, default_value_t = DEFAULT_CLIP, allow_negative_numbers = true)]
+    pub clip: f32,
+    /// Logit scale [default: 1/sqrt(d)].
+    #[arg(long, allow_negative_numbers = true)]
+    pub scale: Option<f32>,
+    /// Causal mask (key j is masked for query i when j > i + kv_len - q_len).
+    #[arg(long)]
+    pub causal: bool,
+    /// Schedule of the integer pipelines: auto, fused or unfused.
+    #[arg(long, default_value = "auto")]
+    pub schedule: Schedule,
+    /// Worker threads; 0 means one per core.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Where attention runs: native or acl.
+    #[arg(long, default_value = "native")]
+    pub backend: Backend,
+}
+
+impl AttnOpts {
+    pub fn attention(&self, key_lens: Option<Vec<usize>>) -> Attention {
+        let mut a = Attention::new(self.pipe)
+            .variant(self.variant)
+            .table_bits(self.bits)
+            .clip(self.clip)
+            .causal(self.causal)
+            .threads(self.threads)
+            .schedule(self.schedule);
+        a.scale = self.scale;
+        a.key_lens = key_lens;
+        a
+    }
+
+    /// The variant as reports show it: only the IntAttention pipeline has one.
+    pub fn reported_variant(&self) -> Option<SoftmaxVariant> {
+        (self.pipe == Pipeline::IntAttention).then_some(self.variant)
+    }
+}
+
+/// The thread count `threads` stands for (0: one per core).
+pub fn resolved_threads(threads: usize) -> usize {
+    if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    }
+}
+
+/// Reads an f32 array and rejects NaN and infinity, naming the file and the position.
+pub fn load_f32(path: &Path) -> Result<NpyArray<f32>> {
+    let a = npy::read_f32(path)?;
+    if let Some(i) = a.data.iter().position(|x| !x.is_finite()) {
+        anyhow::bail!(
+            "{}: element {} (flat index {i}) is {}; inputs must be finite",
+            path.display(),
+            unravel(i, &a.shape),
+            a.data[i]
+        );
+    }
+    Ok(a)
+}
+
+/// `[i, j, ...]` of flat index `i` in a C-order array of `shape`.
+fn unravel(mut i: usize, shape: &[usize]) -> String {
+    let mut idx = vec![0; shape.len()];
+    for (k, &d) in shape.iter().enumerate().rev() {
+        idx[k] = i % d;
+        i /= d;
+    }
+    format!("{idx:?}")
+}
+
+/// Writes the f32 output, naming the file on failure.
+pub fn save_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    npy::write_f32(path, shape, data).with_context(|| "writing the output".to_string())
+}
