@@ -132,12 +132,50 @@ fn check_scales(s_q: f32, s_k: f32, scale: f32) -> Result<()> {
 pub fn threshold_exact(clip: f32, s_q: f32, s_k: f32, scale: f32) -> Result<i32> {
     check_scales(s_q, s_k, scale)?;
     check_bits_and_clip(DEFAULT_TABLE_BITS, clip)?;
-    let product = s_q as f64 * s_k as f64 * scale as f64;
-    if product == 0.0 {
+    if s_q == 0.0 || s_k == 0.0 {
         return Ok(MAX_THRESHOLD);
     }
-    let t = (clip as f64 / product + 0.5).floor();
-    Ok(t.clamp(1.0, MAX_THRESHOLD as f64) as i32)
+    // Exact rational arithmetic on the f32 inputs: the product of three 24-bit mantissas
+    // needs 72 bits, so an f64 quotient can land on the wrong side of a k + 1/2 tie.
+    let (mc, ec) = f32_parts(clip);
+    let (mq, eq) = f32_parts(s_q);
+    let (mk, ek) = f32_parts(s_k);
+    let (ms, es) = f32_parts(scale);
+    let p = mq as u128 * mk as u128 * ms as u128;
+    let c = mc as u128;
+    // c / (s_q s_k scale) = c 2^shift / p; round_half_up(x) = floor((2 c' + p') / (2 p')).
+    let shift = ec - (eq + ek + es);
+    let (num, den) = if shift >= 0 {
+        // Past 2^32 the clamp decides; this also keeps c << shift inside u128.
+        if bit_len(c) as i32 + shift > bit_len(p) as i32 + 32 {
+            return Ok(MAX_THRESHOLD);
+        }
+        (c << shift, p)
+    } else {
+        // Once p 2^-shift > 4 c the quotient is below 1/2 and rounds to 0 (clamped to 1).
+        if bit_len(p) as i32 - shift > bit_len(c) as i32 + 3 {
+            return Ok(1);
+        }
+        (c, p << -shift)
+    };
+    let t = (2 * num + den) / (2 * den);
+    Ok(t.clamp(1, MAX_THRESHOLD as u128) as i32)
+}
+
+/// A finite, non-negative f32 as `m 2^e` with an integer mantissa (subnormals included).
+fn f32_parts(x: f32) -> (u32, i32) {
+    let bits = x.to_bits();
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let frac = bits & 0x7f_ffff;
+    if exp == 0 {
+        (frac, -149)
+    } else {
+        (frac | 1 << 23, exp - 150)
+    }
+}
+
+fn bit_len(x: u128) -> u32 {
+    128 - x.leading_zeros()
 }
 
 /// SPEC section 3, paper-simulation rule: `T_sim = trunc(((c / s_q) / s_k) / scale)` in f32,
