@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The emulated aarch64 test tier. Installs what it needs (scripts/setup-aarch64.sh), builds the
+# whole test suite for aarch64-unknown-linux-gnu in release mode, runs all of it (doctests too)
+# under `qemu-aarch64 -cpu max` (NEON, dotprod, i8mm, fp16), then the kernel tests again under
+# CPU models without i8mm (neoverse-n1: dotprod) and without dotprod (cortex-a72: NEON only),
+# so that every aarch64 kernel path runs. Each run must report exactly the kernel set its CPU
+# model implies (tests/kernels_aarch64.rs checks INTATTENTION_EXPECT_KERNELS, and this script
+# greps what it printed), so a qemu that ignores the model cannot pass silently.
+#
+# Usage: scripts/test-aarch64.sh [extra cargo test args, e.g. --features ... ]
+# Works as root on a fresh Debian 12 x86-64 machine; with rustup it uses the `debian-web`
+# toolchain that setup-aarch64.sh links, without rustup Debian's cargo with its rustc/rustdoc.
+# Debug builds are not used: gemm-f16 0.19 does not assemble for aarch64 without optimisation
+# (sarah-quinones/gemm#31), and release is what the kernels are meant to be measured in.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+readonly TARGET=aarch64-unknown-linux-gnu
+readonly RUNNER_VAR=CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER
+
+t_start=$SECONDS
+phase() { echo "== test-aarch64: $* ($((SECONDS - t_start)) s elapsed)"; }
+
+phase "setup"
+scripts/setup-aarch64.sh
+
+if command -v rustup >/dev/null 2>&1 && rustup toolchain list | grep -q '^debian-web'; then
+  cargo=(cargo +debian-web)
+else
+  # Debian's cargo without rustup: name the compiler explicitly (doctests are cross-compiled
+  # with rustdoc and run through the runner as well).
+  export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+  cargo=(/usr/bin/cargo)
+fi
+"${cargo[@]}" --version
+"${RUSTC:-rustc}" --version 2>/dev/null || true
+
+# The linker and the default runner come from .cargo/config.toml; set them here as well so the
+# script also works from a checkout whose config was changed.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+test_cmd=("${cargo[@]}" test --release --target "$TARGET" "$@")
+
+# run_model CPU EXPECTED_KERNELS [test selection...]
+run_model() {
+  local cpu=$1 expect=$2
+  shift 2
+  local log
+  log=$(mktemp)
+  phase "tests under qemu -cpu $cpu (expecting kernels $expect)"
+  # The model goes through QEMU_CPU rather than -cpu so that tests which re-run their own
+  # binary under qemu-aarch64 (a nested exec cannot use binfmt here) inherit it.
+  export "$RUNNER_VAR=qemu-aarch64 -L /" QEMU_CPU=$cpu
+  INTATTENTION_EXPECT_KERNELS=$expect "${test_cmd[@]}" "$@"
+  # The kernel set as the test binary itself prints it under this model.
+  INTATTENTION_EXPECT_KERNELS=$expect "${test_cmd[@]}" --test kernels_aarch64 -- \
+    --exact aarch64_kernel_set_matches_cpu --nocapture 2>&1 | tee "$log"
+  if ! grep -qx "aarch64 kernels: $expect" "$log"; then
+    echo "test-aarch64: -cpu $cpu did not run kernels $expect" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
+}
+
+phase "build (release, $TARGET)"
+"${test_cmd[@]}" --no-run
+
+run_model max generic,neon,dotprod,i8mm
+run_model neoverse-n1 generic,neon,dotprod --test kernels --test kernels_aarch64
+run_model cortex-a72 generic,neon --test kernels --test kernels_aarch64
+
+phase "done"

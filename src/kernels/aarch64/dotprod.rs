@@ -1,0 +1,233 @@
+//! The Armv8.2 dot-product kernel (FEAT_DotProd): SDOT for the scores, UDOT for P x V.
+//!
+//! Scores: `sdot` by element, 4 depth values of 4 columns of K against 4 depth values of one
+//! query row, i8 x i8 summed exactly into i32 (-128 included).
+//!
+//! P x V: without FEAT_I8MM there is no u8 x s8 dot product. V is packed as `v + 128` (u8),
+//! `udot` computes `sum p (v + 128)` in u32 and the kernel subtracts `128 * sum_j p[j]` per row.
+//! The u32 sum is at most `255 * 255 * k`, below 2^32 for every allowed depth
+//! (`k <= MAX_K_U8S8`), and the true result fits i32, so wrapping i32 arithmetic on the bits is
+//! exact.
+//!
+//! `vdotq_laneq_s32`/`vdotq_laneq_u32` are still unstable in `core::arch::aarch64` (Rust 1.96,
+//! `stdarch_neon_dotprod`), so the two instructions are written with `asm!` inside functions
+//! compiled with `dotprod`, which lets the assembler accept them.
+
+use core::arch::aarch64::*;
+use core::arch::asm;
+
+use super::{drive, neon, own_layout, pack_rows, Layout, MR, NR};
+use crate::kernels::{Kernel, PackedB};
+use crate::softmax::Lut;
+
+/// Proof that the CPU has NEON and the dot-product instructions.
+pub struct Dotprod {
+    _proof: (),
+}
+
+static DOTPROD: Dotprod = Dotprod { _proof: () };
+
+impl Dotprod {
+    /// The kernel, if this CPU has FEAT_DotProd.
+    pub fn new() -> Option<&'static Dotprod> {
+        (std::arch::is_aarch64_feature_detected!("neon")
+            && std::arch::is_aarch64_feature_detected!("dotprod"))
+        .then_some(&DOTPROD)
+    }
+}
+
+const NAME: &str = "dotprod";
+const LAYOUT: Layout = Layout { kr: 4, k_step: 16 };
+
+impl Kernel for Dotprod {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+        let packed = self.pack_k(b, n, k);
+        self.gemm_s8s8_packed(a, m, &packed, c)
+    }
+
+    fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+        let packed = self.pack_v(b, k, n);
+        self.gemm_u8s8_packed(a, m, &packed, c)
+    }
+
+    fn index_softmax_row(
+        &self,
+        row: &[i32],
+        valid: usize,
+        lut: &Lut,
+        threshold: i32,
+        e: &mut [u8],
+    ) -> u32 {
+        // SAFETY: a `Dotprod` value exists only if the CPU has NEON.
+        unsafe { neon::index_softmax_row(row, valid, lut, threshold, e) }
+    }
+
+    fn normalize_row(&self, p: &mut [u8], sum: u32) {
+        // SAFETY: as above.
+        unsafe { neon::normalize_row(p, sum) }
+    }
+
+    fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
+        // SAFETY: as above.
+        unsafe { neon::softmax_f32_row(row, valid) }
+    }
+
+    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
+        LAYOUT.pack(n, k, 0, NAME, |j, t| b[j * k + t])
+    }
+
+    fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
+        if !own_layout(b, NAME, LAYOUT) {
+            return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+        }
+        let (k, kp) = (b.k, LAYOUT.padded_k(b.k));
+        let strip = |i0, rows, s: &mut [i8]| {
+            pack_rows(a, k, kp, i0, rows, s);
+            [0; MR]
+        };
+        // SAFETY: we hold a `Dotprod`, so NEON and SDOT are present; `tile_sdot` reads MR * kp
+        // strip bytes and NR * kp panel bytes and writes one 8 x 8 tile, as `drive` requires.
+        unsafe { drive(LAYOUT, m, b, c, strip, tile_sdot) }
+    }
+
+    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
+        LAYOUT.pack(n, k, 0x80, NAME, |j, t| b[t * n + j])
+    }
+
+    fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
+        if !own_layout(b, NAME, LAYOUT) {
+            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+        }
+        let (k, kp) = (b.k, LAYOUT.padded_k(b.k));
+        let strip = |i0, rows, s: &mut [u8]| {
+            pack_rows(a, k, kp, i0, rows, s);
+            let mut corr = [0i32; MR];
+            for (r, cr) in corr.iter_mut().enumerate().take(rows) {
+                let sum: u32 = s[r * kp..r * kp + k].iter().map(|&p| p as u32).sum();
+                // <= 128 * 255 * MAX_K_U8S8 < 2^31.
+                *cr = (128 * sum) as i32;
+            }
+            corr
+        };
+        // SAFETY: as in `gemm_s8s8_packed`, with UDOT.
+        unsafe { drive(LAYOUT, m, b, c, strip, tile_udot) }
+    }
+}
+
+/// `acc[l] += sum_t b[4l + t] * a[4 LANE + t]`, signed bytes.
+#[inline(always)]
+unsafe fn sdot_lane<const LANE: i32>(mut acc: int32x4_t, b: int8x16_t, a: int8x16_t) -> int32x4_t {
+    // SAFETY: register-only instruction; callers are compiled with `dotprod`.
+    unsafe {
+        asm!(
+            "sdot {acc:v}.4s, {b:v}.16b, {a:v}.4b[{lane}]",
+            acc = inout(vreg) acc,
+            b = in(vreg) b,
+            a = in(vreg) a,
+            lane = const LANE,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// `acc[l] += sum_t b[4l + t] * a[4 LANE + t]`, unsigned bytes.
+#[inline(always)]
+unsafe fn udot_lane<const LANE: i32>(
+    mut acc: uint32x4_t,
+    b: uint8x16_t,
+    a: uint8x16_t,
+) -> uint32x4_t {
+    // SAFETY: as in `sdot_lane`.
+    unsafe {
+        asm!(
+            "udot {acc:v}.4s, {b:v}.16b, {a:v}.4b[{lane}]",
+            acc = inout(vreg) acc,
+            b = in(vreg) b,
+            a = in(vreg) a,
+            lane = const LANE,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    acc
+}
+
+/// One micro-kernel body for both signednesses: 16 depth values per step, 8 A rows loaded as
+/// 16 bytes each, and per group of 4 depth values two B vectors (columns 0-3 and 4-7).
+macro_rules! dot_tile {
+    ($name:ident, $a:ty, $acc:ty, $zero:expr, $zero_a:expr, $load:ident, $dot:ident, $to_s32:expr) => {
+        #[target_feature(enable = "neon,dotprod")]
+        unsafe fn $name(
+            a: *const $a,
+            b: *const i8,
+            kp: usize,
+            corr: &[i32; MR],
+            c: *mut i32,
+            ldc: usize,
+        ) {
+            let mut acc: [[$acc; 2]; MR] = [[$zero; 2]; MR];
+            let mut t = 0;
+            while t < kp {
+                let mut av = [$zero_a; MR];
+                for (r, v) in av.iter_mut().enumerate() {
+                    // SAFETY: row r of the strip has kp >= t + 16 bytes.
+                    *v = unsafe { $load(a.add(r * kp + t)) };
+                }
+                macro_rules! group {
+                    ($g:literal) => {{
+                        // SAFETY: the panel holds NR * kp bytes; this is depth group t/4 + g.
+                        let (b0, b1) = unsafe {
+                            let p = b.add((t / 4 + $g) * 4 * NR).cast::<$a>();
+                            ($load(p), $load(p.add(16)))
+                        };
+                        for (acc, &a) in acc.iter_mut().zip(&av) {
+                            // SAFETY: register-only; this function has `dotprod`.
+                            unsafe {
+                                acc[0] = $dot::<$g>(acc[0], b0, a);
+                                acc[1] = $dot::<$g>(acc[1], b1, a);
+                            }
+                        }
+                    }};
+                }
+                group!(0);
+                group!(1);
+                group!(2);
+                group!(3);
+                t += 16;
+            }
+            for (r, (acc, &corr)) in acc.iter().zip(corr).enumerate() {
+                let cr = vdupq_n_s32(corr);
+                // SAFETY: the caller provides an 8 x 8 destination with row stride ldc.
+                unsafe {
+                    vst1q_s32(c.add(r * ldc), vsubq_s32($to_s32(acc[0]), cr));
+                    vst1q_s32(c.add(r * ldc + 4), vsubq_s32($to_s32(acc[1]), cr));
+                }
+            }
+        }
+    };
+}
+
+dot_tile!(
+    tile_sdot,
+    i8,
+    int32x4_t,
+    vdupq_n_s32(0),
+    vdupq_n_s8(0),
+    vld1q_s8,
+    sdot_lane,
+    core::convert::identity
+);
+dot_tile!(
+    tile_udot,
+    u8,
+    uint32x4_t,
+    vdupq_n_u32(0),
+    vdupq_n_u8(0),
+    vld1q_u8,
+    udot_lane,
+    vreinterpretq_s32_u32
+);

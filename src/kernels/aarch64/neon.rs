@@ -1,0 +1,446 @@
+//! The Armv8.0 Advanced SIMD kernel, and the row operations that all aarch64 kernels share
+//! (IndexSoftmax, the Normalized finish, the f32 softmax): those need nothing past NEON.
+//!
+//! GEMM: both operands are widened to i16 and multiplied with `smlal`/`smlal2` by lane, which
+//! is exact for every i8 and u8 value (a product of two i16 lands in i32; no intermediate i16
+//! sum, so -128 * -128 + -128 * -128 cannot saturate as it would with `smull` + `smlal`).
+//!
+//! IndexSoftmax index: `idx = floor(D (N-1) / T + 1/2)` with `0 <= D <= T <= 2^30`. We
+//! evaluate `y = fma(D, fl((N-1) / T), 1/2 + 2^-36)` in f64 and truncate. The f64 error is
+//! below `255 * 2^-53 + 2^-46 < 2^-44`, while the exact quotient is either an integer (then
+//! the `2^-36` nudge keeps `y` at or just above it) or at least `1 / (2T) >= 2^-31` away from
+//! the next integer (then neither the error nor the nudge reaches it). So the truncation is the
+//! exact SPEC index for every input; the tests probe both sides of every bucket boundary.
+
+use core::arch::aarch64::*;
+
+use super::{drive, own_layout, pack_rows, Layout, MR, NR};
+use crate::kernels::{Kernel, PackedB};
+use crate::reference;
+use crate::softmax::Lut;
+
+/// Proof that the CPU has Advanced SIMD (every Linux aarch64 CPU does, but we still ask).
+pub struct Neon {
+    _proof: (),
+}
+
+static NEON: Neon = Neon { _proof: () };
+
+impl Neon {
+    /// The kernel, if this CPU has NEON.
+    pub fn new() -> Option<&'static Neon> {
+        std::arch::is_aarch64_feature_detected!("neon").then_some(&NEON)
+    }
+}
+
+const NAME: &str = "neon";
+const LAYOUT: Layout = Layout { kr: 1, k_step: 8 };
+
+impl Kernel for Neon {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+        let packed = self.pack_k(b, n, k);
+        self.gemm_s8s8_packed(a, m, &packed, c)
+    }
+
+    fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+        let packed = self.pack_v(b, k, n);
+        self.gemm_u8s8_packed(a, m, &packed, c)
+    }
+
+    fn index_softmax_row(
+        &self,
+        row: &[i32],
+        valid: usize,
+        lut: &Lut,
+        threshold: i32,
+        e: &mut [u8],
+    ) -> u32 {
+        // SAFETY: a `Neon` value exists only if the CPU has NEON.
+        unsafe { index_softmax_row(row, valid, lut, threshold, e) }
+    }
+
+    fn normalize_row(&self, p: &mut [u8], sum: u32) {
+        // SAFETY: as above.
+        unsafe { normalize_row(p, sum) }
+    }
+
+    fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
+        // SAFETY: as above.
+        unsafe { softmax_f32_row(row, valid) }
+    }
+
+    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
+        LAYOUT.pack(n, k, 0, NAME, |j, t| b[j * k + t])
+    }
+
+    fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
+        if !own_layout(b, NAME, LAYOUT) {
+            return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+        }
+        let (k, kp) = (b.k, LAYOUT.padded_k(b.k));
+        let strip = |i0, rows, s: &mut [i8]| {
+            pack_rows(a, k, kp, i0, rows, s);
+            [0; MR]
+        };
+        // SAFETY: NEON is present (we hold a `Neon`); `tile` reads MR * kp strip elements and
+        // NR * kp panel bytes and writes one 8 x 8 tile, as `drive` requires.
+        unsafe { drive(LAYOUT, m, b, c, strip, tile::<i8>) }
+    }
+
+    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
+        LAYOUT.pack(n, k, 0, NAME, |j, t| b[t * n + j])
+    }
+
+    fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
+        if !own_layout(b, NAME, LAYOUT) {
+            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+        }
+        let (k, kp) = (b.k, LAYOUT.padded_k(b.k));
+        let strip = |i0, rows, s: &mut [u8]| {
+            pack_rows(a, k, kp, i0, rows, s);
+            [0; MR]
+        };
+        // SAFETY: as in `gemm_s8s8_packed`.
+        unsafe { drive(LAYOUT, m, b, c, strip, tile::<u8>) }
+    }
+}
+
+/// An A element type that widens exactly to i16.
+trait WidenA: Copy + Default {
+    /// Loads 8 elements and widens them.
+    ///
+    /// # Safety
+    /// NEON must be available and `p..p + 8` readable.
+    unsafe fn load8(p: *const Self) -> int16x8_t;
+}
+
+impl WidenA for i8 {
+    #[inline(always)]
+    unsafe fn load8(p: *const i8) -> int16x8_t {
+        // SAFETY: the caller guarantees 8 readable bytes and NEON.
+        unsafe { vmovl_s8(vld1_s8(p)) }
+    }
+}
+
+impl WidenA for u8 {
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> int16x8_t {
+        // SAFETY: as above; u8 values fit i16, so the reinterpretation keeps them.
+        unsafe { vreinterpretq_s16_u16(vmovl_u8(vld1_u8(p))) }
+    }
+}
+
+/// The 8 x 8 micro-kernel: 8 depth values per step, each multiplies one widened B row (8
+/// columns) by one lane of each of the 8 widened A rows.
+#[target_feature(enable = "neon")]
+unsafe fn tile<A: WidenA>(
+    a: *const A,
+    b: *const i8,
+    kp: usize,
+    corr: &[i32; MR],
+    c: *mut i32,
+    ldc: usize,
+) {
+    let mut acc = [[vdupq_n_s32(0); 2]; MR];
+    let mut t = 0;
+    while t < kp {
+        let mut av = [vdupq_n_s16(0); MR];
+        for (r, v) in av.iter_mut().enumerate() {
+            // SAFETY: row r of the strip has kp >= t + 8 elements.
+            *v = unsafe { A::load8(a.add(r * kp + t)) };
+        }
+        // SAFETY: the panel holds kp * NR bytes; these are depth t..t + 8.
+        let (b01, b23, b45, b67) = unsafe {
+            let p = b.add(t * NR);
+            (
+                vld1q_s8(p),
+                vld1q_s8(p.add(16)),
+                vld1q_s8(p.add(32)),
+                vld1q_s8(p.add(48)),
+            )
+        };
+        macro_rules! step {
+            ($bv:expr, $lane:literal) => {{
+                let bv: int16x8_t = $bv;
+                for (acc, &a) in acc.iter_mut().zip(&av) {
+                    acc[0] = vmlal_laneq_s16::<$lane>(acc[0], vget_low_s16(bv), a);
+                    acc[1] = vmlal_high_laneq_s16::<$lane>(acc[1], bv, a);
+                }
+            }};
+        }
+        step!(vmovl_s8(vget_low_s8(b01)), 0);
+        step!(vmovl_high_s8(b01), 1);
+        step!(vmovl_s8(vget_low_s8(b23)), 2);
+        step!(vmovl_high_s8(b23), 3);
+        step!(vmovl_s8(vget_low_s8(b45)), 4);
+        step!(vmovl_high_s8(b45), 5);
+        step!(vmovl_s8(vget_low_s8(b67)), 6);
+        step!(vmovl_high_s8(b67), 7);
+        t += 8;
+    }
+    for r in 0..MR {
+        let cr = vdupq_n_s32(corr[r]);
+        // SAFETY: the caller provides an 8 x 8 destination with row stride ldc.
+        unsafe {
+            vst1q_s32(c.add(r * ldc), vsubq_s32(acc[r][0], cr));
+            vst1q_s32(c.add(r * ldc + 4), vsubq_s32(acc[r][1], cr));
+        }
+    }
+}
+
+/// The 256-byte table as four 64-byte TBL operands.
+#[derive(Clone, Copy)]
+struct Table256 {
+    parts: [uint8x16x4_t; 4],
+    /// How many parts hold entries that can be looked up (indices below `64 * used`).
+    used: usize,
+}
+
+impl Table256 {
+    #[inline(always)]
+    unsafe fn load(t: &[u8; 256], entries: usize) -> Self {
+        // SAFETY: each part reads 64 bytes inside the 256-byte array; NEON is present.
+        let parts = unsafe {
+            [
+                vld1q_u8_x4(t.as_ptr()),
+                vld1q_u8_x4(t.as_ptr().add(64)),
+                vld1q_u8_x4(t.as_ptr().add(128)),
+                vld1q_u8_x4(t.as_ptr().add(192)),
+            ]
+        };
+        Table256 {
+            parts,
+            used: entries.div_ceil(64).clamp(1, 4),
+        }
+    }
+
+    /// `t[idx]` for 16 indices: TBL on the first part, then TBX on the others with the index
+    /// shifted down by 64 each time (out-of-range lanes keep what the earlier parts gave).
+    #[inline(always)]
+    unsafe fn lookup(&self, idx: uint8x16_t) -> uint8x16_t {
+        let mut r = vqtbl4q_u8(self.parts[0], idx);
+        for q in 1..self.used {
+            r = vqtbx4q_u8(r, self.parts[q], vsubq_u8(idx, vdupq_n_u8(64 * q as u8)));
+        }
+        r
+    }
+}
+
+/// `max(row)` of a non-empty row.
+#[target_feature(enable = "neon")]
+unsafe fn max_i32(row: &[i32]) -> i32 {
+    let mut mv = vdupq_n_s32(i32::MIN);
+    let mut chunks = row.chunks_exact(4);
+    for ch in &mut chunks {
+        // SAFETY: the chunk has 4 elements.
+        mv = vmaxq_s32(mv, unsafe { vld1q_s32(ch.as_ptr()) });
+    }
+    chunks
+        .remainder()
+        .iter()
+        .fold(vmaxvq_s32(mv), |m, &s| m.max(s))
+}
+
+/// Exact table indices of 4 distances `0 <= D <= T`, see the module docs.
+#[inline(always)]
+unsafe fn index4(d: int32x4_t, c0: float64x2_t, c1: float64x2_t) -> uint32x4_t {
+    let lo = vcvtq_f64_s64(vmovl_s32(vget_low_s32(d)));
+    let hi = vcvtq_f64_s64(vmovl_high_s32(d));
+    let ilo = vcvtq_u64_f64(vfmaq_f64(c0, lo, c1));
+    let ihi = vcvtq_u64_f64(vfmaq_f64(c0, hi, c1));
+    vmovn_high_u64(vmovn_u64(ilo), ihi)
+}
+
+/// IndexSoftmax exponent pass, see [`Kernel::index_softmax_row`].
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn index_softmax_row(
+    row: &[i32],
+    valid: usize,
+    lut: &Lut,
+    threshold: i32,
+    e: &mut [u8],
+) -> u32 {
+    let (row, e, rest) = {
+        let (kept, rest) = e.split_at_mut(valid);
+        (&row[..valid], kept, rest)
+    };
+    rest.fill(0);
+    if valid == 0 {
+        return 0;
+    }
+    // SAFETY: NEON is present (this function's contract).
+    let m = unsafe { max_i32(row) };
+    let table = unsafe { Table256::load(lut.padded(), lut.entries().len()) };
+    let mv = vdupq_n_s32(m);
+    let tv = vdupq_n_s32(threshold);
+    let c1 = vdupq_n_f64(lut.max_index() as f64 / threshold as f64);
+    let c0 = vdupq_n_f64(0.5 + 2f64.powi(-36));
+    let mut acc = vdupq_n_u32(0);
+    let mut rows = row.chunks_exact(16);
+    let mut outs = e.chunks_exact_mut(16);
+    for (s, o) in (&mut rows).zip(&mut outs) {
+        let mut idx = [vdupq_n_u32(0); 4];
+        for (q, iv) in idx.iter_mut().enumerate() {
+            // SAFETY: the chunk has 16 elements.
+            let sv = unsafe { vld1q_s32(s.as_ptr().add(4 * q)) };
+            // m - S >= 0; saturating at i32::MAX changes nothing once clamped to T <= 2^30.
+            let d = vminq_s32(vqsubq_s32(mv, sv), tv);
+            // SAFETY: NEON is present.
+            *iv = unsafe { index4(d, c0, c1) };
+        }
+        let h0 = vmovn_high_u32(vmovn_u32(idx[0]), idx[1]);
+        let h1 = vmovn_high_u32(vmovn_u32(idx[2]), idx[3]);
+        let ib = vmovn_high_u16(vmovn_u16(h0), h1);
+        // SAFETY: indices are <= N - 1 <= 255.
+        let ev = unsafe { table.lookup(ib) };
+        // SAFETY: the output chunk has 16 bytes.
+        unsafe { vst1q_u8(o.as_mut_ptr(), ev) };
+        acc = vpadalq_u16(acc, vpaddlq_u8(ev));
+    }
+    let entries = lut.entries();
+    let mut sum = vaddvq_u32(acc);
+    for (&s, o) in rows.remainder().iter().zip(outs.into_remainder()) {
+        let d = (m as i64 - s as i64).min(threshold as i64);
+        let v = entries[reference::table_index(d, lut.max_index(), threshold)];
+        *o = v;
+        sum += v as u32;
+    }
+    sum
+}
+
+/// Normalized finish, see [`Kernel::normalize_row`]. Rows long enough to amortise it use a
+/// 256-entry table of `(510 e + sum) / (2 sum)` built without divisions.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn normalize_row(p: &mut [u8], sum: u32) {
+    if sum == 0 {
+        p.fill(0);
+        return;
+    }
+    if p.len() < 64 {
+        reference::normalize_row(p, sum);
+        return;
+    }
+    // (510 e + s) = q (2 s) + r with 0 <= r < 2 s, stepped from e = 0 (q = 0, r = s); adding 510
+    // adds (510 / 2s, 510 % 2s) and at most one carry. The `as u8` matches the reference's
+    // truncation for values no valid row produces (e > sum).
+    let s2 = 2 * sum as u64;
+    let (dq, dr) = (510 / s2, 510 % s2);
+    let (mut q, mut r) = (0u64, sum as u64);
+    let mut t = [0u8; 256];
+    for v in t.iter_mut() {
+        *v = q as u8;
+        q += dq;
+        r += dr;
+        if r >= s2 {
+            r -= s2;
+            q += 1;
+        }
+    }
+    // SAFETY: NEON is present.
+    let table = unsafe { Table256::load(&t, 256) };
+    let mut chunks = p.chunks_exact_mut(16);
+    for ch in &mut chunks {
+        // SAFETY: the chunk has 16 bytes.
+        unsafe {
+            let v = vld1q_u8(ch.as_ptr());
+            vst1q_u8(ch.as_mut_ptr(), table.lookup(v));
+        }
+    }
+    for v in chunks.into_remainder() {
+        *v = t[*v as usize];
+    }
+}
+
+/// `exp(x)` for `x <= 0` (or NaN) within about 1 ulp, denormal results included: Cody-Waite
+/// reduction `x = n ln2 + r`, the Cephes degree-6 polynomial for `exp(r)`, and `2^n` applied as
+/// two normal factors so that only the final product rounds into the subnormal range.
+#[inline(always)]
+unsafe fn exp_nonpositive(x: float32x4_t) -> float32x4_t {
+    // Below this the result rounds to 0; clamping keeps n >= -150 (vmax/vmin keep NaN).
+    let lo = vdupq_n_f32(-104.0);
+    let xc = vminq_f32(vmaxq_f32(x, lo), vdupq_n_f32(0.0));
+    let n = vrndnq_f32(vmulq_f32(xc, vdupq_n_f32(std::f32::consts::LOG2_E)));
+    let r = vfmsq_f32(xc, n, vdupq_n_f32(0.693_359_4));
+    let r = vfmsq_f32(r, n, vdupq_n_f32(-2.121_944_4e-4));
+    let mut p = vdupq_n_f32(1.987_569_1e-4);
+    for c in [
+        1.398_2e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ] {
+        p = vfmaq_f32(vdupq_n_f32(c), p, r);
+    }
+    let y = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0)), p, vmulq_f32(r, r));
+    let ni = vcvtq_s32_f32(n);
+    let n1 = vshrq_n_s32::<1>(ni);
+    let n2 = vsubq_s32(ni, n1);
+    let bias = vdupq_n_s32(127);
+    let s1 = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n1, bias)));
+    let s2 = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n2, bias)));
+    let y = vmulq_f32(vmulq_f32(y, s1), s2);
+    vbslq_f32(vcltq_f32(x, lo), vdupq_n_f32(0.0), y)
+}
+
+/// Float softmax, see [`Kernel::softmax_f32_row`]. Same steps as the reference (max with
+/// `f32::max`'s NaN rule, exp, sum, one reciprocal); the exp and the summation order differ.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn softmax_f32_row(row: &mut [f32], valid: usize) {
+    let (kept, masked) = row.split_at_mut(valid);
+    masked.fill(0.0);
+    if kept.is_empty() {
+        return;
+    }
+    let mut mv = vdupq_n_f32(f32::NEG_INFINITY);
+    let mut chunks = kept.chunks_exact(4);
+    for ch in &mut chunks {
+        // SAFETY: the chunk has 4 elements.
+        mv = vmaxnmq_f32(mv, unsafe { vld1q_f32(ch.as_ptr()) });
+    }
+    let m = chunks
+        .remainder()
+        .iter()
+        .fold(vmaxnmvq_f32(mv), |m, &v| m.max(v));
+    let mvec = vdupq_n_f32(m);
+    let mut sums = [vdupq_n_f32(0.0); 2];
+    let mut chunks = kept.chunks_exact_mut(8);
+    for ch in &mut chunks {
+        for (h, s) in sums.iter_mut().enumerate() {
+            // SAFETY: the chunk has 8 elements; NEON is present.
+            unsafe {
+                let p = ch.as_mut_ptr().add(4 * h);
+                let v = exp_nonpositive(vsubq_f32(vld1q_f32(p), mvec));
+                vst1q_f32(p, v);
+                *s = vaddq_f32(*s, v);
+            }
+        }
+    }
+    let rem = chunks.into_remainder();
+    let mut tail = [f32::NEG_INFINITY; 8];
+    tail[..rem.len()].copy_from_slice(rem);
+    for (h, s) in sums.iter_mut().enumerate() {
+        // SAFETY: `tail` has 8 elements; padding lanes give exp(-inf) = 0.
+        unsafe {
+            let p = tail.as_mut_ptr().add(4 * h);
+            let v = exp_nonpositive(vsubq_f32(vld1q_f32(p), mvec));
+            vst1q_f32(p, v);
+            *s = vaddq_f32(*s, v);
+        }
+    }
+    rem.copy_from_slice(&tail[..rem.len()]);
+    let inv = 1.0 / vaddvq_f32(vaddq_f32(sums[0], sums[1]));
+    let iv = vdupq_n_f32(inv);
+    let mut chunks = kept.chunks_exact_mut(4);
+    for ch in &mut chunks {
+        // SAFETY: the chunk has 4 elements.
+        unsafe { vst1q_f32(ch.as_mut_ptr(), vmulq_f32(vld1q_f32(ch.as_ptr()), iv)) };
+    }
+    for v in chunks.into_remainder() {
+        *v *= inv;
+    }
+}
