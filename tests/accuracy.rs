@@ -352,7 +352,7 @@ fn report_covers_every_configuration_and_serializes() {
 }
 
 #[test]
-#[ignore = "L = 16384: about a minute in release; run with --ignored"]
+#[ignore = "L = 16384: 1.5 CPU-minutes in release; run with --ignored"]
 fn deferred_holds_at_16384() {
     let cfg = AccuracyConfig {
         families: vec![Family::Gaussian, Family::Flat],
