@@ -92,12 +92,17 @@ fn gemm_f32_rereads_b_on_every_run() {
         let mut want = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
-                let s: f64 = (0..k).map(|t| av[i * k + t] as f64 * bv[t * n + j] as f64).sum();
+                let s: f64 = (0..k)
+                    .map(|t| av[i * k + t] as f64 * bv[t * n + j] as f64)
+                    .sum();
                 want[i * n + j] = (0.25 * s) as f32;
             }
         }
         let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-        assert!(max_abs_diff(&got, &want) <= 1e-5 * scale, "{got:?} vs {want:?}");
+        assert!(
+            max_abs_diff(&got, &want) <= 1e-5 * scale,
+            "{got:?} vs {want:?}"
+        );
     }
 }
 
@@ -114,15 +119,25 @@ fn gemm_f16_runs_or_reports_why_not() {
         Err(e) => panic!("unexpected error {e}"),
         Ok(mut f) => {
             let mut rng = Rng::new(2);
-            let av: Vec<f16> = rng.vec_f32(m * k, 1.0).into_iter().map(f16::from_f32).collect();
-            let bv: Vec<f16> = rng.vec_f32(k * n, 1.0).into_iter().map(f16::from_f32).collect();
+            let av: Vec<f16> = rng
+                .vec_f32(m * k, 1.0)
+                .into_iter()
+                .map(f16::from_f32)
+                .collect();
+            let bv: Vec<f16> = rng
+                .vec_f32(k * n, 1.0)
+                .into_iter()
+                .map(f16::from_f32)
+                .collect();
             a.write(&av).unwrap();
             b.write(&bv).unwrap();
             f.run().unwrap();
             let got = d.to_vec::<f16>().unwrap();
             for i in 0..m {
                 for j in 0..n {
-                    let s: f32 = (0..k).map(|t| av[i * k + t].to_f32() * bv[t * n + j].to_f32()).sum();
+                    let s: f32 = (0..k)
+                        .map(|t| av[i * k + t].to_f32() * bv[t * n + j].to_f32())
+                        .sum();
                     assert!((got[i * n + j].to_f32() - s).abs() <= 8.0 * 2f32.powi(-10));
                 }
             }
@@ -221,7 +236,11 @@ fn softmax_f32_matches_reference() {
     for row in want.chunks_mut(c) {
         reference::softmax_f32_row(row, c);
     }
-    assert!(max_abs_diff(&got, &want) <= 2e-6, "{}", max_abs_diff(&got, &want));
+    assert!(
+        max_abs_diff(&got, &want) <= 2e-6,
+        "{}",
+        max_abs_diff(&got, &want)
+    );
 }
 
 /// Masked logits: -inf past each row's limit gives exact zeros after ACL's softmax, the scale
@@ -253,7 +272,10 @@ fn logits_mask_and_scale_feed_softmax() {
         }
         let mut want: Vec<f32> = x[i * c..(i + 1) * c].iter().map(|v| v * 0.7).collect();
         reference::softmax_f32_row(&mut want, lim);
-        assert!(max_abs_diff(row, &want) <= 2e-6, "row {i}: {row:?} vs {want:?}");
+        assert!(
+            max_abs_diff(row, &want) <= 2e-6,
+            "row {i}: {row:?} vs {want:?}"
+        );
         assert!(row[lim..].iter().all(|&v| v == 0.0));
     }
 }
@@ -264,7 +286,9 @@ fn logits_mask_and_scale_feed_softmax() {
 fn cast_quantize_dequantize_match_native_arithmetic() {
     let n = 64;
     let mut rng = Rng::new(7);
-    let si: Vec<i32> = (0..n).map(|_| (rng.next() % (1 << 24)) as i32 - (1 << 23)).collect();
+    let si: Vec<i32> = (0..n)
+        .map(|_| (rng.next() % (1 << 24)) as i32 - (1 << 23))
+        .collect();
     let a = Tensor::new(&d2(DataType::S32, 8, 8)).unwrap();
     let b = Tensor::new(&d2(DataType::F32, 8, 8)).unwrap();
     let mut cast = Function::cast(&a, &b).unwrap();
@@ -328,7 +352,10 @@ fn index_softmax_kernel_is_bit_exact() {
             let mut f = Function::index_softmax(&s, &p, Some(&sums), &params).unwrap();
             for t in [1, 777, 5000, 1 << 30] {
                 f.set_threshold(t).unwrap();
-                let params = IndexSoftmaxParams { threshold: t, ..params };
+                let params = IndexSoftmaxParams {
+                    threshold: t,
+                    ..params
+                };
                 for masked in [false, true] {
                     f.set_row_limits(masked.then_some(&limits[..])).unwrap();
                     f.run().unwrap();
@@ -520,7 +547,8 @@ fn check_traces(
             .unwrap();
             let lens: Vec<usize> = (0..lq).map(|i| attn.valid_keys(shape, b, i)).collect();
             let mut p = vec![0u8; lq * lk];
-            let sums = index_softmax(&s, lq, lk, &params, ScoreMask::Prefix(&lens), &mut p).unwrap();
+            let sums =
+                index_softmax(&s, lq, lk, &params, ScoreMask::Prefix(&lens), &mut p).unwrap();
             assert_eq!(t.probs, p, "P of head {bh}");
             assert_eq!(t.row_sums, sums.0, "row sums of head {bh}");
         }
@@ -598,11 +626,17 @@ fn pipelines_reject_bad_input() {
     let v = vec![1.0f32; shape.kv_elems()];
     assert!(runner.run(&q[1..], &k, &v).is_err());
     q[3] = f32::NAN;
-    assert!(matches!(runner.run(&q, &k, &v), Err(Error::NonFinite { .. })));
+    assert!(matches!(
+        runner.run(&q, &k, &v),
+        Err(Error::NonFinite { .. })
+    ));
     // All-zero Q: uniform attention, the mean of V's rows (exactly, V is constant).
     let zeros = vec![0f32; shape.q_elems()];
     let out = runner.run(&zeros, &k, &v).unwrap();
-    assert!(out.iter().all(|&x| (x - 1.0).abs() <= 1.0 / 127.0), "{out:?}");
+    assert!(
+        out.iter().all(|&x| (x - 1.0).abs() <= 1.0 / 127.0),
+        "{out:?}"
+    );
     let bad = Attention::new(Pipeline::IntAttention).key_lens(vec![9]);
     assert!(acl::AclAttention::prepare(&bad, &shape).is_err());
     assert!(intattention::backend::prepare(intattention::Backend::Acl, &attn, &shape).is_ok());

@@ -169,7 +169,12 @@ impl<'buf> Function<'buf> {
 
     /// F32 to QAsymm8 / QAsymm8Signed with the output's scale and offset (NEQuantizationLayer).
     pub fn quantize(input: &Tensor<'buf>, output: &Tensor<'buf>) -> Result<Self> {
-        Function::unary("NEQuantizationLayer", input, output, ffi::ia_quantize_create)
+        Function::unary(
+            "NEQuantizationLayer",
+            input,
+            output,
+            ffi::ia_quantize_create,
+        )
     }
 
     /// QAsymm8 / QAsymm8Signed to F32 with the input's scale and offset (NEDequantizationLayer).
@@ -267,11 +272,7 @@ impl<'buf> Function<'buf> {
             None => None,
             Some(v) => {
                 if v.len() != self.rows {
-                    return param_err(format!(
-                        "{} row limits for {} rows",
-                        v.len(),
-                        self.rows
-                    ));
+                    return param_err(format!("{} row limits for {} rows", v.len(), self.rows));
                 }
                 Some(
                     v.iter()

@@ -29,6 +29,7 @@ use super::tensor::{DataType, Tensor, TensorDesc};
 use crate::attention::{head_slices, Attention, AttnShape, Pipeline};
 use crate::error::{param_err, shape_err, Error, Result};
 use crate::quant::{check_finite, QTensor};
+use crate::reference;
 use crate::softmax::{IndexSoftmaxParams, SoftmaxVariant};
 
 /// The integer intermediates of one head, for bit-exact comparison with the native kernels.
@@ -424,14 +425,15 @@ impl IntGraph {
             Function::transpose(&k, &kt)?,
             Function::gemm_lowp(&q, &kt, &scores, STREAMED)?,
         ];
-        let softmax = steps.len();
         let mut row_sums = None;
+        let softmax;
         if attn.pipeline == Pipeline::IntAttention {
             // T is set per run from the scales; 1 is a placeholder that passes validation.
             let params = IndexSoftmaxParams::new(1, attn.variant)?
                 .with_table_bits(attn.table_bits)?
                 .with_clip(attn.clip)?;
             let sums = Tensor::new(&TensorDesc::new(DataType::U32, &[lq]))?;
+            softmax = steps.len();
             steps.push(Function::index_softmax(
                 &scores,
                 &probs,
@@ -441,19 +443,17 @@ impl IntGraph {
             row_sums = Some(sums);
         } else {
             // SPEC pipe 2: dequantize to f32, f32 softmax, quantize P to u8 with scale 1/255.
+            // The dequantization scale s_q s_k scale changes per call: the logits kernel
+            // applies it (and the masks) after an exact S32 -> F32 cast.
             let sf = Tensor::new(&desc(DataType::F32, lq, lk))?;
             let pf = Tensor::new(&desc(DataType::F32, lq, lk))?;
+            steps.push(Function::cast(&scores, &sf)?);
+            softmax = steps.len();
             steps.push(Function::logits(&sf)?);
-            steps.insert(softmax, Function::cast(&scores, &sf)?);
             steps.push(Function::softmax(&sf, &pf, 1.0)?);
             steps.push(Function::quantize(&pf, &probs)?);
         }
         steps.push(Function::gemm_lowp(&probs, &v, &o32, STREAMED)?);
-        let softmax = if attn.pipeline == Pipeline::IntAttention {
-            softmax
-        } else {
-            softmax + 1
-        };
         Ok(IntGraph {
             q,
             k,
@@ -519,15 +519,12 @@ impl IntGraph {
                 t.read(&mut sums)?;
             }
             for i in 0..lq {
-                // The native pipeline's arithmetic, so that outputs match bit for bit.
+                // SPEC section 4 with the native pipeline's single rounding, so that outputs
+                // match bit for bit.
                 let div = if deferred { sums[i] } else { 255 };
-                let f = if div == 0 {
-                    0.0
-                } else {
-                    v.scale as f64 / div as f64
-                };
                 for c in 0..d {
-                    o[i * d + c] = (o32[i * d + c] as i64 as f64 * f) as f32;
+                    o[i * d + c] =
+                        reference::dequantize_output(o32[i * d + c] as i64, v.scale, div);
                 }
             }
             if attn.pipeline == Pipeline::Int8 {
