@@ -550,7 +550,11 @@ fn check_traces(
             let sums =
                 index_softmax(&s, lq, lk, &params, ScoreMask::Prefix(&lens), &mut p).unwrap();
             assert_eq!(t.probs, p, "P of head {bh}");
-            assert_eq!(t.row_sums, sums.0, "row sums of head {bh}");
+            if attn.variant == SoftmaxVariant::Deferred {
+                assert_eq!(t.row_sums, sums.0, "row sums of head {bh}");
+            } else {
+                assert!(t.row_sums.is_empty());
+            }
         }
         let mut o = vec![0i32; lq * d];
         intattention::gemm_u8s8(&t.probs, vh, lq, d, lk, &mut o).unwrap();

@@ -100,7 +100,10 @@ typedef struct ia_gemm_options {
 typedef struct ia_build_info {
     uint32_t acl_major;             /* 20 or 52: the ACL family the shim was compiled for */
     uint8_t acl_patched;            /* 1 when the ACL in use carries our IndexSoftmax patch */
-    uint8_t index_softmax_in_tree;  /* 1 when IndexSoftmax runs inside ACL, 0 out of tree */
+    /* 1 when IndexSoftmax runs inside ACL (patched) wherever the patch computes the same:
+     * Normalized, b = 5, c = 6.6, no row limits or row sums, T <= 2^24; the shim's out-of-tree
+     * kernel runs otherwise. 0: always out of tree. */
+    uint8_t index_softmax_in_tree;
 } ia_build_info;
 
 /* The calling thread's message for its last failed call ("" if none). */

@@ -39,6 +39,10 @@ public:
     {
         return _cols;
     }
+    bool has_row_limits() const
+    {
+        return !_limits.empty();
+    }
 
 protected:
     // One window step per row along Y, the whole row in one X step: the scheduler splits rows.
@@ -69,6 +73,10 @@ public:
     }
     // Empty string when T is in range (and then set), else why not.
     std::string set_threshold(int32_t threshold);
+    int32_t     threshold() const
+    {
+        return _params.threshold;
+    }
 
 private:
     void row(size_t r, const int32_t *s, uint8_t *p, uint32_t *sum_out) const;

@@ -48,6 +48,12 @@ struct ia_function
     std::vector<ia_tensor *>        tensors{};
     std::unique_ptr<IFunction>      function{};
     std::unique_ptr<RowKernel>      kernel{};
+    // IndexSoftmax inside ACL (our patch, INTATTENTION_ACL_PATCHED): NESoftmaxLayer on S32
+    // scores with T as beta. Rebuilt when T changes; the out-of-tree kernel covers what the
+    // patch does not (row limits, T past 2^24, other variants and tables, row sums).
+    bool                            in_tree_eligible{ false };
+    std::unique_ptr<IFunction>      in_tree{};
+    int32_t                         in_tree_threshold{ 0 };
 
     ~ia_function()
     {
@@ -362,6 +368,59 @@ private:
     QuantizationInfo _saved;
 };
 
+// SPEC section 3's table for b = 5, c = 6.6: the only one the patched ACL kernel has.
+const uint8_t spec_table_b5[32] = { 255, 206, 167, 135, 109, 88, 71, 57, 46, 38, 30, 25, 20, 16, 13, 10,
+                                    8,   7,   6,   4,   4,   3,  2,  2,  2,  1,  1,  1,  1,  1,  0,  0 };
+
+// Whether the patched ACL computes exactly what the shim's kernel would for these arguments.
+bool in_tree_capable(const ia_tensor *probs, const ia_tensor *row_sums, const ia_index_softmax_params &p)
+{
+    if(!INTATTENTION_ACL_PATCHED || row_sums != nullptr || p.variant != IA_INDEX_SOFTMAX_NORMALIZED || p.table_len != 32
+       || std::memcmp(p.table, spec_table_b5, sizeof(spec_table_b5)) != 0)
+    {
+        return false;
+    }
+    const ITensorInfo *pi = probs->tensor.info();
+    if(pi->data_type() == DataType::U8)
+    {
+        return true;
+    }
+    const UniformQuantizationInfo q = pi->quantization_info().uniform();
+    return pi->data_type() == DataType::QASYMM8 && q.scale == 1.0f / 255.0f && q.offset == 0;
+}
+
+// Runs IndexSoftmax inside ACL when it can give identical output; false when the shim's kernel
+// must run instead. The patch carries T in the float `beta`, exact only up to 2^24.
+bool run_in_tree(ia_function &f)
+{
+    auto *k = static_cast<IndexSoftmaxKernel *>(f.kernel.get());
+    if(!f.in_tree_eligible || k->has_row_limits() || k->threshold() > (int32_t(1) << 24))
+    {
+        return false;
+    }
+    ia_tensor *scores = f.tensors[0];
+    ia_tensor *probs  = f.tensors[1];
+    if(!f.in_tree || f.in_tree_threshold != k->threshold())
+    {
+        f.in_tree.reset();
+        const float beta = static_cast<float>(k->threshold());
+        if(!bool(NESoftmaxLayer::validate(scores->tensor.info(), probs->tensor.info(), beta, 0)))
+        {
+            // For example padding the tensors' memory no longer allows: the kernel it is, for good.
+            f.in_tree_eligible = false;
+            return false;
+        }
+        const std::vector<uint64_t>     before = sizes_of(f.tensors);
+        std::unique_ptr<NESoftmaxLayer> fn(new NESoftmaxLayer());
+        fn->configure(&scores->tensor, &probs->tensor, beta, 0);
+        check_memory_layouts(f, before);
+        f.in_tree           = std::move(fn);
+        f.in_tree_threshold = k->threshold();
+    }
+    f.in_tree->run();
+    return true;
+}
+
 // Functions that keep their kernel's rows limited need a RowKernel.
 RowKernel *row_kernel(ia_function *f)
 {
@@ -386,7 +445,7 @@ ia_status ia_build_info_get(ia_build_info *out)
         need(out, "out");
         out->acl_major             = INTATTENTION_ACL_MAJOR;
         out->acl_patched           = INTATTENTION_ACL_PATCHED;
-        out->index_softmax_in_tree = 0;
+        out->index_softmax_in_tree = INTATTENTION_ACL_PATCHED;
     });
 }
 
@@ -522,7 +581,7 @@ ia_status ia_function_run(ia_function *function)
         {
             function->function->run();
         }
-        else
+        else if(!run_in_tree(*function))
         {
             NEScheduler::get().schedule(function->kernel.get(), IScheduler::Hints(Window::DimY));
         }
@@ -688,7 +747,8 @@ ia_status ia_index_softmax_create(ia_tensor *scores, ia_tensor *probs, ia_tensor
         finish("IndexSoftmax", { scores, probs, row_sums }, out, [&](ia_function &f) {
             std::unique_ptr<IndexSoftmaxKernel> k(new IndexSoftmaxKernel());
             k->configure(&scores->tensor, &probs->tensor, row_sums ? &row_sums->tensor : nullptr, *params);
-            f.kernel = std::move(k);
+            f.kernel           = std::move(k);
+            f.in_tree_eligible = in_tree_capable(probs, row_sums, *params);
         });
     });
 }

@@ -39,7 +39,7 @@ pub struct HeadTrace {
     pub scores: Vec<i32>,
     /// `Lq x Lk` U8 probabilities (IndexSoftmax's output, or the int8 pipeline's quantized P).
     pub probs: Vec<u8>,
-    /// IndexSoftmax's row sums of table values (IntAttention only; empty otherwise).
+    /// IndexSoftmax's row sums of table values (Deferred IntAttention only; empty otherwise).
     pub row_sums: Vec<u32>,
     /// `Lq x d` S32 `P x V`.
     pub o32: Vec<i32>,
@@ -432,15 +432,18 @@ impl IntGraph {
             let params = IndexSoftmaxParams::new(1, attn.variant)?
                 .with_table_bits(attn.table_bits)?
                 .with_clip(attn.clip)?;
-            let sums = Tensor::new(&TensorDesc::new(DataType::U32, &[lq]))?;
+            // Row sums only where they are needed (Deferred divides by them): without them,
+            // a patched ACL can run Normalized IndexSoftmax itself.
+            if attn.variant == SoftmaxVariant::Deferred {
+                row_sums = Some(Tensor::new(&TensorDesc::new(DataType::U32, &[lq]))?);
+            }
             softmax = steps.len();
             steps.push(Function::index_softmax(
                 &scores,
                 &probs,
-                Some(&sums),
+                row_sums.as_ref(),
                 &params,
             )?);
-            row_sums = Some(sums);
         } else {
             // SPEC pipe 2: dequantize to f32, f32 softmax, quantize P to u8 with scale 1/255.
             // The dequantization scale s_q s_k scale changes per call: the logits kernel
