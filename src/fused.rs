@@ -244,10 +244,11 @@ impl<'a> KvHead<'a> {
                 let kc = &k[base + start * d..base + (start + len) * d];
                 let vc = &v[base + start * d..base + (start + len) * d];
                 let (k, v) = if pack {
-                    (
-                        Operand::Packed(kernel.pack_k(kc, len, d)),
-                        Operand::Packed(kernel.pack_v(vc, len, d)),
-                    )
+                    // K and V side by side: with fewer key/value heads than workers (one head,
+                    // long L) packing would otherwise be a serial step before the row blocks.
+                    let (k, v) =
+                        rayon::join(|| kernel.pack_k(kc, len, d), || kernel.pack_v(vc, len, d));
+                    (Operand::Packed(k), Operand::Packed(v))
                 } else {
                     (Operand::Plain(kc), Operand::Plain(vc))
                 };
