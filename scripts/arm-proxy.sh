@@ -115,18 +115,26 @@ for cpu in $cpus; do
   for b in "${active_backends[@]}"; do
     for p in $pipes; do
       for L in $lens; do
+        # A pipeline the backend cannot run (ACL 20.08 built for plain Armv8-A has no F16
+        # GEMM, for one) is reported as such; the others are still counted.
         # shellcheck disable=SC2046
-        c1=$(qemu_count "$cpu" "$work/c1" "" -- $(bench_args "$p" "$L" "$b" 1))
-        # shellcheck disable=SC2046
-        c3=$(qemu_count "$cpu" "$work/c3" "" -- $(bench_args "$p" "$L" "$b" 3))
+        if ! c1=$(qemu_count "$cpu" "$work/c1" "" -- $(bench_args "$p" "$L" "$b" 1)) ||
+           ! c3=$(qemu_count "$cpu" "$work/c3" "" -- $(bench_args "$p" "$L" "$b" 3)); then
+          why=$(grep -v '^\s*$' "$work/guest.err" | head -n1 | tr '\t"\\' "  '")
+          printf '%s\t%s\t%s\t%s\t-\t-\tfailed: %s\n' "$cpu" "$b" "$p" "$L" "$why" >>"$results"
+          continue
+        fi
         per=$(( (c3 - c1) / 2 ))
         stable=unchecked dev=-
         if [ "$check" = 1 ]; then
           # shellcheck disable=SC2046
-          c2=$(qemu_count "$cpu" "$work/c2" "" -- $(bench_args "$p" "$L" "$b" 2))
-          dev=$(( (c3 - c2) - (c2 - c1) ))
-          stable=NO
-          [ $(( (dev < 0 ? -dev : dev) * 200 )) -le "$per" ] && stable=yes
+          if c2=$(qemu_count "$cpu" "$work/c2" "" -- $(bench_args "$p" "$L" "$b" 2)); then
+            dev=$(( (c3 - c2) - (c2 - c1) ))
+            stable=NO
+            [ $(( (dev < 0 ? -dev : dev) * 200 )) -le "$per" ] && stable=yes
+          else
+            stable="failed on the check run"
+          fi
         fi
         log "cpu=$cpu backend=$b pipe=$p L=$L: $per instructions per run (check $dev, stable: $stable)"
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cpu" "$b" "$p" "$L" "$per" "$dev" "$stable" >>"$results"
@@ -137,8 +145,8 @@ done
 
 # Ratio to the same backend's intattn at the same cpu and L.
 ratios="$work/ratios.tsv"
-awk -F'\t' 'NR == FNR { if ($3 == "intattn") ref[$1 FS $2 FS $4] = $5; next }
-  { k = $1 FS $2 FS $4; r = (k in ref && ref[k] > 0) ? sprintf("%.2f", $5 / ref[k]) : "-";
+awk -F'\t' 'NR == FNR { if ($3 == "intattn" && $5 != "-") ref[$1 FS $2 FS $4] = $5; next }
+  { k = $1 FS $2 FS $4; r = ($5 != "-" && k in ref && ref[k] > 0) ? sprintf("%.2f", $5 / ref[k]) : "-";
     print $0 "\t" r }' "$results" "$results" >"$ratios"
 
 if [ "$json" = 1 ]; then
@@ -148,8 +156,10 @@ if [ "$json" = 1 ]; then
       printf "  \"method\": {\"warmup\": %d, \"runs\": [1, 2, 3], \"per_run\": \"(count(runs=3) - count(runs=1)) / 2\", \"check\": \"(count(3) - count(2)) - (count(2) - count(1))\"},\n", wu
       printf "  \"d\": %d,\n  \"results\": [", d; sep = "" }
     { ratio = ($8 == "-") ? "null" : $8; chk = ($6 == "-") ? "null" : $6
+      per = ($5 == "-") ? "null" : $5
       stable = ($7 == "yes") ? "true" : ($7 == "NO") ? "false" : "null"
-      printf "%s\n    {\"cpu\": \"%s\", \"backend\": \"%s\", \"pipe\": \"%s\", \"L\": %d, \"instructions_per_run\": %s, \"ratio_to_intattn\": %s, \"check\": %s, \"stable\": %s}", sep, $1, $2, $3, $4, $5, ratio, chk, stable
+      err = ($7 ~ /^failed/) ? sprintf(", \"error\": \"%s\"", $7) : ""
+      printf "%s\n    {\"cpu\": \"%s\", \"backend\": \"%s\", \"pipe\": \"%s\", \"L\": %d, \"instructions_per_run\": %s, \"ratio_to_intattn\": %s, \"check\": %s, \"stable\": %s%s}", sep, $1, $2, $3, $4, per, ratio, chk, stable, err
       sep = "," }
     END { printf "\n  ]\n}\n" }' "$ratios"
 else
@@ -157,7 +167,9 @@ else
     echo
     echo "${label/CPU/$cpu} (1 thread, d = $d)"
     printf '%-8s %-8s %6s %14s %9s %9s %9s  %s\n' backend pipeline L "insns/run" millions "/intattn" check stable
-    awk -F'\t' -v cpu="$cpu" '$1 == cpu {
+    awk -F'\t' -v cpu="$cpu" '$1 == cpu && $5 == "-" {
+        printf "%-8s %-8s %6d %14s %9s %9s %9s  %s\n", $2, $3, $4, "-", "-", "-", "-", $7 }
+      $1 == cpu && $5 != "-" {
         printf "%-8s %-8s %6d %14.0f %8.2fM %9s %9s  %s\n", $2, $3, $4, $5, $5 / 1e6, $8, $6, $7 }' "$ratios"
   done
 fi
