@@ -17,7 +17,7 @@
 #
 # Usage: scripts/arm-proxy.sh [--json] [--lens "256 1024"] [--d 128] [--pipes "fp32 fp16 int8 intattn"]
 #                             [--cpus "max cortex-a76"] [--backends "native acl"] [--no-check]
-#                             [--profile PIPE[@L]] [--top N] [--no-build] [--bin PATH]
+#                             [--profile PIPE[@L][:BACKEND]] [--top N] [--no-build] [--bin PATH]
 # --no-build skips the package check and the cargo build; --bin counts a given aarch64 binary.
 set -euo pipefail
 
@@ -150,16 +150,16 @@ awk -F'\t' 'NR == FNR { if ($3 == "intattn" && $5 != "-") ref[$1 FS $2 FS $4] = 
     print $0 "\t" r }' "$results" "$results" >"$ratios"
 
 if [ "$json" = 1 ]; then
-  awk -F'\t' -v d="$d" -v wu="$warmup" 'BEGIN {
-      printf "{\n  \"label\": \"emulation proxy: qemu executed aarch64 instructions, not time\",\n"
+  awk -F'\t' -v d="$d" -v wu="$warmup" -v runs="$([ "$check" = 1 ] && echo 1, 2, 3 || echo 1, 3)" 'BEGIN {
+      printf "{\n  \"label\": \"emulation proxy: qemu executed aarch64 instructions (-cpu as in each result), not time\",\n"
       printf "  \"unit\": \"aarch64 instructions per run (1 thread)\",\n"
-      printf "  \"method\": {\"warmup\": %d, \"runs\": [1, 2, 3], \"per_run\": \"(count(runs=3) - count(runs=1)) / 2\", \"check\": \"(count(3) - count(2)) - (count(2) - count(1))\"},\n", wu
+      printf "  \"method\": {\"warmup\": %d, \"runs\": [%s], \"per_run\": \"(count(runs=3) - count(runs=1)) / 2\", \"check\": \"(count(3) - count(2)) - (count(2) - count(1))\"},\n", wu, runs
       printf "  \"d\": %d,\n  \"results\": [", d; sep = "" }
     { ratio = ($8 == "-") ? "null" : $8; chk = ($6 == "-") ? "null" : $6
       per = ($5 == "-") ? "null" : $5
       stable = ($7 == "yes") ? "true" : ($7 == "NO") ? "false" : "null"
       err = ($7 ~ /^failed/) ? sprintf(", \"error\": \"%s\"", $7) : ""
-      printf "%s\n    {\"cpu\": \"%s\", \"backend\": \"%s\", \"pipe\": \"%s\", \"L\": %d, \"instructions_per_run\": %s, \"ratio_to_intattn\": %s, \"check\": %s, \"stable\": %s%s}", sep, $1, $2, $3, $4, per, ratio, chk, stable, err
+      printf "%s\n    {\"label\": \"emulation proxy: qemu -cpu %s executed aarch64 instructions, not time\", \"cpu\": \"%s\", \"backend\": \"%s\", \"pipe\": \"%s\", \"L\": %d, \"instructions_per_run\": %s, \"ratio_to_intattn\": %s, \"check\": %s, \"stable\": %s%s}", sep, $1, $1, $2, $3, $4, per, ratio, chk, stable, err
       sep = "," }
     END { printf "\n  ]\n}\n" }' "$ratios"
 else
@@ -176,17 +176,18 @@ fi
 
 # --- optional profile: per-run instructions by symbol -------------------------------------------
 if [ -n "$profile" ]; then
-  p=${profile%@*}; L=${profile#*@}; [ "$L" = "$profile" ] && L=${lens##* }
+  pb=${profile%%:*}; pbackend=${profile#*:}; [ "$pbackend" = "$profile" ] && pbackend=native
+  p=${pb%@*}; L=${pb#*@}; [ "$L" = "$pb" ] && L=${lens##* }
   cpu=${cpus%% *}
   # shellcheck disable=SC2046
-  qemu_count "$cpu" "$work/p1" ",symbols=on" -- $(bench_args "$p" "$L" native 1) >/dev/null
+  qemu_count "$cpu" "$work/p1" ",symbols=on" -- $(bench_args "$p" "$L" "$pbackend" 1) >/dev/null
   # shellcheck disable=SC2046
-  qemu_count "$cpu" "$work/p2" ",symbols=on" -- $(bench_args "$p" "$L" native 3) >/dev/null
+  qemu_count "$cpu" "$work/p2" ",symbols=on" -- $(bench_args "$p" "$L" "$pbackend" 3) >/dev/null
   demangle=cat
   command -v rustfilt >/dev/null && demangle=rustfilt
   [ "$demangle" = cat ] && command -v c++filt >/dev/null && demangle=c++filt
   echo
-  echo "${label/CPU/$cpu}: profile of $p, L = $L, d = $d, instructions per run by symbol"
+  echo "${label/CPU/$cpu}: profile of $p on $pbackend, L = $L, d = $d, instructions per run by symbol"
   awk -v n=2 '$1 == "sym" { name = $3; for (i = 4; i <= NF; i++) name = name " " $i
         if (FILENAME ~ /p1$/) a[name] += $2; else b[name] += $2 }
       END { for (s in b) { v = (b[s] - a[s]) / n; if (v != 0) printf "%.0f\t%s\n", v, s }
