@@ -645,3 +645,38 @@ fn pipelines_reject_bad_input() {
     assert!(acl::AclAttention::prepare(&bad, &shape).is_err());
     assert!(intattention::backend::prepare(intattention::Backend::Acl, &attn, &shape).is_ok());
 }
+
+/// Callers' int8 tensors with every i8 value, -128 included, through both integer pipelines:
+/// IntAttention bit-exact, int8 within the tolerance of `int8_pipeline_matches_native`.
+#[test]
+fn run_quantized_accepts_every_i8_value() {
+    let shape = AttnShape::new(1, 2, 24, 16);
+    let mut rng = Rng::new(14);
+    let mut q = rng.vec_i8(shape.q_elems());
+    let mut k = rng.vec_i8(shape.kv_elems());
+    let mut v = rng.vec_i8(shape.kv_elems());
+    q[0] = -128;
+    k[1] = -128;
+    v[2] = -128;
+    let (q, k, v) = (
+        QTensor::from_parts(q, 0.02).unwrap(),
+        QTensor::from_parts(k, 0.03).unwrap(),
+        QTensor::from_parts(v, 0.01).unwrap(),
+    );
+    for pipe in [Pipeline::IntAttention, Pipeline::Int8] {
+        let attn = Attention::new(pipe).causal(true);
+        let native = attn.run_quantized(&shape, &q, &k, &v).unwrap();
+        let got = acl::AclAttention::prepare(&attn, &shape)
+            .unwrap()
+            .run_quantized(&q, &k, &v)
+            .unwrap();
+        if pipe == Pipeline::IntAttention {
+            assert_eq!(got, native);
+        } else {
+            assert!(max_abs_diff(&got, &native) <= 1.5e-3);
+        }
+    }
+    let fp32 = Attention::new(Pipeline::Fp32);
+    let mut runner = acl::AclAttention::prepare(&fp32, &shape).unwrap();
+    assert!(runner.run_quantized(&q, &k, &v).is_err());
+}
