@@ -38,7 +38,9 @@ fn compile(install: &AclInstall) -> Result<(), String> {
     let mut build = cc::Build::new();
     build
         .cpp(true)
-        .std("c++14")
+        // C++17 compiles both families' headers (20.08 needs at least C++14; newer 52.x
+        // releases may use C++17 features).
+        .std("c++17")
         .include("wrapper")
         .define(
             "INTATTENTION_ACL_MAJOR",

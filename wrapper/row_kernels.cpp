@@ -4,8 +4,6 @@
 // scalar reference.
 #include "row_kernels.h"
 
-#include "arm_compute/core/Helpers.h"
-
 #include <algorithm>
 #include <cmath>
 #include <limits>

@@ -8,7 +8,6 @@
 
 #include "arm_compute/core/Error.h"
 #include "arm_compute/core/TensorInfo.h"
-#include "arm_compute/core/Utils.h"
 #include "arm_compute/runtime/IFunction.h"
 #include "arm_compute/runtime/NEON/NEScheduler.h"
 #include "arm_compute/runtime/NEON/functions/NECast.h"
@@ -623,8 +622,8 @@ ia_status ia_gemmlowp_create(ia_tensor *a, ia_tensor *b, ia_tensor *d, const ia_
         const bool     b_const = options->b_constant != 0;
         const GEMMInfo gi      = gemm_info(b_const);
         const DataType ta = info(a)->data_type(), tb = info(b)->data_type();
-        if(is_data_type_quantized_asymmetric(ta) && is_data_type_quantized_asymmetric(tb)
-           && is_data_type_quantized_asymmetric_signed(ta) != is_data_type_quantized_asymmetric_signed(tb))
+        const auto     qasymm = [](DataType t) { return t == DataType::QASYMM8 || t == DataType::QASYMM8_SIGNED; };
+        if(qasymm(ta) && qasymm(tb) && (ta == DataType::QASYMM8_SIGNED) != (tb == DataType::QASYMM8_SIGNED))
         {
             // ACL validates this pair but computes garbage (all wrong on 20.08 under qemu, all
             // zeros on 52.3): refuse it rather than return wrong numbers.
