@@ -60,8 +60,8 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn build_info_names_the_acl_family() {
     let info = acl::build_info().unwrap();
     assert!(matches!(info.acl_major, 20 | 52), "{info:?}");
-    // Without our patch, IndexSoftmax must run out of tree.
-    assert!(info.patched || !info.index_softmax_in_tree, "{info:?}");
+    // IndexSoftmax runs inside ACL exactly when ACL carries our patch.
+    assert_eq!(info.index_softmax_in_tree, info.patched, "{info:?}");
 }
 
 #[test]
