@@ -562,8 +562,10 @@ impl IntSoftmax {
 
 /// One output row from its exact O32 row and divisor (0 for a fully masked row).
 pub(crate) fn output_row(o32: &[i64], divisor: u32, v_scale: f32, out: &mut [f32]) {
+    let factor = reference::row_factor(v_scale, divisor);
     for (o, &x) in out.iter_mut().zip(o32) {
-        *o = reference::dequantize_output(x, v_scale, divisor);
+        *o = reference::dequantize_output_fast(x, factor)
+            .unwrap_or_else(|| reference::dequantize_output_exact(x, v_scale, divisor));
     }
 }
 

@@ -38,8 +38,19 @@ pub fn quantize_with_scale(x: &[f32], scale: f32, out: &mut [i8]) {
         return;
     }
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *o = round_half_even_small((v / scale).clamp(-127.0, 127.0)) as i8;
     }
+}
+
+/// `round_ties_even` for |v| <= 2^22, written so that it vectorises: adding and subtracting
+/// 1.5 * 2^23 leaves only integer bits, and IEEE addition rounds half to even. (Plain
+/// `f32::round_ties_even` becomes a `rintf` call per element on baseline x86-64, which made
+/// quantization a third of the IntAttention run time.) Clamping before rounding gives the same
+/// result as SPEC's round-then-clamp because the bounds are integers and rounding is monotone.
+#[inline(always)]
+fn round_half_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
 }
 
 /// SPEC section 1: `s = max|x| / 127`, `q = clamp(round_half_even(x / s), -127, 127)`.
@@ -115,6 +126,19 @@ mod tests {
             .collect();
         let (q, _) = quantize_symmetric(&x).unwrap();
         assert!(q.iter().all(|&v| v >= -127));
+    }
+
+    #[test]
+    fn magic_rounding_equals_round_ties_even() {
+        // Every multiple of 1/64 in [-130, 130] (all ties included) and a sweep of odd values.
+        for i in -130 * 64..=130 * 64 {
+            let v = i as f32 / 64.0;
+            assert_eq!(round_half_even_small(v), v.round_ties_even(), "{v}");
+        }
+        for i in 0..100_000 {
+            let v = (i as f32 * 0.001_273_1).sin() * 127.0;
+            assert_eq!(round_half_even_small(v), v.round_ties_even(), "{v}");
+        }
     }
 
     #[test]

@@ -141,6 +141,52 @@ pub fn index_softmax_paper_sim_row(
 /// the same bits; `O32 (s_v / divisor)` in f64 rounds three times and can miss a halfway case.
 /// A fully masked row (`divisor == 0`) gives 0. `s_v` must be finite and non-negative.
 pub fn dequantize_output(o32: i64, s_v: f32, divisor: u32) -> f32 {
+    if let Some(v) = dequantize_output_fast(o32, row_factor(s_v, divisor)) {
+        return v;
+    }
+    dequantize_output_exact(o32, s_v, divisor)
+}
+
+/// `s_v / divisor` in f64 (one rounding), the per-row factor of [`dequantize_output_fast`];
+/// 0 for a zero divisor.
+#[inline]
+pub fn row_factor(s_v: f32, divisor: u32) -> f64 {
+    if divisor == 0 {
+        0.0
+    } else {
+        s_v as f64 / divisor as f64
+    }
+}
+
+/// The common case of [`dequantize_output`] in two f64 operations: `q = O32 * factor` is
+/// within a relative 2^-51 of the exact quotient (two roundings of 2^-53 each), i.e. within
+/// 4 ulps of f64. Rounding `q` to f32 then gives the correctly rounded result unless `q` lies
+/// within those ulps of a point halfway between two f32 values (the low 29 of the 52 f64
+/// mantissa bits are then near `1 << 28`), or outside f32's normal range. Those cases return
+/// `None` and take the exact path; they are about one in 10^7 for random data.
+#[inline]
+pub fn dequantize_output_fast(o32: i64, factor: f64) -> Option<f32> {
+    if o32 == 0 || factor == 0.0 {
+        return Some(0.0);
+    }
+    if o32.unsigned_abs() >= 1 << 53 {
+        return None;
+    }
+    let q = o32 as f64 * factor;
+    let a = q.abs();
+    if !(a >= f32::MIN_POSITIVE as f64 && a < f32::MAX as f64) {
+        return None;
+    }
+    let low = (q.to_bits() & ((1 << 29) - 1)) as i64;
+    if (low - (1 << 28)).abs() <= 16 {
+        return None;
+    }
+    Some(q as f32)
+}
+
+/// [`dequantize_output`] by exact integer arithmetic: the reference the fast path is checked
+/// against.
+pub fn dequantize_output_exact(o32: i64, s_v: f32, divisor: u32) -> f32 {
     if divisor == 0 || o32 == 0 || s_v == 0.0 {
         return 0.0;
     }
@@ -205,5 +251,51 @@ pub fn softmax_f32_row(row: &mut [f32], valid: usize) {
     let inv = 1.0 / sum;
     for v in kept.iter_mut() {
         *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod dequantize_tests {
+    use super::*;
+
+    /// The fast path either declines or agrees with exact integer arithmetic, over random
+    /// values and over constructed near-halfway quotients.
+    #[test]
+    fn fast_output_path_agrees_with_exact() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut declined = 0;
+        for i in 0..400_000 {
+            let r = next();
+            let o32 = (r as i64 >> (r % 40)) % (1 << 40);
+            let s_v = f32::from_bits(0x3800_0000 + (next() as u32 % 0x0800_0000));
+            let divisor = match i % 4 {
+                0 => 255,
+                1 => 1 + (next() % 300) as u32,
+                _ => 1 + (next() % (255 << 16)) as u32,
+            };
+            let exact = dequantize_output_exact(o32, s_v, divisor);
+            match dequantize_output_fast(o32, row_factor(s_v, divisor)) {
+                Some(v) => assert_eq!(v.to_bits(), exact.to_bits(), "{o32} {s_v} {divisor}"),
+                None => declined += 1,
+            }
+        }
+        assert!(declined < 400, "fast path declined {declined} times");
+        // Exact halfway products: o32 * s_v with divisor 1 sits exactly between two f32s.
+        for k in 0..1000i64 {
+            let s_v = 1.0f32 + f32::EPSILON * k as f32;
+            let o32 = (1 << 24) + 1 + 2 * k;
+            let exact = dequantize_output_exact(o32, s_v, 1);
+            if let Some(v) = dequantize_output_fast(o32, row_factor(s_v, 1)) {
+                assert_eq!(v.to_bits(), exact.to_bits());
+            }
+            assert_eq!(dequantize_output(o32, s_v, 1).to_bits(), exact.to_bits());
+        }
+        assert_eq!(dequantize_output_fast(5, row_factor(0.5, 0)), Some(0.0));
     }
 }
