@@ -397,6 +397,38 @@ fn normalize_row_small_and_large_sums() {
     }
 }
 
+/// Any sum from 255 up (the range where every result fits a byte whatever the row holds),
+/// exhaustively up to 3000 and then at random and at the extremes, against every byte value:
+/// this exercises the exact quotient at each rounding tie and near-tie.
+#[test]
+fn normalize_row_every_value_many_sums() {
+    let p: Vec<u8> = (0..=255).collect();
+    let mut rng = Rng(7);
+    let count = if cfg!(target_arch = "aarch64") {
+        300
+    } else {
+        3000
+    };
+    let sums = (255u32..3000)
+        .chain((0..count).map(|_| 255 + rng.below(u32::MAX as u64 - 255) as u32))
+        .chain([
+            u32::MAX,
+            u32::MAX - 1,
+            255 * ((1 << 24) - 1),
+            1 << 31,
+            (1 << 31) - 1,
+        ]);
+    for sum in sums {
+        let mut want = p.clone();
+        Generic.normalize_row(&mut want, sum);
+        for kern in under_test() {
+            let mut got = p.clone();
+            kern.normalize_row(&mut got, sum);
+            assert!(got == want, "{}: normalize_row with sum {sum}", kern.name());
+        }
+    }
+}
+
 /// f64 softmax of the f32 differences `x - max` that every implementation computes first.
 fn softmax_f64(row: &[f32], valid: usize) -> Vec<f64> {
     let mut out = vec![0f64; row.len()];

@@ -17,7 +17,8 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::{
-    check_packed, index_consts, index_softmax_tail, normalize_table, run_tiles, Blocking, Tile,
+    check_packed, index_consts, index_softmax_tail, interleave2_i16, normalize_table, run_tiles,
+    ARows, Blocking, ColGroups, Tile, GROUP_BYTES,
 };
 use crate::kernels::{Kernel, PackedB};
 use crate::softmax::Lut;
@@ -50,10 +51,26 @@ impl Avx2 {
     }
 }
 
-/// Packs i16 pairs: the values of depth `2g` and `2g + 1` (zero past `k`), little endian.
-fn put_pair(dst: &mut [u8], lo: i16, hi: i16) {
-    dst[..2].copy_from_slice(&lo.to_le_bytes());
-    dst[2..].copy_from_slice(&hi.to_le_bytes());
+/// A widened to i16, each row padded to whole pairs; returns the values and the row stride
+/// in bytes.
+fn widen_rows<T: Copy>(a: &[T], m: usize, k: usize, widen: impl Fn(T) -> i16) -> (Vec<i16>, usize) {
+    assert_eq!(a.len(), m * k, "A must be m x k");
+    let ldw = k.next_multiple_of(2);
+    let mut w = vec![0i16; m * ldw];
+    if k > 0 {
+        for (dst, src) in w.chunks_exact_mut(ldw).zip(a.chunks_exact(k)) {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = widen(x);
+            }
+        }
+    }
+    (w, 2 * ldw)
+}
+
+fn i16_bytes(w: &[i16]) -> &[u8] {
+    // SAFETY: any initialized i16 memory may be read as bytes (u8 has alignment 1), and the
+    // length covers exactly the same memory.
+    unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, 2 * w.len()) }
 }
 
 impl Kernel for Avx2 {
@@ -72,12 +89,8 @@ impl Kernel for Avx2 {
     }
 
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        assert_eq!(b.len(), n * k, "pack_k: K must be n x k");
-        let at = |j: usize, t: usize| if t < k { b[j * k + t] as i16 } else { 0 };
         PackedB {
-            data: BL.pack_b(n, k, |j, g, dst| {
-                put_pair(dst, at(j, 2 * g), at(j, 2 * g + 1))
-            }),
+            data: BL.pack_b_cols(b, n, k, ColGroups::PairsI16),
             sums: Vec::new(),
             n,
             k,
@@ -89,23 +102,14 @@ impl Kernel for Avx2 {
         if b.packed_by == "plain" {
             return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
         }
-        check_packed(b, &[NAME], &BL, false);
-        let k = b.k;
-        assert_eq!(a.len(), m * k, "gemm_s8s8_packed: A must be m x k");
-        let at = |r: usize, t: usize| if t < k { a[r * k + t] as i16 } else { 0 };
-        let pa = BL.pack_a(m, k, |r, g, dst| {
-            put_pair(dst, at(r, 2 * g), at(r, 2 * g + 1))
-        });
-        self.run(&pa, b, m, c);
+        check_packed(b, &[NAME], &BL);
+        let (w, lda) = widen_rows(a, m, b.k, i16::from);
+        self.run(i16_bytes(&w), lda, b, m, c);
     }
 
     fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        assert_eq!(b.len(), k * n, "pack_v: V must be k x n");
-        let at = |t: usize, j: usize| if t < k { b[t * n + j] as i16 } else { 0 };
         PackedB {
-            data: BL.pack_b(n, k, |j, g, dst| {
-                put_pair(dst, at(2 * g, j), at(2 * g + 1, j))
-            }),
+            data: BL.pack_b_rows(b, k, n, interleave2_i16),
             sums: Vec::new(),
             n,
             k,
@@ -117,14 +121,9 @@ impl Kernel for Avx2 {
         if b.packed_by == "plain" {
             return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
         }
-        check_packed(b, &[NAME], &BL, false);
-        let k = b.k;
-        assert_eq!(a.len(), m * k, "gemm_u8s8_packed: A must be m x k");
-        let at = |r: usize, t: usize| if t < k { a[r * k + t] as i16 } else { 0 };
-        let pa = BL.pack_a(m, k, |r, g, dst| {
-            put_pair(dst, at(r, 2 * g), at(r, 2 * g + 1))
-        });
-        self.run(&pa, b, m, c);
+        check_packed(b, &[NAME], &BL);
+        let (w, lda) = widen_rows(a, m, b.k, i16::from);
+        self.run(i16_bytes(&w), lda, b, m, c);
     }
 
     fn index_softmax_row(
@@ -159,9 +158,10 @@ impl Kernel for Avx2 {
 }
 
 impl Avx2 {
-    fn run(&self, pa: &[u8], b: &PackedB, m: usize, c: &mut [i32]) {
+    fn run(&self, a: &[u8], lda: usize, b: &PackedB, m: usize, c: &mut [i32]) {
         assert_eq!(c.len(), m * b.n, "C must be m x n");
-        run_tiles(&BL, pa, &b.data, None, m, b.n, b.k, c, |t| {
+        let a = ARows { data: a, lda };
+        run_tiles(&BL, a, &b.data, None, m, b.n, b.k, c, |t| {
             // SAFETY: `self` proves AVX2 support; `run_tiles` guarantees the tile's pointer
             // ranges (see `Tile`), and `rows <= BL.mr`.
             unsafe { micro_dispatch(t) }
@@ -189,24 +189,17 @@ fn lane_mask(lanes: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), iota)
 }
 
-/// One `R x 16` tile: `R` rows of packed i16 pairs against one B panel (see [`Tile`]).
+/// One `R x 16` tile: `R` rows of i16 pairs against one B panel (see [`Tile`]).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro<const R: usize>(t: &Tile) {
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
     let lanes = [t.cols.min(8), t.cols.saturating_sub(8).min(8)];
-    // Starting values: C itself when accumulating over depth blocks, else the corrections.
-    let base: Option<(*const i32, usize)> = if t.accumulate {
-        Some((t.c as *const i32, t.ldc))
-    } else if !t.init.is_null() {
-        Some((t.init, 0))
-    } else {
-        None
-    };
-    if let Some((src, ld)) = base {
+    // Starting values: C itself when accumulating over depth blocks, else the row values.
+    if t.accumulate {
         for (r, acc_r) in acc.iter_mut().enumerate() {
             for (v, acc_rv) in acc_r.iter_mut().enumerate() {
-                let p = src.add(r * ld + 8 * v);
+                let p = t.c.wrapping_add(r * t.ldc + 8 * v) as *const i32;
                 *acc_rv = match lanes[v] {
                     8 => _mm256_loadu_si256(p as *const __m256i),
                     0 => _mm256_setzero_si256(),
@@ -214,22 +207,27 @@ unsafe fn micro<const R: usize>(t: &Tile) {
                 };
             }
         }
+    } else if !t.row_init.is_null() {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            *acc_r = [_mm256_set1_epi32(*t.row_init.add(r)); 2];
+        }
     }
-    let (mut a, mut b) = (t.a, t.b);
+    let mut a = t.a;
+    let mut b = t.b;
     for _ in 0..t.groups {
         let b0 = _mm256_loadu_si256(b as *const __m256i);
         let b1 = _mm256_loadu_si256(b.add(32) as *const __m256i);
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = _mm256_set1_epi32((a.add(4 * r) as *const i32).read_unaligned());
+            let av = _mm256_set1_epi32((a.add(r * t.lda) as *const i32).read_unaligned());
             acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(av, b0));
             acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(av, b1));
         }
-        a = a.add(t.a_stride);
+        a = a.add(GROUP_BYTES);
         b = b.add(64);
     }
     for (r, acc_r) in acc.iter().enumerate() {
         for (v, acc_rv) in acc_r.iter().enumerate() {
-            let p = t.c.add(r * t.ldc + 8 * v);
+            let p = t.c.wrapping_add(r * t.ldc + 8 * v);
             match lanes[v] {
                 8 => _mm256_storeu_si256(p as *mut __m256i, *acc_rv),
                 0 => {}

@@ -4,18 +4,28 @@
 //! intermediate saturation (its lanes wrap like the i32 accumulators, and only where the true
 //! result would not fit i32, which the trait's depth limits exclude):
 //! - P x V is u8 x s8 already: exact as is.
-//! - Q x K^T is s8 x s8: Q is packed as `q + 128` (u8), and every column starts from
-//!   `-128 * sum_t K[j][t]`, computed once when K is packed, so
-//!   `sum (q + 128) k - 128 sum k = sum q k` for every i8 value, -128 included.
+//! - Q x K^T is s8 x s8: K is packed as `k + 128` (u8), and every row of C starts from
+//!   `-128 * sum_t Q[i][t]`, so `sum q (k + 128) - 128 sum q = sum q k` for every i8 value,
+//!   -128 included.
+//!
+//! Neither product packs A: the micro-kernel broadcasts 4 bytes straight from A's rows (a copy
+//! is made only when the depth is not a multiple of 4, to zero-pad the last group).
 //!
 //! IndexSoftmax: the exact f64 index of [`super::index_consts`]; the table lookup is one or two
 //! `vpermb`/`vpermi2b` with VBMI, else a `vpshufb` per 16-entry slice of the table. The
 //! Normalized finish looks up a 256-byte result table the same way (VBMI) or in scalar code.
 
+// AVX-512 target features and intrinsics are stable since Rust 1.89, above the rust-version
+// that Cargo.toml declares (1.85): this module is the reason the real minimum is 1.89.
+#![allow(clippy::incompatible_msrv)]
+
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::{check_packed, index_consts, normalize_table, run_tiles, Blocking, Tile};
+use super::{
+    as_bytes, check_packed, index_consts, interleave4, normalize_table, run_tiles, ARows, Blocking,
+    ColGroups, Tile, GROUP_BYTES,
+};
 use crate::kernels::{Kernel, PackedB};
 use crate::softmax::Lut;
 
@@ -63,22 +73,37 @@ impl Avx512 {
         .as_ref()
     }
 
-    fn run(&self, pa: &[u8], b: &PackedB, m: usize, c: &mut [i32]) {
+    /// `c = a * b (+ row_init)` with A read in place (copied only to pad a ragged depth).
+    /// `A_U8`: A holds the unsigned operand (P x V), else B does (K packed as k + 128).
+    fn run<const A_U8: bool>(
+        &self,
+        a: &[u8],
+        b: &PackedB,
+        row_init: Option<&[i32]>,
+        m: usize,
+        c: &mut [i32],
+    ) {
+        let k = b.k;
+        assert_eq!(a.len(), m * k, "A must be m x k");
         assert_eq!(c.len(), m * b.n, "C must be m x n");
-        let init = (!b.sums.is_empty()).then_some(&b.sums[..]);
-        run_tiles(&BL, pa, &b.data, init, m, b.n, b.k, c, |t| {
+        let padded;
+        let (data, lda) = if k.is_multiple_of(4) {
+            (a, k)
+        } else {
+            let lda = k.next_multiple_of(4);
+            let mut v = vec![0u8; m * lda];
+            for (dst, src) in v.chunks_exact_mut(lda).zip(a.chunks_exact(k)) {
+                dst[..k].copy_from_slice(src);
+            }
+            padded = v;
+            (&padded[..], lda)
+        };
+        let a = ARows { data, lda };
+        run_tiles(&BL, a, &b.data, row_init, m, b.n, k, c, |t| {
             // SAFETY: `self` proves AVX-512 F/BW/VNNI support; `run_tiles` guarantees the
             // tile's pointer ranges (see `Tile`), and `rows <= BL.mr`.
-            unsafe { micro_dispatch(t) }
+            unsafe { micro_dispatch::<A_U8>(t) }
         });
-    }
-}
-
-/// The 4 bytes of depth `4g..4g + 4` of one row or column, zero past `k`.
-fn put_group(dst: &mut [u8], k: usize, g: usize, at: impl Fn(usize) -> u8) {
-    for (i, d) in dst.iter_mut().enumerate() {
-        let t = 4 * g + i;
-        *d = if t < k { at(t) } else { 0 };
     }
 }
 
@@ -102,20 +127,11 @@ impl Kernel for Avx512 {
     }
 
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        assert_eq!(b.len(), n * k, "pack_k: K must be n x k");
-        let data = BL.pack_b(n, k, |j, g, dst| {
-            put_group(dst, k, g, |t| b[j * k + t] as u8)
-        });
-        // Column corrections for Q packed as q + 128. |sum| <= 128 k, so 128 |sum| fits i32
-        // for k <= MAX_K_S8S8.
-        let mut sums = vec![0i32; BL.panels(n) * BL.nr];
-        for (j, s) in sums.iter_mut().enumerate().take(n) {
-            let col: i32 = b[j * k..(j + 1) * k].iter().map(|&x| x as i32).sum();
-            *s = col.wrapping_mul(-128);
-        }
+        // k + 128 as u8 is k's bit pattern with the sign bit flipped.
+        let data = BL.pack_b_cols(b, n, k, ColGroups::Bytes { flip: true });
         PackedB {
             data,
-            sums,
+            sums: Vec::new(),
             n,
             k,
             packed_by: self.name(),
@@ -126,22 +142,28 @@ impl Kernel for Avx512 {
         if b.packed_by == "plain" {
             return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
         }
-        check_packed(b, &LAYOUTS, &BL, true);
-        let k = b.k;
-        assert_eq!(a.len(), m * k, "gemm_s8s8_packed: A must be m x k");
-        // q + 128 as u8 is q's bit pattern with the sign bit flipped.
-        let pa = BL.pack_a(m, k, |r, g, dst| {
-            put_group(dst, k, g, |t| a[r * k + t] as u8 ^ 0x80)
-        });
-        self.run(&pa, b, m, c);
+        check_packed(b, &LAYOUTS, &BL);
+        assert_eq!(a.len(), m * b.k, "gemm_s8s8_packed: A must be m x k");
+        // Row corrections for K packed as k + 128. |sum| <= 128 k, so 128 |sum| fits i32 for
+        // k <= MAX_K_S8S8.
+        let row_init: Vec<i32> = if b.k == 0 {
+            vec![0; m]
+        } else {
+            a.chunks_exact(b.k)
+                .map(|row| {
+                    row.iter()
+                        .map(|&x| x as i32)
+                        .sum::<i32>()
+                        .wrapping_mul(-128)
+                })
+                .collect()
+        };
+        self.run::<false>(as_bytes(a), b, Some(&row_init), m, c);
     }
 
     fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        assert_eq!(b.len(), k * n, "pack_v: V must be k x n");
         PackedB {
-            data: BL.pack_b(n, k, |j, g, dst| {
-                put_group(dst, k, g, |t| b[t * n + j] as u8)
-            }),
+            data: BL.pack_b_rows(b, k, n, |rows, j0, dst| interleave4(rows, j0, dst, false)),
             sums: Vec::new(),
             n,
             k,
@@ -153,12 +175,8 @@ impl Kernel for Avx512 {
         if b.packed_by == "plain" {
             return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
         }
-        check_packed(b, &LAYOUTS, &BL, false);
-        assert!(b.sums.is_empty(), "gemm_u8s8_packed: V packed by pack_k");
-        let k = b.k;
-        assert_eq!(a.len(), m * k, "gemm_u8s8_packed: A must be m x k");
-        let pa = BL.pack_a(m, k, |r, g, dst| put_group(dst, k, g, |t| a[r * k + t]));
-        self.run(&pa, b, m, c);
+        check_packed(b, &LAYOUTS, &BL);
+        self.run::<true>(a, b, None, m, c);
     }
 
     fn index_softmax_row(
@@ -205,14 +223,14 @@ impl Kernel for Avx512 {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn micro_dispatch(t: &Tile) {
+unsafe fn micro_dispatch<const A_U8: bool>(t: &Tile) {
     match t.rows {
-        6 => micro::<6>(t),
-        5 => micro::<5>(t),
-        4 => micro::<4>(t),
-        3 => micro::<3>(t),
-        2 => micro::<2>(t),
-        _ => micro::<1>(t),
+        6 => micro::<6, A_U8>(t),
+        5 => micro::<5, A_U8>(t),
+        4 => micro::<4, A_U8>(t),
+        3 => micro::<3, A_U8>(t),
+        2 => micro::<2, A_U8>(t),
+        _ => micro::<1, A_U8>(t),
     }
 }
 
@@ -232,40 +250,47 @@ fn mask64(lanes: usize) -> __mmask64 {
     }
 }
 
-/// One `R x 64` tile: `R` rows of packed u8 groups against one s8 B panel (see [`Tile`]).
+/// One `R x 64` tile: `R` rows of A's 4-byte groups against one B panel (see [`Tile`]);
+/// `A_U8` says which operand `vpdpbusd` takes as unsigned.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn micro<const R: usize>(t: &Tile) {
+unsafe fn micro<const R: usize, const A_U8: bool>(t: &Tile) {
     let mut acc = [[_mm512_setzero_si512(); NV]; R];
-    let masks: [__mmask16; NV] =
-        std::array::from_fn(|v| mask16(t.cols.saturating_sub(16 * v).min(16)));
-    let base: Option<(*const i32, usize)> = if t.accumulate {
-        Some((t.c as *const i32, t.ldc))
-    } else if !t.init.is_null() {
-        Some((t.init, 0))
-    } else {
-        None
-    };
-    if let Some((src, ld)) = base {
+    let mut masks = [0 as __mmask16; NV];
+    for (v, m) in masks.iter_mut().enumerate() {
+        *m = mask16(t.cols.saturating_sub(16 * v).min(16));
+    }
+    if t.accumulate {
         for (r, acc_r) in acc.iter_mut().enumerate() {
             for (v, acc_rv) in acc_r.iter_mut().enumerate() {
                 // Masked-off lanes are not read, so a pointer past C's last column is fine.
-                let p = src.wrapping_add(r * ld + 16 * v);
+                let p = t.c.wrapping_add(r * t.ldc + 16 * v);
                 *acc_rv = _mm512_maskz_loadu_epi32(masks[v], p);
             }
         }
-    }
-    let (mut a, mut b) = (t.a, t.b);
-    for _ in 0..t.groups {
-        let bv: [__m512i; NV] =
-            std::array::from_fn(|v| _mm512_loadu_si512(b.add(64 * v) as *const __m512i));
+    } else if !t.row_init.is_null() {
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32((a.add(4 * r) as *const i32).read_unaligned());
+            *acc_r = [_mm512_set1_epi32(*t.row_init.add(r)); NV];
+        }
+    }
+    let mut a = t.a;
+    let mut b = t.b;
+    for _ in 0..t.groups {
+        let mut bv = [_mm512_setzero_si512(); NV];
+        for (v, bvv) in bv.iter_mut().enumerate() {
+            *bvv = _mm512_loadu_si512(b.add(64 * v) as *const __m512i);
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32((a.add(r * t.lda) as *const i32).read_unaligned());
             for v in 0..NV {
-                acc_r[v] = _mm512_dpbusd_epi32(acc_r[v], av, bv[v]);
+                acc_r[v] = if A_U8 {
+                    _mm512_dpbusd_epi32(acc_r[v], av, bv[v])
+                } else {
+                    _mm512_dpbusd_epi32(acc_r[v], bv[v], av)
+                };
             }
         }
-        a = a.add(t.a_stride);
+        a = a.add(GROUP_BYTES);
         b = b.add(64 * NV);
     }
     for (r, acc_r) in acc.iter().enumerate() {
@@ -289,25 +314,6 @@ fn row_max(row: &[i32]) -> i32 {
     _mm512_reduce_max_epi32(mx)
 }
 
-/// How a kernel maps 64 table indices (bytes) to 64 table entries.
-trait Lookup {
-    /// Safety: the CPU must have the features of the implementation.
-    unsafe fn lookup(&self, idx: __m512i) -> __m512i;
-}
-
-/// `vpermb` / `vpermi2b` on up to four 64-byte slices of the table.
-struct PermLookup {
-    t: [__m512i; 4],
-    len: usize,
-}
-
-impl Lookup for PermLookup {
-    #[inline(always)]
-    unsafe fn lookup(&self, idx: __m512i) -> __m512i {
-        lookup_perm(&self.t, self.len, idx)
-    }
-}
-
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 fn lookup_perm(t: &[__m512i; 4], len: usize, idx: __m512i) -> __m512i {
@@ -323,18 +329,6 @@ fn lookup_perm(t: &[__m512i; 4], len: usize, idx: __m512i) -> __m512i {
 }
 
 /// `vpshufb` per 16-entry slice of the table (AVX-512 BW).
-struct ShufLookup {
-    t: [__m512i; 16],
-    chunks: usize,
-}
-
-impl Lookup for ShufLookup {
-    #[inline(always)]
-    unsafe fn lookup(&self, idx: __m512i) -> __m512i {
-        lookup_shuf(&self.t, self.chunks, idx)
-    }
-}
-
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn lookup_shuf(t: &[__m512i; 16], chunks: usize, idx: __m512i) -> __m512i {
@@ -348,7 +342,7 @@ fn lookup_shuf(t: &[__m512i; 16], chunks: usize, idx: __m512i) -> __m512i {
     out
 }
 
-/// Loads 64 bytes of a 256-byte table starting at `16 * c * ...`.
+/// Loads 64 bytes of a 256-byte table.
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn load64(t: &[u8; 256], at: usize) -> __m512i {
@@ -357,6 +351,76 @@ fn load64(t: &[u8; 256], at: usize) -> __m512i {
     unsafe { _mm512_loadu_si512(s.as_ptr() as *const __m512i) }
 }
 
+/// Per-row values of the IndexSoftmax loop, as vectors.
+struct RowConsts {
+    max: __m512i,
+    threshold: __m512i,
+    scale: __m512d,
+    bias: __m512d,
+    perm: __m512i,
+}
+
+/// Zeroes `e[valid..]`; for a row with kept entries, returns the loop constants.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn row_setup(
+    row: &[i32],
+    valid: usize,
+    lut: &Lut,
+    threshold: i32,
+    e: &mut [u8],
+) -> Option<RowConsts> {
+    e[valid..].fill(0);
+    if valid == 0 {
+        return None;
+    }
+    let (scale, bias) = index_consts(lut, threshold);
+    Some(RowConsts {
+        max: _mm512_set1_epi32(row_max(&row[..valid])),
+        threshold: _mm512_set1_epi32(threshold),
+        scale: _mm512_set1_pd(scale),
+        bias: _mm512_set1_pd(bias),
+        // Byte order fix-up after the in-lane packs: dword 4 (t % 4) + t / 4 goes to slot t.
+        perm: _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15),
+    })
+}
+
+/// Table indices of the (up to) 64 scores at `src`, `rem` of them kept, as bytes in order.
+/// Safety: the first `min(rem, 64)` i32 at `src` must be readable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn index_bytes64(src: *const i32, rem: usize, k: &RowConsts) -> __m512i {
+    let mut idx = [_mm512_setzero_si512(); 4];
+    for (q, iq) in idx.iter_mut().enumerate() {
+        let m = mask16(rem.saturating_sub(16 * q).min(16));
+        // Masked-off lanes are neither read nor used (their bytes are zeroed by the caller).
+        let s = _mm512_maskz_loadu_epi32(m, src.wrapping_add(16 * q));
+        // m - S wraps in i32 but is exact read as u32 (0 <= m - S < 2^32); min with T.
+        let d = _mm512_min_epu32(_mm512_sub_epi32(k.max, s), k.threshold);
+        let lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(d));
+        let hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(d));
+        let ilo = _mm512_cvttpd_epi32(_mm512_fmadd_pd(lo, k.scale, k.bias));
+        let ihi = _mm512_cvttpd_epi32(_mm512_fmadd_pd(hi, k.scale, k.bias));
+        *iq = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ilo), ihi);
+    }
+    let w01 = _mm512_packus_epi32(idx[0], idx[1]);
+    let w23 = _mm512_packus_epi32(idx[2], idx[3]);
+    _mm512_permutexvar_epi32(k.perm, _mm512_packus_epi16(w01, w23))
+}
+
+/// Stores the kept bytes of `e` (the first `min(rem, 64)`) at `dst` and adds them to the
+/// eight u64 lanes of `sum`. Safety: those bytes at `dst` must be writable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn store_and_sum64(e: __m512i, rem: usize, dst: *mut u8, sum: __m512i) -> __m512i {
+    let keep = mask64(rem);
+    let e = _mm512_maskz_mov_epi8(keep, e);
+    _mm512_mask_storeu_epi8(dst as *mut i8, keep, e);
+    _mm512_add_epi64(sum, _mm512_sad_epu8(e, _mm512_setzero_si512()))
+}
+
+/// IndexSoftmax exponents for one row, 64 entries per step (the last one masked), with
+/// `vpermb`/`vpermi2b` lookups.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
 unsafe fn index_softmax_row_vbmi(
     row: &[i32],
@@ -365,14 +429,22 @@ unsafe fn index_softmax_row_vbmi(
     threshold: i32,
     e: &mut [u8],
 ) -> u32 {
-    let p = lut.padded();
-    let look = PermLookup {
-        t: [load64(p, 0), load64(p, 64), load64(p, 128), load64(p, 192)],
-        len: lut.entries().len(),
+    let Some(k) = row_setup(row, valid, lut, threshold, e) else {
+        return 0;
     };
-    index_softmax_body(row, valid, lut, threshold, e, &look)
+    let p = lut.padded();
+    let t = [load64(p, 0), load64(p, 64), load64(p, 128), load64(p, 192)];
+    let len = lut.entries().len();
+    let mut sum = _mm512_setzero_si512();
+    for base in (0..valid).step_by(64) {
+        let idx = index_bytes64(row.as_ptr().add(base), valid - base, &k);
+        let out = lookup_perm(&t, len, idx);
+        sum = store_and_sum64(out, valid - base, e.as_mut_ptr().add(base), sum);
+    }
+    _mm512_reduce_add_epi64(sum) as u32
 }
 
+/// The same with `vpshufb` lookups (AVX-512 BW without VBMI).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn index_softmax_row_bw(
     row: &[i32],
@@ -381,6 +453,9 @@ unsafe fn index_softmax_row_bw(
     threshold: i32,
     e: &mut [u8],
 ) -> u32 {
+    let Some(k) = row_setup(row, valid, lut, threshold, e) else {
+        return 0;
+    };
     let chunks = lut.entries().len().div_ceil(16);
     let mut t = [_mm512_setzero_si512(); 16];
     for (c, tc) in t.iter_mut().enumerate().take(chunks) {
@@ -388,55 +463,11 @@ unsafe fn index_softmax_row_bw(
             lut.padded()[16 * c..].as_ptr() as *const __m128i
         ));
     }
-    index_softmax_body(row, valid, lut, threshold, e, &ShufLookup { t, chunks })
-}
-
-/// IndexSoftmax exponents for one row, 64 entries per step, the last step masked. Inlined
-/// into the two entry points above so that it is compiled with their features.
-#[inline(always)]
-unsafe fn index_softmax_body<L: Lookup>(
-    row: &[i32],
-    valid: usize,
-    lut: &Lut,
-    threshold: i32,
-    e: &mut [u8],
-    look: &L,
-) -> u32 {
-    e[valid..].fill(0);
-    if valid == 0 {
-        return 0;
-    }
-    let max = row_max(&row[..valid]);
-    let (scale, bias) = index_consts(lut, threshold);
-    let mv = _mm512_set1_epi32(max);
-    let tv = _mm512_set1_epi32(threshold);
-    let (sv, bv) = (_mm512_set1_pd(scale), _mm512_set1_pd(bias));
-    // Byte order fix-up after the in-lane packs: dword 4 * (t % 4) + t / 4 goes to slot t.
-    let perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    let zero = _mm512_setzero_si512();
-    let mut sum = zero;
-    let src = row.as_ptr();
+    let mut sum = _mm512_setzero_si512();
     for base in (0..valid).step_by(64) {
-        let rem = valid - base;
-        let idx: [__m512i; 4] = std::array::from_fn(|q| {
-            let m = mask16(rem.saturating_sub(16 * q).min(16));
-            // Masked-off lanes are neither read nor used (their bytes are zeroed below).
-            let s = _mm512_maskz_loadu_epi32(m, src.wrapping_add(base + 16 * q));
-            // m - S wraps in i32 but is exact read as u32 (0 <= m - S < 2^32); min with T.
-            let d = _mm512_min_epu32(_mm512_sub_epi32(mv, s), tv);
-            let lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(d));
-            let hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(d));
-            let ilo = _mm512_cvttpd_epi32(_mm512_fmadd_pd(lo, sv, bv));
-            let ihi = _mm512_cvttpd_epi32(_mm512_fmadd_pd(hi, sv, bv));
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ilo), ihi)
-        });
-        let w01 = _mm512_packus_epi32(idx[0], idx[1]);
-        let w23 = _mm512_packus_epi32(idx[2], idx[3]);
-        let bytes = _mm512_permutexvar_epi32(perm, _mm512_packus_epi16(w01, w23));
-        let keep = mask64(rem);
-        let out = _mm512_maskz_mov_epi8(keep, look.lookup(bytes));
-        _mm512_mask_storeu_epi8(e.as_mut_ptr().add(base) as *mut i8, keep, out);
-        sum = _mm512_add_epi64(sum, _mm512_sad_epu8(out, zero));
+        let idx = index_bytes64(row.as_ptr().add(base), valid - base, &k);
+        let out = lookup_shuf(&t, chunks, idx);
+        sum = store_and_sum64(out, valid - base, e.as_mut_ptr().add(base), sum);
     }
     _mm512_reduce_add_epi64(sum) as u32
 }

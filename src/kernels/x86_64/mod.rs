@@ -4,12 +4,12 @@
 //! operand layouts and the blocked GEMM loop, and the exact arithmetic behind the vectorized
 //! IndexSoftmax index and the Normalized finish.
 //!
-//! Both GEMM families use the same packed shape. Depth is cut into groups of `GROUP_BYTES`
-//! bytes per row or column (AVX2: 2 values widened to i16, for `vpmaddwd`; AVX-512: 4 bytes,
-//! for `vpdpbusd`). B is stored in panels of `nr` columns, each panel as `[group][column][4
-//! bytes]`, so one vector load gives the next group of every column of the panel; A is stored
-//! in strips of `mr` rows as `[group][row][4 bytes]`, so one 32-bit broadcast gives the next
-//! group of one row. Padding (depth past `k`, columns past `n`, rows past `m`) is zero.
+//! Both GEMM families use the same operand shapes. Depth is cut into groups of 4 bytes per
+//! row or column (AVX2: 2 values widened to i16, for `vpmaddwd`; AVX-512: 4 bytes, for
+//! `vpdpbusd`). B is packed once into panels of `nr` columns, each panel as `[group][column]
+//! [4 bytes]`, so one vector load gives the next group of every column of the panel. A stays
+//! row-major (widened to i16 for AVX2, zero-padded to whole groups where needed): the
+//! micro-kernels broadcast one row's next 4 bytes at a time. Padding is zero.
 
 pub mod avx2;
 pub mod avx512;
@@ -65,71 +65,274 @@ impl Blocking {
     pub fn packed_b_len(&self, n: usize, k: usize) -> usize {
         self.panels(n) * self.nr * self.groups(k) * GROUP_BYTES
     }
-    /// Length in bytes of packed A with `m` rows and depth `k`.
-    pub fn packed_a_len(&self, m: usize, k: usize) -> usize {
-        self.strips(m) * self.mr * self.groups(k) * GROUP_BYTES
-    }
 
-    /// Packs B into panels. `fill(col, group, out)` writes the 4 bytes of one column's group
-    /// (zeros already in place for padding columns, which are never passed).
-    pub fn pack_b(
-        &self,
-        n: usize,
-        k: usize,
-        mut fill: impl FnMut(usize, usize, &mut [u8]),
-    ) -> Vec<i8> {
-        let groups = self.groups(k);
+    /// Packs a B whose columns are stored as rows (`n` rows of `k` values, as K in Q K^T),
+    /// each group made as `mode` says.
+    pub fn pack_b_cols(&self, b: &[i8], n: usize, k: usize, mode: ColGroups) -> Vec<i8> {
+        assert_eq!(b.len(), n * k, "B must be {n} x {k}");
+        assert_eq!(self.kg, mode.kg(), "group size of the layout");
         let mut out = vec![0u8; self.packed_b_len(n, k)];
-        let panel_bytes = groups * self.nr * GROUP_BYTES;
-        if panel_bytes > 0 {
-            for (p, panel) in out.chunks_exact_mut(panel_bytes).enumerate() {
-                let cols = (n - p * self.nr).min(self.nr);
-                for (g, group) in panel.chunks_exact_mut(self.nr * GROUP_BYTES).enumerate() {
-                    for (j, dst) in group.chunks_exact_mut(GROUP_BYTES).take(cols).enumerate() {
-                        fill(p * self.nr + j, g, dst);
-                    }
+        if k == 0 {
+            return into_i8(out);
+        }
+        let (kg, full) = (self.kg, k / self.kg);
+        let stride = self.nr * GROUP_BYTES;
+        let panel_bytes = self.groups(k) * stride;
+        let col = |j: usize| &b[j * k..(j + 1) * k];
+        // The groups `from..` of column `j` (at `jj` in its panel), one at a time.
+        let scalar = |panel: &mut [u8], j: usize, jj: usize, from: usize| {
+            for (g, src) in col(j).chunks(kg).enumerate().skip(from) {
+                let at = g * stride + jj * GROUP_BYTES;
+                panel[at..at + GROUP_BYTES].copy_from_slice(&mode.group(src));
+            }
+        };
+        for (p, panel) in out.chunks_exact_mut(panel_bytes).enumerate() {
+            let cols = (n - p * self.nr).min(self.nr);
+            let mut jj = 0;
+            while jj + 4 <= cols {
+                let j = p * self.nr + jj;
+                let src = [col(j), col(j + 1), col(j + 2), col(j + 3)];
+                let mut g = 0;
+                while g + 4 <= full {
+                    let dst = &mut panel[g * stride + jj * GROUP_BYTES..];
+                    mode.block4x4(src, g, dst, stride);
+                    g += 4;
                 }
+                for i in 0..4 {
+                    scalar(panel, j + i, jj + i, g);
+                }
+                jj += 4;
+            }
+            for jj in jj..cols {
+                scalar(panel, p * self.nr + jj, jj, 0);
             }
         }
-        out.into_iter().map(|b| b as i8).collect()
+        into_i8(out)
     }
 
-    /// Packs A into strips. `fill(row, group, out)` writes the 4 bytes of one row's group.
-    pub fn pack_a(
+    /// Packs a row-major B (`k` rows of `n` values, as V in P V). For each group `g` and
+    /// panel, `fill(rows, j0, dst)` gets the group's rows (`kg` of them, fewer in the last
+    /// group of a ragged depth) and writes the 4 bytes of columns `j0..j0 + dst.len() / 4`.
+    pub fn pack_b_rows<T: Copy>(
         &self,
-        m: usize,
+        b: &[T],
         k: usize,
-        mut fill: impl FnMut(usize, usize, &mut [u8]),
-    ) -> Vec<u8> {
-        let groups = self.groups(k);
-        let mut out = vec![0u8; self.packed_a_len(m, k)];
-        let strip_bytes = groups * self.mr * GROUP_BYTES;
-        if strip_bytes == 0 {
-            return out;
+        n: usize,
+        fill: impl Fn(&[&[T]], usize, &mut [u8]),
+    ) -> Vec<i8> {
+        assert_eq!(b.len(), n * k, "B must be {k} x {n}");
+        let mut out = vec![0u8; self.packed_b_len(n, k)];
+        if n == 0 {
+            return into_i8(out);
         }
-        for (s, strip) in out.chunks_exact_mut(strip_bytes).enumerate() {
-            let rows = (m - s * self.mr).min(self.mr);
-            for (g, group) in strip.chunks_exact_mut(self.mr * GROUP_BYTES).enumerate() {
-                for (r, dst) in group.chunks_exact_mut(GROUP_BYTES).take(rows).enumerate() {
-                    fill(s * self.mr + r, g, dst);
+        let panel_bytes = self.groups(k) * self.nr * GROUP_BYTES;
+        let group_bytes = self.nr * GROUP_BYTES;
+        for (g, rows) in b.chunks(self.kg * n).enumerate() {
+            let mut slices: [&[T]; GROUP_BYTES] = [&[]; GROUP_BYTES];
+            for (s, row) in slices.iter_mut().zip(rows.chunks_exact(n)) {
+                *s = row;
+            }
+            let slices = &slices[..rows.len() / n];
+            for (p, panel) in out.chunks_exact_mut(panel_bytes).enumerate() {
+                let cols = (n - p * self.nr).min(self.nr);
+                let dst = &mut panel[g * group_bytes..][..cols * GROUP_BYTES];
+                fill(slices, p * self.nr, dst);
+            }
+        }
+        into_i8(out)
+    }
+}
+
+/// [`Blocking::pack_b_rows`] for 4 byte rows, each group the four rows' bytes of one column
+/// (in order) mapped by `f`; 16 columns at a time with SSE2 when `f` is the identity or a
+/// sign flip (`flip`), which is all the kernels need.
+pub(crate) fn interleave4(rows: &[&[i8]], j0: usize, dst: &mut [u8], flip: bool) {
+    let cols = dst.len() / GROUP_BYTES;
+    let mut jj = 0;
+    if rows.len() == 4 {
+        let x = if flip { -128i8 } else { 0 };
+        while jj + 16 <= cols {
+            let r: [&[i8]; 4] = std::array::from_fn(|i| &rows[i][j0 + jj..j0 + jj + 16]);
+            let out = &mut dst[GROUP_BYTES * jj..GROUP_BYTES * (jj + 16)];
+            interleave4_16(r, out, x);
+            jj += 16;
+        }
+    }
+    let x = if flip { 0x80u8 } else { 0 };
+    for (jj, d) in dst.chunks_exact_mut(GROUP_BYTES).enumerate().skip(jj) {
+        for (i, o) in d.iter_mut().enumerate() {
+            *o = rows.get(i).map_or(0, |r| r[j0 + jj] as u8 ^ x);
+        }
+    }
+}
+
+/// 16 columns of 4 rows, interleaved into 64 bytes: `out[4 j + i] = r[i][j] ^ x`.
+fn interleave4_16(r: [&[i8]; 4], out: &mut [u8], x: i8) {
+    use std::arch::x86_64::*;
+    assert!(r.iter().all(|r| r.len() == 16) && out.len() == 64);
+    // SAFETY: SSE2 is part of x86-64; the loads read 16 bytes from each 16-byte row and the
+    // stores write 64 bytes into `out`, lengths asserted above.
+    unsafe {
+        let f = _mm_set1_epi8(x);
+        let ld = |s: &[i8]| _mm_xor_si128(_mm_loadu_si128(s.as_ptr() as *const __m128i), f);
+        let (a, b, c, d) = (ld(r[0]), ld(r[1]), ld(r[2]), ld(r[3]));
+        let ab_lo = _mm_unpacklo_epi8(a, b);
+        let ab_hi = _mm_unpackhi_epi8(a, b);
+        let cd_lo = _mm_unpacklo_epi8(c, d);
+        let cd_hi = _mm_unpackhi_epi8(c, d);
+        let o = out.as_mut_ptr() as *mut __m128i;
+        _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_lo, cd_lo));
+        _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
+        _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
+        _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
+    }
+}
+
+/// [`Blocking::pack_b_rows`] for 2 byte rows widened to i16 pairs: the group of column `j` is
+/// `(rows[0][j] as i16, rows[1][j] as i16)`, 8 columns at a time with SSE2.
+pub(crate) fn interleave2_i16(rows: &[&[i8]], j0: usize, dst: &mut [u8]) {
+    let cols = dst.len() / GROUP_BYTES;
+    let mut jj = 0;
+    if rows.len() == 2 {
+        while jj + 8 <= cols {
+            let (a, b) = (
+                &rows[0][j0 + jj..j0 + jj + 8],
+                &rows[1][j0 + jj..j0 + jj + 8],
+            );
+            interleave2_8(a, b, &mut dst[GROUP_BYTES * jj..GROUP_BYTES * (jj + 8)]);
+            jj += 8;
+        }
+    }
+    for (jj, d) in dst.chunks_exact_mut(GROUP_BYTES).enumerate().skip(jj) {
+        let lo = (rows[0][j0 + jj] as i16).to_le_bytes();
+        let hi = rows.get(1).map_or(0, |r| r[j0 + jj] as i16).to_le_bytes();
+        d.copy_from_slice(&[lo[0], lo[1], hi[0], hi[1]]);
+    }
+}
+
+/// 8 columns of 2 rows, sign-extended and interleaved into 32 bytes.
+fn interleave2_8(a: &[i8], b: &[i8], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    assert!(a.len() == 8 && b.len() == 8 && out.len() == 32);
+    // SAFETY: SSE2 is part of x86-64; the loads read 8 bytes of each row and the stores
+    // write 32 bytes into `out`, lengths asserted above.
+    unsafe {
+        // Bytes into the high half of 16-bit lanes, then an arithmetic shift: sign extension.
+        let widen = |s: &[i8]| {
+            let v = _mm_loadl_epi64(s.as_ptr() as *const __m128i);
+            _mm_srai_epi16::<8>(_mm_unpacklo_epi8(v, v))
+        };
+        let (wa, wb) = (widen(a), widen(b));
+        let o = out.as_mut_ptr() as *mut __m128i;
+        _mm_storeu_si128(o, _mm_unpacklo_epi16(wa, wb));
+        _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(wa, wb));
+    }
+}
+
+/// How [`Blocking::pack_b_cols`] turns a column's values into 4-byte groups.
+#[derive(Clone, Copy)]
+pub(crate) enum ColGroups {
+    /// 4 bytes as they are, or with the sign bit flipped (`k + 128` as u8).
+    Bytes { flip: bool },
+    /// 2 values sign-extended to i16.
+    PairsI16,
+}
+
+impl ColGroups {
+    fn kg(self) -> usize {
+        match self {
+            ColGroups::Bytes { .. } => 4,
+            ColGroups::PairsI16 => 2,
+        }
+    }
+
+    /// One group from up to `kg` values (zero past a ragged depth).
+    fn group(self, src: &[i8]) -> [u8; GROUP_BYTES] {
+        let mut out = [0u8; GROUP_BYTES];
+        match self {
+            ColGroups::Bytes { flip } => {
+                let x = if flip { 0x80 } else { 0 };
+                for (o, &v) in out.iter_mut().zip(src) {
+                    *o = v as u8 ^ x;
+                }
+            }
+            ColGroups::PairsI16 => {
+                for (o, &v) in out.chunks_exact_mut(2).zip(src) {
+                    o.copy_from_slice(&(v as i16).to_le_bytes());
                 }
             }
         }
         out
     }
+
+    /// Groups `g..g + 4` of four columns, transposed with SSE2: group `g + q` of the four
+    /// columns goes to the 16 bytes at `dst[q * stride..]`.
+    fn block4x4(self, cols: [&[i8]; 4], g: usize, dst: &mut [u8], stride: usize) {
+        use std::arch::x86_64::*;
+        let kg = self.kg();
+        assert!(cols.iter().all(|c| c.len() >= (g + 4) * kg));
+        assert!(dst.len() >= 3 * stride + 16);
+        // SAFETY: SSE2 is part of x86-64; each load reads 4 * kg bytes of a column from group
+        // g on, and each store writes 16 bytes at q * stride, all inside the lengths asserted
+        // above.
+        unsafe {
+            let load = |c: &[i8]| {
+                let p = c.as_ptr().add(g * kg) as *const __m128i;
+                match self {
+                    ColGroups::Bytes { flip } => _mm_xor_si128(
+                        _mm_loadu_si128(p),
+                        _mm_set1_epi8(if flip { -128 } else { 0 }),
+                    ),
+                    ColGroups::PairsI16 => {
+                        // Bytes into the high half of 16-bit lanes, then an arithmetic shift.
+                        let v = _mm_loadl_epi64(p);
+                        _mm_srai_epi16::<8>(_mm_unpacklo_epi8(v, v))
+                    }
+                }
+            };
+            let (r0, r1, r2, r3) = (load(cols[0]), load(cols[1]), load(cols[2]), load(cols[3]));
+            let t0 = _mm_unpacklo_epi32(r0, r1);
+            let t1 = _mm_unpacklo_epi32(r2, r3);
+            let t2 = _mm_unpackhi_epi32(r0, r1);
+            let t3 = _mm_unpackhi_epi32(r2, r3);
+            let o = dst.as_mut_ptr();
+            _mm_storeu_si128(o as *mut __m128i, _mm_unpacklo_epi64(t0, t1));
+            _mm_storeu_si128(o.add(stride) as *mut __m128i, _mm_unpackhi_epi64(t0, t1));
+            _mm_storeu_si128(
+                o.add(2 * stride) as *mut __m128i,
+                _mm_unpacklo_epi64(t2, t3),
+            );
+            _mm_storeu_si128(
+                o.add(3 * stride) as *mut __m128i,
+                _mm_unpackhi_epi64(t2, t3),
+            );
+        }
+    }
+}
+
+fn into_i8(v: Vec<u8>) -> Vec<i8> {
+    v.into_iter().map(|b| b as i8).collect()
+}
+
+/// The A operand of a GEMM as [`run_tiles`] reads it: row-major bytes with row stride `lda`
+/// (`lda >= 4 * groups`); the group bytes of a row are the row's bytes as they are.
+pub(crate) struct ARows<'a> {
+    pub data: &'a [u8],
+    pub lda: usize,
 }
 
 /// One micro-tile of work, handed by [`run_tiles`] to a kernel's register-blocked routine.
 ///
 /// The routine computes, for `r < rows` and `j < cols`,
-/// `c[r * ldc + j] = base + sum over groups of dot(a row r, b column j)` where `base` is the
-/// current `c` value when `accumulate`, else `init[j]` when `init` is not null, else 0.
-/// [`run_tiles`] guarantees that `a` points at `groups * a_stride` readable bytes (`a_stride =
-/// mr * 4`), `b` at `groups * nr * 4` readable bytes, `init` (if not null) at `nr` readable
-/// values, and that rows `0..rows` of `c` with stride `ldc` have `cols` writable values each.
+/// `c[r * ldc + j] = base + sum over groups g of dot(4 bytes at a + r * lda + 4 g,
+/// 4 bytes of column j in group g of b)` where `base` is the current `c` value when
+/// `accumulate`, else `row_init[r]` when `row_init` is not null, else 0.
+/// [`run_tiles`] guarantees that those A bytes are readable for `r < rows`, that `b` points at
+/// `groups * nr * 4` readable bytes, `row_init` (if not null) at `rows` readable values, and
+/// that rows `0..rows` of `c` with stride `ldc` have `cols` writable values each.
 pub(crate) struct Tile {
     pub a: *const u8,
-    pub a_stride: usize,
+    pub lda: usize,
     pub b: *const u8,
     pub groups: usize,
     pub c: *mut i32,
@@ -137,18 +340,18 @@ pub(crate) struct Tile {
     pub rows: usize,
     pub cols: usize,
     pub accumulate: bool,
-    pub init: *const i32,
+    pub row_init: *const i32,
 }
 
 /// The blocked loop nest shared by all packed GEMMs: depth blocks, then row blocks, then
 /// panels, then strips, so that one B panel block is reused from L1 by every strip of a row
-/// block. `init`, if given, holds one starting value per packed column (panels * nr).
+/// block. `row_init`, if given, holds one starting value per row of C.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_tiles(
     bl: &Blocking,
-    a: &[u8],
+    a: ARows<'_>,
     b: &[i8],
-    init: Option<&[i32]>,
+    row_init: Option<&[i32]>,
     m: usize,
     n: usize,
     k: usize,
@@ -157,13 +360,19 @@ pub(crate) fn run_tiles(
 ) {
     let groups = bl.groups(k);
     assert!(c.len() >= m * n, "C too short for {m} x {n}");
-    assert_eq!(a.len(), bl.packed_a_len(m, k), "packed A length");
     assert_eq!(b.len(), bl.packed_b_len(n, k), "packed B length");
-    if let Some(init) = init {
-        assert_eq!(
-            init.len(),
-            bl.panels(n) * bl.nr,
-            "column corrections length"
+    if let Some(init) = row_init {
+        assert_eq!(init.len(), m, "row corrections length");
+    }
+    let ARows { data: a_bytes, lda } = a;
+    assert!(
+        lda >= groups * GROUP_BYTES,
+        "A row stride {lda} below the padded depth"
+    );
+    if m > 0 {
+        assert!(
+            a_bytes.len() >= (m - 1) * lda + groups * GROUP_BYTES,
+            "A too short"
         );
     }
     if m == 0 || n == 0 {
@@ -171,16 +380,12 @@ pub(crate) fn run_tiles(
     }
     if groups == 0 {
         // Empty depth: the product is the starting value alone.
-        for row in c[..m * n].chunks_exact_mut(n) {
-            match init {
-                Some(init) => row.copy_from_slice(&init[..n]),
-                None => row.fill(0),
-            }
+        for (i, row) in c[..m * n].chunks_exact_mut(n).enumerate() {
+            row.fill(row_init.map_or(0, |init| init[i]));
         }
         return;
     }
     let (strips, panels) = (bl.strips(m), bl.panels(n));
-    let a_strip = groups * bl.mr * GROUP_BYTES;
     let b_panel = groups * bl.nr * GROUP_BYTES;
     for g0 in (0..groups).step_by(bl.kc) {
         let gn = (groups - g0).min(bl.kc);
@@ -189,12 +394,12 @@ pub(crate) fn run_tiles(
                 let cols = (n - p * bl.nr).min(bl.nr);
                 for s in s0..(s0 + bl.mc).min(strips) {
                     let rows = (m - s * bl.mr).min(bl.mr);
-                    let a_off = s * a_strip + g0 * bl.mr * GROUP_BYTES;
+                    let a_off = s * bl.mr * lda + g0 * GROUP_BYTES;
                     let b_off = p * b_panel + g0 * bl.nr * GROUP_BYTES;
                     let c_off = s * bl.mr * n + p * bl.nr;
                     micro(&Tile {
-                        a: a[a_off..].as_ptr(),
-                        a_stride: bl.mr * GROUP_BYTES,
+                        a: a_bytes[a_off..].as_ptr(),
+                        lda,
                         b: b[b_off..].as_ptr() as *const u8,
                         groups: gn,
                         c: c[c_off..].as_mut_ptr(),
@@ -202,8 +407,8 @@ pub(crate) fn run_tiles(
                         rows,
                         cols,
                         accumulate: g0 > 0,
-                        init: match init {
-                            Some(init) if g0 == 0 => init[p * bl.nr..].as_ptr(),
+                        row_init: match row_init {
+                            Some(init) if g0 == 0 => init[s * bl.mr..].as_ptr(),
                             _ => std::ptr::null(),
                         },
                     });
@@ -215,7 +420,7 @@ pub(crate) fn run_tiles(
 
 /// Checks that a [`super::PackedB`] has the layout a kernel expects before its raw pointers
 /// are used (a layout from another kernel would otherwise be read out of bounds).
-pub(crate) fn check_packed(b: &super::PackedB, accepted: &[&str], bl: &Blocking, with_sums: bool) {
+pub(crate) fn check_packed(b: &super::PackedB, accepted: &[&str], bl: &Blocking) {
     assert!(
         accepted.contains(&b.packed_by),
         "PackedB packed by '{}' given to a kernel that reads {:?} layouts",
@@ -227,9 +432,12 @@ pub(crate) fn check_packed(b: &super::PackedB, accepted: &[&str], bl: &Blocking,
         bl.packed_b_len(b.n, b.k),
         "PackedB data length"
     );
-    if with_sums {
-        assert_eq!(b.sums.len(), bl.panels(b.n) * bl.nr, "PackedB sums length");
-    }
+}
+
+/// The bytes of an i8 slice, for kernels that treat them as raw data.
+pub(crate) fn as_bytes(a: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment and every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts(a.as_ptr() as *const u8, a.len()) }
 }
 
 /// Per-row constants of the vectorized IndexSoftmax index, `idx = trunc(D * scale + bias)`
@@ -277,23 +485,25 @@ pub(crate) fn index_softmax_tail(
 /// The Normalized finish as a table: `t[v] = (2 * 255 * v + sum) / (2 * sum)` (truncated to u8
 /// exactly like [`reference::normalize_row`]) for every byte value `v`. Requires `sum > 0`.
 ///
-/// For `sum >= 255` each step `v -> v + 1` adds `510 < 2 sum` to the numerator, so the quotient
-/// grows by 0 or 1 and one compare per entry replaces the division; smaller sums divide.
+/// For `sum >= 255` the entries are independent f64 evaluations `trunc((510 v + sum) * inv +
+/// 2^-40)` with `inv = fl(1 / (2 sum))`, which equal the exact quotient `q = (510 v + sum) /
+/// (2 sum) <= 255.5`: `510 v + sum < 2^33` is exact; `inv` and the product each add a relative
+/// error of at most 2^-53, so at most `2^-44` in absolute terms, and the addition at most
+/// half an ulp of 256, `2^-45`. An integer `q` therefore becomes `q + 2^-40 +- 2^-43`, which
+/// truncates to `q`; any other `q` is at least `1 / (2 sum) > 2^-33` from both neighbouring
+/// integers, farther than the total shift. Smaller sums divide (they are rare: a row's sum
+/// includes its maximum's 255).
 pub(crate) fn normalize_table(sum: u32) -> [u8; 256] {
     let mut t = [0u8; 256];
-    let s2 = 2 * sum as u64;
     if sum >= 255 {
-        // Invariant: num = 510 v + sum = q * s2 + r with 0 <= r < s2.
-        let (mut q, mut r) = (0u64, sum as u64);
-        for entry in t.iter_mut().skip(1) {
-            r += 510;
-            if r >= s2 {
-                r -= s2;
-                q += 1;
-            }
-            *entry = q as u8;
+        let s = sum as f64;
+        let inv = 1.0 / (2.0 * s);
+        let bias = 2f64.powi(-40);
+        for (v, entry) in t.iter_mut().enumerate() {
+            *entry = ((510.0 * v as f64 + s) * inv + bias) as u8;
         }
     } else {
+        let s2 = 2 * sum as u64;
         for (v, entry) in t.iter_mut().enumerate() {
             *entry = ((510 * v as u64 + sum as u64) / s2) as u8;
         }
