@@ -59,9 +59,12 @@ fn compile(install: &AclInstall) -> Result<(), String> {
     for src in SOURCES {
         build.file(src);
     }
-    build
-        .try_compile("intattention_acl_shim")
-        .map_err(|e| format!("compiling the ACL shim (wrapper/*.cpp) against {}: {e}", install.version))
+    build.try_compile("intattention_acl_shim").map_err(|e| {
+        format!(
+            "compiling the ACL shim (wrapper/*.cpp) against {}: {e}",
+            install.version
+        )
+    })
 }
 
 /// bindgen sees only the shim's plain-C header (never ACL's classes, whose layout depends on

@@ -6,9 +6,9 @@
 //! `INTATTENTION_KERNEL=<name>` to force one (an unknown or unsupported name is an error, not a
 //! silent fallback). Every kernel must give exactly the reference's integers.
 
-pub mod generic;
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
+pub mod generic;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
