@@ -17,7 +17,8 @@
  *
  * symbols=on additionally attributes every TB to the ELF symbol of its first instruction (the
  * main binary's symbol table, as qemu loaded it; TBs end at branches, so a TB rarely spans two
- * functions). Code without a symbol (shared libraries, the vDSO) is lumped by address range.
+ * functions). Code without a symbol (shared libraries, the loader) is charged to the file it
+ * was mapped from, one entry per file.
  *
  * Output, at guest exit, to out=FILE (default: stderr), one record per line:
  *   total <instructions>
@@ -66,7 +67,85 @@ static struct sym_entry sym_overflow = {"[symbol table full: later symbols lumpe
 static pthread_mutex_t sym_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char LABEL_MAIN[] = "[main binary, no symbol]";
-static const char LABEL_OTHER[] = "[outside main binary: shared libraries, loader, vDSO]";
+static const char LABEL_OTHER[] = "[outside main binary: anonymous or unknown mapping]";
+
+/* Code without a symbol is charged to the file it was mapped from. qemu-user maps the guest's
+ * files into its own address space, so the host's /proc/self/maps names the file behind the
+ * host address of an instruction. Read on translation only (rare), under sym_lock. */
+struct mapping {
+    uintptr_t start, end;
+    const char *label; /* interned "[libfoo.so (no symbol)]" */
+};
+#define MAX_MAPPINGS 4096
+static struct mapping maps[MAX_MAPPINGS];
+static size_t n_maps;
+
+#define MAX_LABELS 1024
+static char *labels[MAX_LABELS];
+static size_t n_labels;
+
+static const char *intern_label(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base != NULL ? base + 1 : path;
+    char buf[300];
+    snprintf(buf, sizeof buf, "[%s, no symbol]", base);
+    for (size_t i = 0; i < n_labels; i++) {
+        if (strcmp(labels[i], buf) == 0) {
+            return labels[i];
+        }
+    }
+    if (n_labels == MAX_LABELS) {
+        return LABEL_OTHER;
+    }
+    labels[n_labels] = strdup(buf);
+    return labels[n_labels] != NULL ? labels[n_labels++] : LABEL_OTHER;
+}
+
+static void read_maps(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    n_maps = 0;
+    if (f == NULL) {
+        return;
+    }
+    char line[4352];
+    while (n_maps < MAX_MAPPINGS && fgets(line, sizeof line, f) != NULL) {
+        unsigned long start, end;
+        char perms[8];
+        int path_at = 0;
+        /* No test of the x bit: qemu maps guest code read-only on the host. */
+        if (sscanf(line, "%lx-%lx %7s %*s %*s %*s %n", &start, &end, perms, &path_at) < 3 ||
+            path_at == 0) {
+            continue;
+        }
+        char *path = line + path_at;
+        path[strcspn(path, "\n")] = '\0';
+        if (path[0] == '\0') {
+            continue;
+        }
+        maps[n_maps].start = start;
+        maps[n_maps].end = end;
+        maps[n_maps].label = intern_label(path);
+        n_maps++;
+    }
+    fclose(f);
+}
+
+static const char *label_of_host_addr(uintptr_t haddr)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        for (size_t i = 0; i < n_maps; i++) {
+            if (haddr >= maps[i].start && haddr < maps[i].end) {
+                return maps[i].label;
+            }
+        }
+        if (attempt == 0) {
+            read_maps(); /* a library mapped since the last read */
+        }
+    }
+    return LABEL_OTHER;
+}
 
 static struct sym_entry *sym_lookup(const char *name)
 {
@@ -138,8 +217,13 @@ static void tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         const char *name = qemu_plugin_insn_symbol(first);
         if (name == NULL || name[0] == '\0') {
             uint64_t pc = qemu_plugin_tb_vaddr(tb);
-            int in_main = pc >= qemu_plugin_start_code() && pc < qemu_plugin_end_code();
-            name = in_main ? LABEL_MAIN : LABEL_OTHER;
+            if (pc >= qemu_plugin_start_code() && pc < qemu_plugin_end_code()) {
+                name = LABEL_MAIN;
+            } else {
+                pthread_mutex_lock(&sym_lock);
+                name = label_of_host_addr((uintptr_t)qemu_plugin_insn_haddr(first));
+                pthread_mutex_unlock(&sym_lock);
+            }
         }
         info->sym = sym_lookup(name);
     }
