@@ -23,9 +23,28 @@ pub fn check_finite(what: &'static str, x: &[f32]) -> Result<()> {
 
 /// The per-tensor scale `max|x| / 127` (0 for an all-zero tensor). Errors on NaN or infinity.
 pub fn symmetric_scale(x: &[f32]) -> Result<f32> {
-    check_finite("tensor to quantize", x)?;
-    let max_abs = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    Ok(max_abs / 127.0)
+    // One pass over the bit patterns: for non-negative floats the bit order is the value order,
+    // and |x| is finite exactly when its bits are below infinity's. Integer lane-wise maxima
+    // vectorise where a float max reduction (NaN-aware, order-dependent) would not.
+    const LANES: usize = 16;
+    let mut lanes = [0u32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            *m = (*m).max(v.to_bits() & 0x7fff_ffff);
+        }
+    }
+    let max_bits = tail
+        .iter()
+        .map(|v| v.to_bits() & 0x7fff_ffff)
+        .chain(lanes)
+        .max()
+        .unwrap_or(0);
+    if max_bits >= f32::INFINITY.to_bits() {
+        check_finite("tensor to quantize", x)?;
+    }
+    Ok(f32::from_bits(max_bits) / 127.0)
 }
 
 /// Quantizes `x` with a given scale: `clamp(round_half_even(x / s), -127, 127)`, all zeros when
@@ -38,18 +57,24 @@ pub fn quantize_with_scale(x: &[f32], scale: f32, out: &mut [i8]) {
         return;
     }
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = round_half_even_small((v / scale).clamp(-127.0, 127.0)) as i8;
+        // After the magic addition the integer sits in the low mantissa bits (the exponent
+        // is fixed for |v| <= 2^22), so its low byte is the two's complement i8: no float to
+        // int conversion, which would not vectorise on baseline x86-64.
+        let r = (v / scale).clamp(-127.0, 127.0) + MAGIC;
+        *o = r.to_bits() as u8 as i8;
     }
 }
 
-/// `round_ties_even` for |v| <= 2^22, written so that it vectorises: adding and subtracting
-/// 1.5 * 2^23 leaves only integer bits, and IEEE addition rounds half to even. (Plain
-/// `f32::round_ties_even` becomes a `rintf` call per element on baseline x86-64, which made
-/// quantization a third of the IntAttention run time.) Clamping before rounding gives the same
-/// result as SPEC's round-then-clamp because the bounds are integers and rounding is monotone.
-#[inline(always)]
+/// 1.5 * 2^23: adding it to |v| <= 2^22 leaves only integer bits, and IEEE addition rounds half
+/// to even, so this is SPEC's round_half_even without a per-element `rintf` call (plain
+/// `f32::round_ties_even` is one on baseline x86-64, which made quantization a third of the
+/// IntAttention run time). Clamping before rounding gives the same result as SPEC's
+/// round-then-clamp because the bounds are integers and rounding is monotone.
+const MAGIC: f32 = 12_582_912.0;
+
+/// The quantizer's rounding as a float, for the tests that check it against `round_ties_even`.
+#[cfg(test)]
 fn round_half_even_small(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     (v + MAGIC) - MAGIC
 }
 
@@ -139,6 +164,28 @@ mod tests {
             let v = (i as f32 * 0.001_273_1).sin() * 127.0;
             assert_eq!(round_half_even_small(v), v.round_ties_even(), "{v}");
         }
+    }
+
+    #[test]
+    fn quantizer_equals_spec_formula() {
+        let x: Vec<f32> = (0..50_000)
+            .map(|i| match i % 5 {
+                0 => (i as f32 * 0.731).sin() * 3.3,
+                1 => (i % 255) as f32 - 127.0 + 0.5,
+                2 => -((i % 300) as f32) * 0.5,
+                3 => 1e-30 * i as f32,
+                _ => (i as f32).sqrt(),
+            })
+            .collect();
+        let (q, s) = quantize_symmetric(&x).unwrap();
+        let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(s, max / 127.0);
+        for (&v, &got) in x.iter().zip(&q) {
+            let want = (v / s).round_ties_even().clamp(-127.0, 127.0) as i8;
+            assert_eq!(got, want, "{v}");
+        }
+        let e = quantize_symmetric(&[0.0, -0.0, 3.0, f32::NAN, 1.0]).unwrap_err();
+        assert!(matches!(e, Error::NonFinite { index: 3, .. }), "{e}");
     }
 
     #[test]
