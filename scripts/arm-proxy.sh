@@ -120,7 +120,7 @@ for cpu in $cpus; do
         # shellcheck disable=SC2046
         if ! c1=$(qemu_count "$cpu" "$work/c1" "" -- $(bench_args "$p" "$L" "$b" 1)) ||
            ! c3=$(qemu_count "$cpu" "$work/c3" "" -- $(bench_args "$p" "$L" "$b" 3)); then
-          why=$(grep -v '^\s*$' "$work/guest.err" | head -n1 | tr '\t"\\' "  '")
+          why=$(grep -v '^\s*$' "$work/guest.err" | head -n1 | tr -d "\\\\\"" | tr '\t' ' ')
           printf '%s\t%s\t%s\t%s\t-\t-\tfailed: %s\n' "$cpu" "$b" "$p" "$L" "$why" >>"$results"
           continue
         fi
@@ -183,7 +183,7 @@ if [ -n "$profile" ]; then
   qemu_count "$cpu" "$work/p1" ",symbols=on" -- $(bench_args "$p" "$L" "$pbackend" 1) >/dev/null
   # shellcheck disable=SC2046
   qemu_count "$cpu" "$work/p2" ",symbols=on" -- $(bench_args "$p" "$L" "$pbackend" 3) >/dev/null
-  demangle=cat
+  demangle="cat"
   command -v rustfilt >/dev/null && demangle=rustfilt
   [ "$demangle" = cat ] && command -v c++filt >/dev/null && demangle=c++filt
   echo

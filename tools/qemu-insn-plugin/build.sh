@@ -28,6 +28,7 @@ if [ ! -f "$header" ]; then
   echo "build.sh: fetching Debian's qemu source package for the plugin header (~24 MB, once)" >&2
   apt_dir="$cache/apt"
   mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/src"
+  # shellcheck source=/dev/null
   . /etc/os-release
   codename=${VERSION_CODENAME:?no VERSION_CODENAME in /etc/os-release}
   cat > "$apt_dir/deb-src.sources" <<SRC
@@ -42,7 +43,7 @@ SRC
             -o APT::Sandbox::User=root)
   apt-get "${apt_opts[@]}" update >&2
   (cd "$apt_dir/src" && apt-get "${apt_opts[@]}" source --download-only qemu >&2)
-  orig=$(ls "$apt_dir"/src/qemu_"$qemu_ver"*.orig.tar.* 2>/dev/null | head -n1)
+  orig=$(find "$apt_dir/src" -maxdepth 1 -name "qemu_${qemu_ver}*.orig.tar.*" | head -n1)
   [ -n "$orig" ] || { echo "build.sh: no qemu $qemu_ver orig tarball in $apt_dir/src (the source package does not match the installed qemu)" >&2; exit 1; }
   tmp=$(mktemp -d "$cache/extract.XXXXXX")
   tar -xf "$orig" -C "$tmp" --wildcards --no-anchored 'include/qemu/qemu-plugin.h'
@@ -50,7 +51,7 @@ SRC
   [ -n "$found" ] || { echo "build.sh: qemu-plugin.h not in $orig" >&2; rm -rf "$tmp"; exit 1; }
   mkdir -p "$header_dir"
   mv "$found" "$header"
-  rm -rf "$tmp" "$apt_dir/src"
+  rm -rf "$tmp" "$apt_dir" # 20 MB of package lists, not needed again
 fi
 
 so="$cache/insn_count-qemu$qemu_ver.so"
