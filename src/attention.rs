@@ -125,7 +125,7 @@ impl AttnShape {
         if let Some((name, _)) = dims.iter().find(|(_, v)| *v == 0) {
             return shape_err(format!("{name} must be at least 1"));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return shape_err(format!(
                 "kv_heads ({}) must divide heads ({})",
                 self.kv_heads, self.heads

@@ -153,7 +153,7 @@ impl BlockPlan {
         let heads = shape.batch * shape.heads;
         if workers > 1 && rows < lq {
             let mut blocks = lq.div_ceil(rows);
-            while (heads * blocks) % workers != 0
+            while !(heads * blocks).is_multiple_of(workers)
                 && heads * blocks < 16 * workers
                 && lq.div_ceil(blocks + 1) >= MIN_BLOCK_ROWS
             {
@@ -520,7 +520,9 @@ mod tests {
             for workers in 1..=4 {
                 let s = AttnShape::new(1, 1, lq, 64);
                 let p = BlockPlan::new(&s, false, workers, caches);
-                assert!(p.rows == lq || (p.rows % ROW_TILE == 0 && p.rows >= MIN_BLOCK_ROWS));
+                assert!(
+                    p.rows == lq || (p.rows.is_multiple_of(ROW_TILE) && p.rows >= MIN_BLOCK_ROWS)
+                );
                 assert!(
                     p.rows <= MAX_BLOCK_ROWS && p.rows <= lq,
                     "{lq} {workers} {p:?}"

@@ -84,7 +84,7 @@ fn write_qkv(dir: &Path, shape: &AttnShape, four_d: bool) -> (PathBuf, PathBuf, 
 /// for headers no well-behaved writer produces.
 fn npy_with_header(dict: &str) -> Vec<u8> {
     let mut header = dict.to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -106,7 +106,7 @@ fn fused_matches_unfused_over_shapes() {
                     // Logits of a few units either way: neither flat nor one-hot.
                     let (q, k, v) = inputs(&shape, case, 0.012);
                     for attn in configs() {
-                        let attn = attn.threads(if case % 2 == 0 { 1 } else { 3 });
+                        let attn = attn.threads(if case.is_multiple_of(2) { 1 } else { 3 });
                         let out = check(&attn, kernel, &shape, &q, &k, &v);
                         // Deferred has no 8-bit probability floor, so its rows cannot vanish.
                         let deferred = attn.pipeline == Pipeline::IntAttention
@@ -150,7 +150,7 @@ fn fused_matches_unfused_with_masks_and_gqa() {
                     for pad in &pads {
                         for attn in configs() {
                             case += 1;
-                            let threads = if case % 2 == 0 { 1 } else { 3 };
+                            let threads = if case.is_multiple_of(2) { 1 } else { 3 };
                             let mut attn = attn.causal(causal).threads(threads);
                             attn.key_lens = pad.clone();
                             check(&attn, kernel, &shape, &q, &k, &v);
