@@ -316,11 +316,13 @@ impl Attention {
                 self.run_float::<f16>(shape, &q16, &k16, &v16)
             }
             Pipeline::Int8 | Pipeline::IntAttention => {
-                let (q, k, v) = (
-                    QTensor::quantize(q)?,
-                    QTensor::quantize(k)?,
-                    QTensor::quantize(v)?,
-                );
+                let (q, k, v) = threads::install(self.threads, || {
+                    Ok::<_, Error>((
+                        QTensor::quantize_parallel(q)?,
+                        QTensor::quantize_parallel(k)?,
+                        QTensor::quantize_parallel(v)?,
+                    ))
+                })??;
                 self.run_quantized(shape, &q, &k, &v)
             }
         }

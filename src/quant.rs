@@ -23,6 +23,15 @@ pub fn check_finite(what: &'static str, x: &[f32]) -> Result<()> {
 
 /// The per-tensor scale `max|x| / 127` (0 for an all-zero tensor). Errors on NaN or infinity.
 pub fn symmetric_scale(x: &[f32]) -> Result<f32> {
+    let max_bits = max_abs_bits(x);
+    if max_bits >= f32::INFINITY.to_bits() {
+        check_finite("tensor to quantize", x)?;
+    }
+    Ok(f32::from_bits(max_bits) / 127.0)
+}
+
+/// The largest `|x|` as bits (infinity's bits or more when a NaN or infinity is present).
+fn max_abs_bits(x: &[f32]) -> u32 {
     // One pass over the bit patterns: for non-negative floats the bit order is the value order,
     // and |x| is finite exactly when its bits are below infinity's. Integer lane-wise maxima
     // vectorise where a float max reduction (NaN-aware, order-dependent) would not.
@@ -35,16 +44,11 @@ pub fn symmetric_scale(x: &[f32]) -> Result<f32> {
             *m = (*m).max(v.to_bits() & 0x7fff_ffff);
         }
     }
-    let max_bits = tail
-        .iter()
+    tail.iter()
         .map(|v| v.to_bits() & 0x7fff_ffff)
         .chain(lanes)
         .max()
-        .unwrap_or(0);
-    if max_bits >= f32::INFINITY.to_bits() {
-        check_finite("tensor to quantize", x)?;
-    }
-    Ok(f32::from_bits(max_bits) / 127.0)
+        .unwrap_or(0)
 }
 
 /// Quantizes `x` with a given scale: `clamp(round_half_even(x / s), -127, 127)`, all zeros when
@@ -93,6 +97,24 @@ impl QTensor {
     /// Quantizes a float tensor per SPEC section 1.
     pub fn quantize(x: &[f32]) -> Result<Self> {
         let (data, scale) = quantize_symmetric(x)?;
+        Ok(QTensor { data, scale })
+    }
+
+    /// [`QTensor::quantize`] spread over the current rayon pool, with identical results (the
+    /// maximum and every element are computed exactly as in the serial version). The pipelines
+    /// use it so that quantizing a large Q, K, V does not run on one core while the rest idle.
+    pub fn quantize_parallel(x: &[f32]) -> Result<Self> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
+        let max_bits = x.par_chunks(CHUNK).map(max_abs_bits).max().unwrap_or(0);
+        if max_bits >= f32::INFINITY.to_bits() {
+            check_finite("tensor to quantize", x)?;
+        }
+        let scale = f32::from_bits(max_bits) / 127.0;
+        let mut data = vec![0i8; x.len()];
+        data.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, c)| quantize_with_scale(c, scale, o));
         Ok(QTensor { data, scale })
     }
 
@@ -186,6 +208,24 @@ mod tests {
         }
         let e = quantize_symmetric(&[0.0, -0.0, 3.0, f32::NAN, 1.0]).unwrap_err();
         assert!(matches!(e, Error::NonFinite { index: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn parallel_quantizer_is_identical() {
+        let x: Vec<f32> = (0..300_001)
+            .map(|i| (i as f32 * 0.37).sin() * 5.0)
+            .collect();
+        assert_eq!(
+            QTensor::quantize_parallel(&x).unwrap(),
+            QTensor::quantize(&x).unwrap()
+        );
+        let mut y = x.clone();
+        y[200_000] = f32::NAN;
+        assert!(matches!(
+            QTensor::quantize_parallel(&y),
+            Err(Error::NonFinite { index: 200_000, .. })
+        ));
+        assert_eq!(QTensor::quantize_parallel(&[]).unwrap().scale, 0.0);
     }
 
     #[test]
