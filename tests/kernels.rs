@@ -537,26 +537,32 @@ fn env_var_forces_each_kernel() {
                 .env("INTATTENTION_EXPECT_KERNEL", name)
                 .output()
         };
-        let out = match run(&mut std::process::Command::new(&exe)) {
-            // Under user-mode emulation the test binary cannot be executed directly.
-            Err(e) if e.raw_os_error() == Some(8) && cfg!(target_arch = "aarch64") => {
-                match run(std::process::Command::new("qemu-aarch64")
-                    .args(["-cpu", "max", "-L", "/"])
-                    .arg(&exe))
-                {
-                    Ok(o) => o,
-                    Err(e) => {
-                        eprintln!("cannot re-run the test binary under qemu ({e}); not checked");
-                        return;
-                    }
+        let direct = run(&mut std::process::Command::new(&exe));
+        // Under user-mode emulation without binfmt_misc the test binary cannot be executed
+        // directly (spawn fails with ENOEXEC, or, where qemu turns glibc's vfork-based spawn
+        // into a fork, the child exits 127 without output): run it under qemu again. The CPU
+        // model comes through QEMU_CPU, which the child inherits.
+        let cannot_exec = match &direct {
+            Err(e) => e.raw_os_error() == Some(8),
+            Ok(o) => o.status.code() == Some(127) && o.stdout.is_empty(),
+        };
+        let out = if cannot_exec && cfg!(target_arch = "aarch64") {
+            let mut qemu = std::process::Command::new("qemu-aarch64");
+            match run(qemu.args(["-L", "/"]).arg(&exe)) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("cannot re-run the test binary under qemu ({e}); not checked");
+                    return;
                 }
             }
-            r => r.unwrap(),
+        } else {
+            direct.unwrap()
         };
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && text.contains("1 passed"),
-            "forcing {name}: {text}\n{}",
+            "forcing {name}: {} {text}\n{}",
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
     }
