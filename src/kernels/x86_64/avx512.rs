@@ -15,10 +15,6 @@
 //! `vpermb`/`vpermi2b` with VBMI, else a `vpshufb` per 16-entry slice of the table. The
 //! Normalized finish looks up a 256-byte result table the same way (VBMI) or in scalar code.
 
-// AVX-512 target features and intrinsics are stable since Rust 1.89, above the rust-version
-// that Cargo.toml declares (1.85): this module is the reason the real minimum is 1.89.
-#![allow(clippy::incompatible_msrv)]
-
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
