@@ -519,9 +519,42 @@ proptest! {
         ],
         div in prop_oneof![Just(255u32), 0u32..100_000, any::<u32>()],
     ) {
-        let got = intattention::reference::dequantize_output(o32, s_v, div);
+        use intattention::reference::{
+            dequantize_output, dequantize_output_exact, dequantize_output_fast, row_factor,
+        };
         let want = spec_output(o32, s_v, div as u64);
+        let exact = dequantize_output_exact(o32, s_v, div);
+        prop_assert!(exact == want, "exact path: {} * {:e} / {}: got {:e}, want {:e}", o32, s_v, div, exact, want);
+        // The fast path may decline (None) but must never answer wrongly.
+        if let Some(fast) = dequantize_output_fast(o32, row_factor(s_v, div)) {
+            prop_assert!(fast == want, "fast path: {} * {:e} / {}: got {:e}, want {:e}", o32, s_v, div, fast, want);
+        }
+        let got = dequantize_output(o32, s_v, div);
         prop_assert!(got == want, "{} * {:e} / {}: got {:e}, want {:e}", o32, s_v, div, got, want);
+    }
+}
+
+#[test]
+fn dequantize_output_on_dense_halfway_families() {
+    // Scales whose mantissas share factors with 255 = 3 * 5 * 17 or with small row sums make
+    // O32 s_v / divisor land exactly halfway between two f32 often; sweep such families.
+    for s_v in [
+        0.9f32 / 127.0,
+        1.0 / 127.0,
+        0.75 / 127.0,
+        3.0 * 2f32.powi(-20),
+        0.1,
+    ] {
+        for div in [255u32, 3 * 255, 5 * 255, 17 * 255, 256, 7] {
+            for x in -3000i64..3000 {
+                let o32 = x * 255;
+                let got = intattention::reference::dequantize_output(o32, s_v, div);
+                assert!(
+                    got == spec_output(o32, s_v, div as u64),
+                    "{o32} * {s_v:e} / {div}"
+                );
+            }
+        }
     }
 }
 
