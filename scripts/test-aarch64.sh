@@ -26,21 +26,26 @@ scripts/setup-aarch64.sh
 
 if command -v rustup >/dev/null 2>&1 && rustup toolchain list | grep -q '^debian-web'; then
   cargo=(cargo +debian-web)
+  rustc=(rustc +debian-web)
 else
   # Debian's cargo without rustup: name the compiler explicitly (doctests are cross-compiled
   # with rustdoc and run through the runner as well).
   export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
   cargo=(/usr/bin/cargo)
+  rustc=(/usr/bin/rustc)
 fi
 "${cargo[@]}" --version
-"${RUSTC:-rustc}" --version 2>/dev/null || true
+"${rustc[@]}" --version
+qemu-aarch64 --version | head -1
 
 # The linker and the default runner come from .cargo/config.toml; set them here as well so the
 # script also works from a checkout whose config was changed.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 test_cmd=("${cargo[@]}" test --release --target "$TARGET" "$@")
 
-# run_model CPU EXPECTED_KERNELS [test selection...]
+# run_model CPU EXPECTED_KERNELS [test selection...]: a failure is recorded and the next model
+# still runs, so one CI log shows every failing model.
+failed=()
 run_model() {
   local cpu=$1 expect=$2
   shift 2
@@ -50,14 +55,13 @@ run_model() {
   # The model goes through QEMU_CPU rather than -cpu so that tests which re-run their own
   # binary under qemu-aarch64 (a nested exec cannot use binfmt here) inherit it.
   export "$RUNNER_VAR=qemu-aarch64 -L /" QEMU_CPU=$cpu
-  INTATTENTION_EXPECT_KERNELS=$expect "${test_cmd[@]}" "$@"
+  INTATTENTION_EXPECT_KERNELS=$expect "${test_cmd[@]}" "$@" || failed+=("tests under -cpu $cpu")
   # The kernel set as the test binary itself prints it under this model.
   INTATTENTION_EXPECT_KERNELS=$expect "${test_cmd[@]}" --test kernels_aarch64 -- \
-    --exact aarch64_kernel_set_matches_cpu --nocapture 2>&1 | tee "$log"
+    --exact aarch64_kernel_set_matches_cpu --nocapture >"$log" 2>&1 || true
   if ! grep -qx "aarch64 kernels: $expect" "$log"; then
-    echo "test-aarch64: -cpu $cpu did not run kernels $expect" >&2
-    rm -f "$log"
-    exit 1
+    cat "$log"
+    failed+=("-cpu $cpu did not run exactly the kernels $expect")
   fi
   rm -f "$log"
 }
@@ -65,8 +69,14 @@ run_model() {
 phase "build (release, $TARGET)"
 "${test_cmd[@]}" --no-run
 
-run_model max generic,neon,dotprod,i8mm
+# Every test binary runs even if an earlier one fails, so one CI log shows all failures.
+run_model max generic,neon,dotprod,i8mm --no-fail-fast
 run_model neoverse-n1 generic,neon,dotprod --test kernels --test kernels_aarch64
 run_model cortex-a72 generic,neon --test kernels --test kernels_aarch64
 
+if [ ${#failed[@]} -gt 0 ]; then
+  phase "FAILED"
+  printf 'test-aarch64: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
 phase "done"

@@ -7,7 +7,7 @@
 //! depth is rounded up to the kernel's `k_step` with zeros. Inside a panel the depth is cut
 //! into chunks of `kr` bytes and stored `[chunk][column][kr bytes]`, so one 16-byte load gives
 //! the next chunk of 16 / kr columns:
-//! - NEON (`kr = 1`): 8 columns of one depth index, widened to i16 for `smlal` by lane.
+//! - NEON (`kr = 1`): 8 columns of one depth index (widened to i16 in the micro-kernel).
 //! - dotprod (`kr = 4`): 4 depth values of 4 columns, the shape of `sdot`/`udot` by element.
 //! - i8mm (`kr = 8`): 8 depth values of 2 columns, the 2 x 8 right operand of `smmla`.
 //!

@@ -264,11 +264,9 @@ pub(crate) unsafe fn index_softmax_row(
     threshold: i32,
     e: &mut [u8],
 ) -> u32 {
-    let (row, e, rest) = {
-        let (kept, rest) = e.split_at_mut(valid);
-        (&row[..valid], kept, rest)
-    };
-    rest.fill(0);
+    let (e, masked) = e.split_at_mut(valid);
+    masked.fill(0);
+    let row = &row[..valid];
     if valid == 0 {
         return 0;
     }
