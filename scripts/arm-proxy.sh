@@ -79,14 +79,23 @@ qemu_opts=(-L / -E GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.mal
 # qemu_count CPU OUTFILE PLUGIN_ARGS -- CLI ARGS...: runs the CLI under the plugin, prints the
 # executed-instruction total; the guest's own output is kept in $work for error reports.
 qemu_count() {
-  local cpu=$1 out=$2 pargs=$3; shift 4
-  if ! "${guest_env[@]}" qemu-aarch64 -cpu "$cpu" "${qemu_opts[@]}" -plugin "$plugin,out=$out$pargs" \
-      "$bin" "$@" >"$work/guest.out" 2>"$work/guest.err"; then
-    log "guest failed: qemu-aarch64 -cpu $cpu $bin $*"
+  local cpu=$1 out=$2 pargs=$3 rc attempt; shift 4
+  # One retry when the guest died from a signal: killed from outside (the shared build machine
+  # out of memory: 137) says nothing about the code, and an exact count does not depend on the
+  # attempt.
+  for attempt in 1 2; do
+    rc=0
+    "${guest_env[@]}" qemu-aarch64 -cpu "$cpu" "${qemu_opts[@]}" -plugin "$plugin,out=$out$pargs" \
+      "$bin" "$@" >"$work/guest.out" 2>"$work/guest.err" || rc=$?
+    if [ "$rc" = 0 ]; then
+      awk '$1 == "total" { print $2 }' "$out"
+      return 0
+    fi
+    log "guest failed (exit status $rc, attempt $attempt): qemu-aarch64 -cpu $cpu $bin $*"
     sed 's/^/  | /' "$work/guest.err" >&2
-    return 1
-  fi
-  awk '$1 == "total" { print $2 }' "$out"
+    [ "$rc" -ge 128 ] || break # an error of the program itself: the same again
+  done
+  return 1
 }
 
 bench_args() { # PIPE L BACKEND RUNS
