@@ -13,7 +13,9 @@ use intattention::data::{self, Family};
 use intattention::{quantize_symmetric, Attention, AttnShape, Pipeline, Schedule, SoftmaxVariant};
 
 fn lens() -> Vec<usize> {
-    if cfg!(debug_assertions) {
+    // Debug builds, and the emulated aarch64 tier (qemu runs the f64 reference and the float
+    // pipelines 10-50x slower; L = 4096 alone took 40 minutes there), stop at 1024.
+    if cfg!(debug_assertions) || cfg!(target_arch = "aarch64") {
         vec![128, 1024]
     } else {
         vec![128, 1024, 4096]
@@ -75,8 +77,16 @@ fn fp16_is_within_f16_rounding() {
     // once, so the output is off by a few u. Measured worst: rel_l2 2.5e-3 (outlier, L=4096,
     // whose 20x channels make the scores large), 1-cos 3.2e-6, max_abs 5.6e-3 of the
     // largest output.
+    // On aarch64 CPUs with FP16 arithmetic the gemm crate also accumulates in f16 (x86 and
+    // cores without FP16 accumulate in f32), so sums of L terms gather about sqrt(L) more
+    // roundings: measured rel_l2 5.2e-3 at L = 1024 under qemu -cpu max.
+    let (l2, cos, max) = if cfg!(target_arch = "aarch64") {
+        (1.5e-2, 2e-4, 4e-2)
+    } else {
+        (5e-3, 1e-5, 1e-2)
+    };
     for r in rows_of(Pipeline::Fp16, None) {
-        check(r, 5e-3, 1e-5, 1e-2);
+        check(r, l2, cos, max);
     }
 }
 

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use intattention::data::{self, Family};
 use intattention::npy;
@@ -13,7 +14,41 @@ use intattention::{
 };
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_intattention"))
+    let exe = env!("CARGO_BIN_EXE_intattention");
+    match emulator() {
+        Some(runner) => {
+            let mut parts = runner.split_whitespace();
+            let mut c = Command::new(parts.next().expect("runner has a program"));
+            c.args(parts).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    }
+}
+
+/// In the emulated aarch64 tier these tests themselves run under qemu-user, which cannot exec
+/// another aarch64 binary directly (binfmt_misc is not mounted): the child exits 127. There the
+/// CLI is started through the same runner cargo used (the tier sets it in the environment;
+/// QEMU_CPU carries the CPU model). On real aarch64 hardware direct exec works and is used.
+fn emulator() -> Option<&'static str> {
+    static RUNNER: OnceLock<Option<String>> = OnceLock::new();
+    RUNNER
+        .get_or_init(|| {
+            if !cfg!(target_arch = "aarch64") {
+                return None;
+            }
+            let direct = Command::new(env!("CARGO_BIN_EXE_intattention"))
+                .arg("--version")
+                .output();
+            if matches!(&direct, Ok(o) if o.status.success()) {
+                return None;
+            }
+            Some(
+                std::env::var("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER")
+                    .unwrap_or_else(|_| "qemu-aarch64 -L /".to_string()),
+            )
+        })
+        .as_deref()
 }
 
 /// A fresh directory per test (tests run in parallel, and several test binaries at once).
