@@ -118,7 +118,7 @@ for b in $backends; do
 done
 
 # --- per-run counts ---------------------------------------------------------------------------
-results="$work/results.tsv" # cpu backend pipe L per_run check stable
+results="$work/results.tsv" # cpu backend pipe L per_run check stable kernel
 : >"$results"
 for cpu in $cpus; do
   for b in "${active_backends[@]}"; do
@@ -130,10 +130,12 @@ for cpu in $cpus; do
         if ! c1=$(qemu_count "$cpu" "$work/c1" "" -- $(bench_args "$p" "$L" "$b" 1)) ||
            ! c3=$(qemu_count "$cpu" "$work/c3" "" -- $(bench_args "$p" "$L" "$b" 3)); then
           why=$(grep -v '^\s*$' "$work/guest.err" | head -n1 | tr -d "\\\\\"" | tr '\t' ' ')
-          printf '%s\t%s\t%s\t%s\t-\t-\tfailed: %s\n' "$cpu" "$b" "$p" "$L" "$why" >>"$results"
+          printf '%s\t%s\t%s\t%s\t-\t-\tfailed: %s\t-\n' "$cpu" "$b" "$p" "$L" "$why" >>"$results"
           continue
         fi
         per=$(( (c3 - c1) / 2 ))
+        # The native kernel the bench ran with (for acl: the one behind the native parts).
+        kernel=$(sed -n 's/.* | kernel \([^ |]*\) |.*/\1/p' "$work/guest.out" | head -n1)
         stable=unchecked dev=-
         if [ "$check" = 1 ]; then
           # shellcheck disable=SC2046
@@ -146,7 +148,8 @@ for cpu in $cpus; do
           fi
         fi
         log "cpu=$cpu backend=$b pipe=$p L=$L: $per instructions per run (check $dev, stable: $stable)"
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cpu" "$b" "$p" "$L" "$per" "$dev" "$stable" >>"$results"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cpu" "$b" "$p" "$L" "$per" "$dev" "$stable" \
+          "${kernel:--}" >>"$results"
       done
     done
   done
@@ -164,22 +167,23 @@ if [ "$json" = 1 ]; then
       printf "  \"unit\": \"aarch64 instructions per run (1 thread)\",\n"
       printf "  \"method\": {\"warmup\": %d, \"runs\": [%s], \"per_run\": \"(count(runs=3) - count(runs=1)) / 2\", \"check\": \"(count(3) - count(2)) - (count(2) - count(1))\"},\n", wu, runs
       printf "  \"d\": %d,\n  \"results\": [", d; sep = "" }
-    { ratio = ($8 == "-") ? "null" : $8; chk = ($6 == "-") ? "null" : $6
+    { ratio = ($9 == "-") ? "null" : $9; chk = ($6 == "-") ? "null" : $6
+      kern = ($8 == "-") ? "null" : "\"" $8 "\""
       per = ($5 == "-") ? "null" : $5
       stable = ($7 == "yes") ? "true" : ($7 == "NO") ? "false" : "null"
       err = ($7 ~ /^failed/) ? sprintf(", \"error\": \"%s\"", $7) : ""
-      printf "%s\n    {\"label\": \"emulation proxy: qemu -cpu %s executed aarch64 instructions, not time\", \"cpu\": \"%s\", \"backend\": \"%s\", \"pipe\": \"%s\", \"L\": %d, \"instructions_per_run\": %s, \"ratio_to_intattn\": %s, \"check\": %s, \"stable\": %s%s}", sep, $1, $1, $2, $3, $4, per, ratio, chk, stable, err
+      printf "%s\n    {\"label\": \"emulation proxy: qemu -cpu %s executed aarch64 instructions, not time\", \"cpu\": \"%s\", \"backend\": \"%s\", \"pipe\": \"%s\", \"kernel\": %s, \"L\": %d, \"instructions_per_run\": %s, \"ratio_to_intattn\": %s, \"check\": %s, \"stable\": %s%s}", sep, $1, $1, $2, $3, kern, $4, per, ratio, chk, stable, err
       sep = "," }
     END { printf "\n  ]\n}\n" }' "$ratios"
 else
   for cpu in $cpus; do
     echo
     echo "${label/CPU/$cpu} (1 thread, d = $d)"
-    printf '%-8s %-8s %6s %14s %9s %9s %9s  %s\n' backend pipeline L "insns/run" millions "/intattn" check stable
+    printf '%-8s %-8s %-8s %6s %14s %9s %9s %9s  %s\n' backend pipeline kernel L "insns/run" millions "/intattn" check stable
     awk -F'\t' -v cpu="$cpu" '$1 == cpu && $5 == "-" {
-        printf "%-8s %-8s %6d %14s %9s %9s %9s  %s\n", $2, $3, $4, "-", "-", "-", "-", $7 }
+        printf "%-8s %-8s %-8s %6d %14s %9s %9s %9s  %s\n", $2, $3, "-", $4, "-", "-", "-", "-", $7 }
       $1 == cpu && $5 != "-" {
-        printf "%-8s %-8s %6d %14.0f %8.2fM %9s %9s  %s\n", $2, $3, $4, $5, $5 / 1e6, $8, $6, $7 }' "$ratios"
+        printf "%-8s %-8s %-8s %6d %14.0f %8.2fM %9s %9s  %s\n", $2, $3, $8, $4, $5, $5 / 1e6, $9, $6, $7 }' "$ratios"
   done
 fi
 
