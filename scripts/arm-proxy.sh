@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
     --top) top=$2; shift ;;
     --no-build) build=0 ;;
     --bin) bin=$2; build=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "arm-proxy: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
