@@ -256,7 +256,8 @@ impl Attention {
         self.scale.unwrap_or_else(|| 1.0 / (head_dim as f32).sqrt())
     }
 
-    fn check(&self, shape: &AttnShape) -> Result<()> {
+    /// The checks of [`Attention::run`] that do not depend on the data (every backend's).
+    pub(crate) fn check(&self, shape: &AttnShape) -> Result<()> {
         shape.validate()?;
         if let Some(s) = self.scale {
             if !s.is_finite() || s <= 0.0 {
@@ -442,7 +443,7 @@ impl Attention {
     }
 }
 
-fn check_lens(shape: &AttnShape, q: usize, k: usize, v: usize) -> Result<()> {
+pub(crate) fn check_lens(shape: &AttnShape, q: usize, k: usize, v: usize) -> Result<()> {
     if q != shape.q_elems() {
         return shape_err(format!(
             "Q has {q} elements, shape {}x{}x{}x{} needs {}",

@@ -27,7 +27,7 @@ use half::f16;
 use super::functions::{Function, GemmOptions};
 use super::tensor::{DataType, Tensor, TensorDesc};
 use crate::attention::{head_slices, Attention, AttnShape, Pipeline};
-use crate::error::{param_err, shape_err, Error, Result};
+use crate::error::{param_err, Error, Result};
 use crate::quant::{check_finite, QTensor};
 use crate::reference;
 use crate::softmax::{IndexSoftmaxParams, SoftmaxVariant};
@@ -96,7 +96,7 @@ const STREAMED: GemmOptions = GemmOptions { b_constant: false };
 impl AclAttention {
     /// Configures every ACL function for `shape` (nothing is allocated or run yet).
     pub fn prepare(attn: &Attention, shape: &AttnShape) -> Result<Self> {
-        check_config(attn, shape)?;
+        attn.check(shape)?;
         super::set_threads(attn.threads)?;
         let graph = match attn.pipeline {
             Pipeline::Fp32 => Graph::Float(FloatGraph::new(attn, shape, false)?),
@@ -155,7 +155,7 @@ impl AclAttention {
         v: &[f32],
         trace: Option<&mut Vec<HeadTrace>>,
     ) -> Result<Vec<f32>> {
-        check_lens(&self.shape, q.len(), k.len(), v.len())?;
+        crate::attention::check_lens(&self.shape, q.len(), k.len(), v.len())?;
         match self.attn.pipeline {
             Pipeline::Fp32 | Pipeline::Fp16 => {
                 check_finite("Q", q)?;
@@ -184,7 +184,7 @@ impl AclAttention {
         v: &QTensor,
         trace: Option<&mut Vec<HeadTrace>>,
     ) -> Result<Vec<f32>> {
-        check_lens(&self.shape, q.data.len(), k.data.len(), v.data.len())?;
+        crate::attention::check_lens(&self.shape, q.data.len(), k.data.len(), v.data.len())?;
         for (name, t) in [("Q", q), ("K", k), ("V", v)] {
             if !t.scale.is_finite() || t.scale < 0.0 {
                 return param_err(format!("{name} scale must be finite and >= 0"));
@@ -207,52 +207,6 @@ impl crate::backend::AttentionRunner for AclAttention {
     fn run(&mut self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
         AclAttention::run(self, q, k, v)
     }
-}
-
-/// The checks of `Attention::run` that do not depend on the data.
-fn check_config(attn: &Attention, shape: &AttnShape) -> Result<()> {
-    shape.validate()?;
-    if let Some(s) = attn.scale {
-        if !s.is_finite() || s <= 0.0 {
-            return param_err(format!("scale must be finite and > 0, got {s}"));
-        }
-    }
-    if let Some(lens) = &attn.key_lens {
-        if lens.len() != shape.batch {
-            return shape_err(format!(
-                "key_lens has {} entries for batch {}",
-                lens.len(),
-                shape.batch
-            ));
-        }
-        if let Some(&l) = lens.iter().find(|&&l| l > shape.kv_len) {
-            return shape_err(format!("key length {l} exceeds kv_len {}", shape.kv_len));
-        }
-    }
-    if attn.pipeline == Pipeline::IntAttention {
-        IndexSoftmaxParams::new(1, attn.variant)?
-            .with_table_bits(attn.table_bits)?
-            .with_clip(attn.clip)?;
-    }
-    Ok(())
-}
-
-fn check_lens(shape: &AttnShape, q: usize, k: usize, v: usize) -> Result<()> {
-    if q != shape.q_elems() {
-        return shape_err(format!(
-            "Q has {q} elements, the shape needs {}",
-            shape.q_elems()
-        ));
-    }
-    for (name, n) in [("K", k), ("V", v)] {
-        if n != shape.kv_elems() {
-            return shape_err(format!(
-                "{name} has {n} elements, the shape needs {}",
-                shape.kv_elems()
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn is_masked(attn: &Attention) -> bool {
