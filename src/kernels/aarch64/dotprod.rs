@@ -77,7 +77,7 @@ impl Kernel for Dotprod {
     }
 
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        LAYOUT.pack(n, k, 0, NAME, |j, t| b[j * k + t])
+        LAYOUT.pack_k(b, n, k, 0, NAME)
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
@@ -95,7 +95,7 @@ impl Kernel for Dotprod {
     }
 
     fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        LAYOUT.pack(n, k, 0x80, NAME, |j, t| b[t * n + j])
+        LAYOUT.pack_v(b, k, n, 0x80, NAME)
     }
 
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {

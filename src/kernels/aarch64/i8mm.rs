@@ -76,7 +76,21 @@ impl Kernel for I8mm {
     }
 
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        LAYOUT.pack(n, k, 0, NAME, |j, t| b[j * k + t])
+        if k == 0 || !k.is_multiple_of(16) {
+            return LAYOUT.pack_k(b, n, k, 0, NAME);
+        }
+        assert_eq!(b.len(), n * k);
+        let mut data = vec![0i8; LAYOUT.packed_len(n, k)];
+        for (p, panel) in data.chunks_exact_mut(NR * k).enumerate() {
+            pack_pairs(b, k, p * NR, NR.min(n - p * NR), panel);
+        }
+        PackedB {
+            data,
+            sums: Vec::new(),
+            n,
+            k,
+            packed_by: NAME,
+        }
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
@@ -94,7 +108,7 @@ impl Kernel for I8mm {
     }
 
     fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        LAYOUT.pack(n, k, 0, NAME, |j, t| b[t * n + j])
+        pack_v_i8mm(b, k, n)
     }
 
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
@@ -112,8 +126,18 @@ impl Kernel for I8mm {
 }
 
 /// Packs rows `i0..i0 + rows` of the row-major `m x k` matrix `a` as row pairs (module docs),
-/// zero past `rows` and past `k`.
+/// zero past `rows` and past `k`. Packed K has the same shape per panel of 8 keys, so
+/// [`I8mm::pack_k`] uses this too.
 fn pack_pairs<T: Copy + Default>(a: &[T], k: usize, i0: usize, rows: usize, strip: &mut [T]) {
+    assert!(strip.len() >= MR * k && a.len() >= (i0 + rows) * k);
+    if rows == MR && k.is_multiple_of(16) {
+        // SAFETY: NEON is part of the aarch64 target; rows i0..i0 + 8 of `a` and the first
+        // 8 * k elements of `strip` exist (asserted above), and T is a one-byte type here (u8
+        // or i8, the only A types of this kernel; checked below).
+        assert_eq!(std::mem::size_of::<T>(), 1);
+        unsafe { pack_pairs_neon(a.as_ptr().add(i0 * k).cast(), k, strip.as_mut_ptr().cast()) };
+        return;
+    }
     strip.fill(T::default());
     for r in 0..rows {
         let src = &a[(i0 + r) * k..(i0 + r + 1) * k];
@@ -125,41 +149,149 @@ fn pack_pairs<T: Copy + Default>(a: &[T], k: usize, i0: usize, rows: usize, stri
     }
 }
 
-/// `acc += a (2 x 8, signed) * b (2 x 8, signed)^T`.
-#[inline(always)]
-unsafe fn smmla(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    // SAFETY: register-only instruction; callers are compiled with `i8mm`.
-    unsafe {
-        asm!(
-            "smmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
-            acc = inout(vreg) acc,
-            a = in(vreg) a,
-            b = in(vreg) b,
-            options(pure, nomem, nostack, preserves_flags)
-        );
+/// [`pack_pairs`] for 8 full rows with `k` a multiple of 16: per row pair and 16 depth
+/// values, two loads, `zip1`/`zip2` on 64-bit lanes (chunk `c` of both rows, then chunk
+/// `c + 1`), two stores.
+///
+/// # Safety
+/// `a` must be readable for `8 * k` bytes (8 rows of stride `k`), `strip` writable for `8 * k`
+/// bytes, and `k` a multiple of 16.
+#[target_feature(enable = "neon")]
+unsafe fn pack_pairs_neon(a: *const u8, k: usize, strip: *mut u8) {
+    for c2 in 0..k / 16 {
+        for q in 0..MR / 2 {
+            // SAFETY: rows 2q and 2q + 1 hold k >= 16 c2 + 16 bytes; the destination chunks
+            // 2 c2 and 2 c2 + 1 lie inside the 8 k bytes of the strip.
+            unsafe {
+                let x = vreinterpretq_u64_u8(vld1q_u8(a.add(2 * q * k + 16 * c2)));
+                let y = vreinterpretq_u64_u8(vld1q_u8(a.add((2 * q + 1) * k + 16 * c2)));
+                let d = strip.add(2 * c2 * MR * 8 + 16 * q);
+                vst1q_u8(d, vreinterpretq_u8_u64(vzip1q_u64(x, y)));
+                vst1q_u8(d.add(MR * 8), vreinterpretq_u8_u64(vzip2q_u64(x, y)));
+            }
+        }
     }
-    acc
 }
 
-/// `acc += a (2 x 8, unsigned) * b (2 x 8, signed)^T`.
-#[inline(always)]
-unsafe fn usmmla(mut acc: int32x4_t, a: uint8x16_t, b: int8x16_t) -> int32x4_t {
-    // SAFETY: as in `smmla`.
-    unsafe {
-        asm!(
-            "usmmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
-            acc = inout(vreg) acc,
-            a = in(vreg) a,
-            b = in(vreg) b,
-            options(pure, nomem, nostack, preserves_flags)
-        );
+/// Packs V (`k x n` row-major) for this kernel: column `j`'s depth chunk `c` is bytes `8 c ..
+/// 8 c + 8` of column `j`, so every 8 x 8 block of V is stored transposed.
+fn pack_v_i8mm(b: &[i8], k: usize, n: usize) -> PackedB {
+    if k == 0 || !k.is_multiple_of(8) || !n.is_multiple_of(NR) {
+        return LAYOUT.pack_v(b, k, n, 0, NAME);
     }
-    acc
+    assert_eq!(b.len(), k * n);
+    let mut data = vec![0i8; LAYOUT.packed_len(n, k)];
+    for (p, panel) in data.chunks_exact_mut(NR * k).enumerate() {
+        for (c, chunk) in panel.chunks_exact_mut(64).enumerate() {
+            // SAFETY: NEON is part of the aarch64 target; the block's rows 8c..8c + 8 and
+            // columns 8p..8p + 8 lie inside the k x n matrix (k and n multiples of 8), and the
+            // chunk has 64 bytes.
+            unsafe {
+                transpose_8x8(
+                    b.as_ptr().add(8 * c * n + NR * p).cast(),
+                    n,
+                    chunk.as_mut_ptr().cast(),
+                )
+            };
+        }
+    }
+    PackedB {
+        data,
+        sums: Vec::new(),
+        n,
+        k,
+        packed_by: NAME,
+    }
+}
+
+/// Writes the transpose of the 8 x 8 byte block at `src` (row stride `stride`) to the 64
+/// contiguous bytes at `dst`: three rounds of `trn1`/`trn2` on 8-, 16- and 32-bit elements.
+///
+/// # Safety
+/// `src + r * stride .. + 8` must be readable for r < 8 and `dst .. dst + 64` writable.
+#[target_feature(enable = "neon")]
+unsafe fn transpose_8x8(src: *const u8, stride: usize, dst: *mut u8) {
+    // SAFETY: the caller guarantees the 8 rows of 8 bytes.
+    let r: [uint8x8_t; 8] = std::array::from_fn(|i| unsafe { vld1_u8(src.add(i * stride)) });
+    // Bytes: t[2i] holds columns 0, 2, 4, 6 of rows 2i and 2i + 1 interleaved; t[2i + 1] the
+    // odd columns.
+    let mut t = [vdup_n_u16(0); 8];
+    for i in 0..4 {
+        t[2 * i] = vreinterpret_u16_u8(vtrn1_u8(r[2 * i], r[2 * i + 1]));
+        t[2 * i + 1] = vreinterpret_u16_u8(vtrn2_u8(r[2 * i], r[2 * i + 1]));
+    }
+    // Halfwords: u[h][x] holds columns x and x + 4 of rows 4h..4h + 4.
+    let mut u = [[vdup_n_u32(0); 4]; 2];
+    for h in 0..2 {
+        let (a0, a1, b0, b1) = (t[4 * h], t[4 * h + 1], t[4 * h + 2], t[4 * h + 3]);
+        u[h][0] = vreinterpret_u32_u16(vtrn1_u16(a0, b0));
+        u[h][2] = vreinterpret_u32_u16(vtrn2_u16(a0, b0));
+        u[h][1] = vreinterpret_u32_u16(vtrn1_u16(a1, b1));
+        u[h][3] = vreinterpret_u32_u16(vtrn2_u16(a1, b1));
+    }
+    for x in 0..4 {
+        let lo = vreinterpret_u8_u32(vtrn1_u32(u[0][x], u[1][x]));
+        let hi = vreinterpret_u8_u32(vtrn2_u32(u[0][x], u[1][x]));
+        // SAFETY: columns x and x + 4 go to bytes 8x and 8 (x + 4) of the 64-byte destination.
+        unsafe {
+            vst1_u8(dst.add(8 * x), lo);
+            vst1_u8(dst.add(8 * (x + 4)), hi);
+        }
+    }
+}
+
+/// One depth chunk of the 8 x 8 tile: `ld1` four A pairs (v0-v3) and four B pairs (v4-v7),
+/// 64 bytes each with post-increment, then 16 matrix multiply-accumulates into v16-v31
+/// (accumulator `4 q + h` = A pair `q` times B pair `h`).
+macro_rules! mmla_chunk {
+    ($op:literal) => {
+        concat!(
+            "ld1 {{v0.16b, v1.16b, v2.16b, v3.16b}}, [{a}], #64\n",
+            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{b}], #64\n",
+            $op,
+            " v16.4s, v0.16b, v4.16b\n",
+            $op,
+            " v17.4s, v0.16b, v5.16b\n",
+            $op,
+            " v18.4s, v0.16b, v6.16b\n",
+            $op,
+            " v19.4s, v0.16b, v7.16b\n",
+            $op,
+            " v20.4s, v1.16b, v4.16b\n",
+            $op,
+            " v21.4s, v1.16b, v5.16b\n",
+            $op,
+            " v22.4s, v1.16b, v6.16b\n",
+            $op,
+            " v23.4s, v1.16b, v7.16b\n",
+            $op,
+            " v24.4s, v2.16b, v4.16b\n",
+            $op,
+            " v25.4s, v2.16b, v5.16b\n",
+            $op,
+            " v26.4s, v2.16b, v6.16b\n",
+            $op,
+            " v27.4s, v2.16b, v7.16b\n",
+            $op,
+            " v28.4s, v3.16b, v4.16b\n",
+            $op,
+            " v29.4s, v3.16b, v5.16b\n",
+            $op,
+            " v30.4s, v3.16b, v6.16b\n",
+            $op,
+            " v31.4s, v3.16b, v7.16b\n",
+        )
+    };
 }
 
 macro_rules! mmla_tile {
-    ($name:ident, $a:ty, $zero_a:expr, $load_a:ident, $mmla:ident) => {
-        /// The 8 x 8 micro-kernel: per chunk of 8 depth values, 4 A pairs times 4 B pairs.
+    ($name:ident, $a:ty, $op:literal) => {
+        /// The 8 x 8 micro-kernel: per chunk of 8 depth values, 4 A pairs times 4 B pairs,
+        /// the whole depth loop in one `asm!` block (two chunks per iteration, then the odd
+        /// one): the accumulators stay in v16-v31 and each operand set is one `ld1` of four
+        /// registers, about 1.2 instructions per multiply-accumulate instruction. The strip
+        /// closures of this kernel never produce row corrections (no offset trick), so `corr`
+        /// is all zeros and not read.
         #[target_feature(enable = "neon,i8mm")]
         unsafe fn $name(
             a: *const $a,
@@ -169,39 +301,53 @@ macro_rules! mmla_tile {
             c: *mut i32,
             ldc: usize,
         ) {
-            let mut acc = [[vdupq_n_s32(0); NR / 2]; MR / 2];
-            let mut off = 0;
-            while off < kp * MR {
-                let mut av = [$zero_a; MR / 2];
-                let mut bv = [vdupq_n_s8(0); NR / 2];
-                for q in 0..MR / 2 {
-                    // SAFETY: the strip and the panel hold 8 * kp bytes; this chunk is 64.
-                    unsafe {
-                        av[q] = $load_a(a.add(off + 16 * q));
-                        bv[q] = vld1q_s8(b.add(off + 16 * q));
-                    }
-                }
-                for (acc, &a) in acc.iter_mut().zip(&av) {
-                    for (acc, &b) in acc.iter_mut().zip(&bv) {
-                        // SAFETY: register-only; this function has `i8mm`.
-                        *acc = unsafe { $mmla(*acc, a, b) };
-                    }
-                }
-                off += 64;
+            debug_assert!(corr.iter().all(|&x| x == 0));
+            debug_assert!(kp > 0 && kp % 8 == 0);
+            let z = vdupq_n_s32(0);
+            let mut acc = [z; 16];
+            let chunks = kp / 8;
+            // SAFETY: the strip holds MR * kp = 64 * chunks bytes and the panel NR * kp bytes
+            // (the caller's contract); the block reads exactly `chunks` chunks of 64 bytes from
+            // each, advancing copies of the pointers. It writes only the named registers; the
+            // callee-saved v8-v15 are not touched. `i8mm` is enabled for this function.
+            unsafe {
+                asm!(
+                    "lsr {p}, {n}, #1",
+                    "cbz {p}, 2f",
+                    "1:",
+                    mmla_chunk!($op),
+                    mmla_chunk!($op),
+                    "subs {p}, {p}, #1",
+                    "b.ne 1b",
+                    "2:",
+                    "tbz {n}, #0, 3f",
+                    mmla_chunk!($op),
+                    "3:",
+                    n = in(reg) chunks,
+                    p = out(reg) _,
+                    a = inout(reg) a => _,
+                    b = inout(reg) b => _,
+                    out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+                    out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                    inout("v16") acc[0], inout("v17") acc[1], inout("v18") acc[2],
+                    inout("v19") acc[3], inout("v20") acc[4], inout("v21") acc[5],
+                    inout("v22") acc[6], inout("v23") acc[7], inout("v24") acc[8],
+                    inout("v25") acc[9], inout("v26") acc[10], inout("v27") acc[11],
+                    inout("v28") acc[12], inout("v29") acc[13], inout("v30") acc[14],
+                    inout("v31") acc[15],
+                    options(nostack, readonly)
+                );
             }
             for q in 0..MR / 2 {
                 let r0 = c.wrapping_add(2 * q * ldc);
                 let r1 = c.wrapping_add((2 * q + 1) * ldc);
-                let (c0, c1) = (vdupq_n_s32(corr[2 * q]), vdupq_n_s32(corr[2 * q + 1]));
                 for h in 0..2 {
-                    let x = vreinterpretq_s64_s32(acc[q][2 * h]);
-                    let y = vreinterpretq_s64_s32(acc[q][2 * h + 1]);
-                    let top = vreinterpretq_s32_s64(vzip1q_s64(x, y));
-                    let bottom = vreinterpretq_s32_s64(vzip2q_s64(x, y));
+                    let x = vreinterpretq_s64_s32(acc[4 * q + 2 * h]);
+                    let y = vreinterpretq_s64_s32(acc[4 * q + 2 * h + 1]);
                     // SAFETY: the caller provides an 8 x 8 destination with row stride ldc.
                     unsafe {
-                        vst1q_s32(r0.add(4 * h), vsubq_s32(top, c0));
-                        vst1q_s32(r1.add(4 * h), vsubq_s32(bottom, c1));
+                        vst1q_s32(r0.add(4 * h), vreinterpretq_s32_s64(vzip1q_s64(x, y)));
+                        vst1q_s32(r1.add(4 * h), vreinterpretq_s32_s64(vzip2q_s64(x, y)));
                     }
                 }
             }
@@ -209,5 +355,5 @@ macro_rules! mmla_tile {
     };
 }
 
-mmla_tile!(tile_smmla, i8, vdupq_n_s8(0), vld1q_s8, smmla);
-mmla_tile!(tile_usmmla, u8, vdupq_n_u8(0), vld1q_u8, usmmla);
+mmla_tile!(tile_smmla, i8, "smmla");
+mmla_tile!(tile_usmmla, u8, "usmmla");

@@ -61,42 +61,17 @@ impl Layout {
         n.div_ceil(NR) * NR * self.padded_k(k)
     }
 
-    /// Packs B given as `get(column, depth)` into the layout of the module docs, XOR-ing every
-    /// byte with `flip` (0x80 turns s8 `v` into u8 `v + 128`).
-    pub fn pack(
-        &self,
-        n: usize,
-        k: usize,
-        flip: u8,
-        name: &'static str,
-        get: impl Fn(usize, usize) -> i8,
-    ) -> PackedB {
-        let kp = self.padded_k(k);
-        let kr = self.kr;
+    /// Packs K (`n x k` row-major, so column `j` of B is row `j` of K) into the layout of the
+    /// module docs, XOR-ing every byte with `flip` (0x80 turns s8 `v` into u8 `v + 128`).
+    /// Padding stays 0 (not 0 ^ flip): the matching A entries are 0 too.
+    pub fn pack_k(&self, b: &[i8], n: usize, k: usize, flip: u8, name: &'static str) -> PackedB {
+        assert_eq!(b.len(), n * k, "pack_k: {} bytes for {n} x {k}", b.len());
         let mut data = vec![0i8; self.packed_len(n, k)];
-        // With k == 0 there is nothing to store (and chunks of 0 bytes do not exist).
-        if kp == 0 {
-            return PackedB {
-                data,
-                sums: Vec::new(),
-                n,
-                k,
-                packed_by: name,
-            };
-        }
-        for (p, panel) in data.chunks_exact_mut(NR * kp).enumerate() {
-            for (c, chunk) in panel.chunks_exact_mut(NR * kr).enumerate() {
-                for (jj, col) in chunk.chunks_exact_mut(kr).enumerate() {
-                    let j = p * NR + jj;
-                    for (r, dst) in col.iter_mut().enumerate() {
-                        let t = c * kr + r;
-                        // Padding stays 0 (not 0 ^ flip): the matching A entries are 0 too.
-                        if j < n && t < k {
-                            *dst = (get(j, t) as u8 ^ flip) as i8;
-                        }
-                    }
-                }
-            }
+        match self.kr {
+            1 => pack_k_kr::<1>(&mut data, b, n, k, self.padded_k(k), flip),
+            4 => pack_k_kr::<4>(&mut data, b, n, k, self.padded_k(k), flip),
+            8 => pack_k_kr::<8>(&mut data, b, n, k, self.padded_k(k), flip),
+            kr => unreachable!("no aarch64 layout has kr = {kr}"),
         }
         PackedB {
             data,
@@ -104,6 +79,100 @@ impl Layout {
             n,
             k,
             packed_by: name,
+        }
+    }
+
+    /// Packs V (`k x n` row-major, so column `j` of B is column `j` of V: a transpose) into
+    /// the layout of the module docs, XOR-ing every byte with `flip`; padding stays 0.
+    pub fn pack_v(&self, b: &[i8], k: usize, n: usize, flip: u8, name: &'static str) -> PackedB {
+        assert_eq!(b.len(), n * k, "pack_v: {} bytes for {k} x {n}", b.len());
+        let mut data = vec![0i8; self.packed_len(n, k)];
+        match self.kr {
+            1 => pack_v_kr::<1>(&mut data, b, n, k, self.padded_k(k), flip),
+            4 => pack_v_kr::<4>(&mut data, b, n, k, self.padded_k(k), flip),
+            8 => pack_v_kr::<8>(&mut data, b, n, k, self.padded_k(k), flip),
+            kr => unreachable!("no aarch64 layout has kr = {kr}"),
+        }
+        PackedB {
+            data,
+            sums: Vec::new(),
+            n,
+            k,
+            packed_by: name,
+        }
+    }
+}
+
+/// `x ^ flip` on every byte of a chunk.
+#[inline(always)]
+fn flip_bytes<const KR: usize>(x: [i8; KR], flip: u8) -> [i8; KR] {
+    x.map(|v| (v as u8 ^ flip) as i8)
+}
+
+/// [`Layout::pack_k`] for chunks of `KR` depth bytes: each chunk of a K row is `KR`
+/// contiguous bytes, copied whole (a 1-, 4- or 8-byte move); a partial last chunk is copied
+/// byte by byte and its padding stays zero.
+fn pack_k_kr<const KR: usize>(data: &mut [i8], b: &[i8], n: usize, k: usize, kp: usize, flip: u8) {
+    if kp == 0 {
+        return;
+    }
+    for (p, panel) in data.chunks_exact_mut(NR * kp).enumerate() {
+        for jj in 0..NR.min(n - p * NR) {
+            let j = p * NR + jj;
+            let row = &b[j * k..(j + 1) * k];
+            let mut src = row.chunks_exact(KR);
+            let mut dst = panel.chunks_exact_mut(KR).skip(jj).step_by(NR);
+            for (s, d) in (&mut src).zip(&mut dst) {
+                let s: [i8; KR] = s.try_into().expect("chunk of KR bytes");
+                d.copy_from_slice(&flip_bytes(s, flip));
+            }
+            let tail = src.remainder();
+            if let Some(d) = dst.next() {
+                for (d, &s) in d.iter_mut().zip(tail) {
+                    *d = (s as u8 ^ flip) as i8;
+                }
+            }
+        }
+    }
+}
+
+/// [`Layout::pack_v`] for chunks of `KR` depth bytes: a full panel and chunk is a `KR x NR`
+/// block of V (KR rows, NR = 8 contiguous columns) stored transposed, `NR` runs of `KR`
+/// bytes; blocks on the right or bottom edge go element by element.
+fn pack_v_kr<const KR: usize>(data: &mut [i8], b: &[i8], n: usize, k: usize, kp: usize, flip: u8) {
+    if kp == 0 {
+        return;
+    }
+    for (p, panel) in data.chunks_exact_mut(NR * kp).enumerate() {
+        let j0 = p * NR;
+        let cols = NR.min(n - j0);
+        for (c, chunk) in panel.chunks_exact_mut(NR * KR).enumerate() {
+            let t0 = c * KR;
+            if t0 >= k {
+                break;
+            }
+            if cols == NR && t0 + KR <= k {
+                let mut rows = [[0i8; NR]; KR];
+                for (r, row) in rows.iter_mut().enumerate() {
+                    let at = (t0 + r) * n + j0;
+                    *row = b[at..at + NR].try_into().expect("NR columns");
+                }
+                let mut out = [[0i8; KR]; NR];
+                for (jj, o) in out.iter_mut().enumerate() {
+                    for (r, v) in o.iter_mut().enumerate() {
+                        *v = rows[r][jj];
+                    }
+                }
+                for (d, o) in chunk.chunks_exact_mut(KR).zip(out) {
+                    d.copy_from_slice(&flip_bytes(o, flip));
+                }
+            } else {
+                for (jj, d) in chunk.chunks_exact_mut(KR).take(cols).enumerate() {
+                    for (r, v) in d.iter_mut().enumerate().take(k - t0) {
+                        *v = (b[(t0 + r) * n + j0 + jj] as u8 ^ flip) as i8;
+                    }
+                }
+            }
         }
     }
 }

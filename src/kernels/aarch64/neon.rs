@@ -5,12 +5,16 @@
 //! is exact for every i8 and u8 value (a product of two i16 lands in i32; no intermediate i16
 //! sum, so -128 * -128 + -128 * -128 cannot saturate as it would with `smull` + `smlal`).
 //!
-//! IndexSoftmax index: `idx = floor(D (N-1) / T + 1/2)` with `0 <= D <= T <= 2^30`. We
-//! evaluate `y = fma(D, fl((N-1) / T), 1/2 + 2^-36)` in f64 and truncate. The f64 error is
-//! below `255 * 2^-53 + 2^-46 < 2^-44`, while the exact quotient is either an integer (then
-//! the `2^-36` nudge keeps `y` at or just above it) or at least `1 / (2T) >= 2^-31` away from
-//! the next integer (then neither the error nor the nudge reaches it). So the truncation is the
-//! exact SPEC index for every input; the tests probe both sides of every bucket boundary.
+//! IndexSoftmax index: `idx = round_half_up(x)`, `x = D (N-1) / T`, `0 <= D <= T <= 2^30`,
+//! `N - 1 <= 255`. We compute `p = fl(D * c)` in f64 with `c = fl(fl((N-1) / T) (1 + 2^-44))`
+//! and round `p` to nearest with ties away from zero (`fcvtau`), which for `p >= 0` is
+//! `floor(p + 1/2)`. Each of the three roundings is relative `2^-53`, so `p = x (1 + eta)` with
+//! `2^-45 < eta < 2^-43`: `p` is never below `x`, and at most `256 * 2^-43 = 2^-35` above it.
+//! If `x` is a tie (`k + 1/2`), `p` is strictly above it and below `k + 1 + 1/2`, so the result
+//! is `k + 1`, as SPEC's half-up rounding says. Otherwise `x + 1/2 = (2 D (N-1) + T) / (2T)` is
+//! at least `1 / (2T) >= 2^-31` below the next integer, which the `2^-35` cannot reach. So the
+//! result is the exact SPEC index for every input; the tests probe both sides of every bucket
+//! boundary.
 
 use core::arch::aarch64::*;
 
@@ -74,7 +78,7 @@ impl Kernel for Neon {
     }
 
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        LAYOUT.pack(n, k, 0, NAME, |j, t| b[j * k + t])
+        LAYOUT.pack_k(b, n, k, 0, NAME)
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
@@ -92,7 +96,7 @@ impl Kernel for Neon {
     }
 
     fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        LAYOUT.pack(n, k, 0, NAME, |j, t| b[t * n + j])
+        LAYOUT.pack_v(b, k, n, 0, NAME)
     }
 
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
@@ -233,26 +237,33 @@ impl Table256 {
 /// `max(row)` of a non-empty row.
 #[target_feature(enable = "neon")]
 unsafe fn max_i32(row: &[i32]) -> i32 {
-    let mut mv = vdupq_n_s32(i32::MIN);
-    let mut chunks = row.chunks_exact(4);
+    let mut mv = [vdupq_n_s32(i32::MIN); 4];
+    let mut chunks = row.chunks_exact(16);
     for ch in &mut chunks {
-        // SAFETY: the chunk has 4 elements.
-        mv = vmaxq_s32(mv, unsafe { vld1q_s32(ch.as_ptr()) });
+        // SAFETY: the chunk has 16 elements.
+        let v = unsafe { vld1q_s32_x4(ch.as_ptr()) };
+        mv[0] = vmaxq_s32(mv[0], v.0);
+        mv[1] = vmaxq_s32(mv[1], v.1);
+        mv[2] = vmaxq_s32(mv[2], v.2);
+        mv[3] = vmaxq_s32(mv[3], v.3);
     }
+    let all = vmaxq_s32(vmaxq_s32(mv[0], mv[1]), vmaxq_s32(mv[2], mv[3]));
     chunks
         .remainder()
         .iter()
-        .fold(vmaxvq_s32(mv), |m, &s| m.max(s))
+        .fold(vmaxvq_s32(all), |m, &s| m.max(s))
 }
 
-/// Exact table indices of 4 distances `0 <= D <= T`, see the module docs.
+/// Exact table indices of 4 distances `0 <= D <= T` as the two f64 vectors `fcvtau` gives
+/// (module docs): element `i` of `d` ends up in the low byte of u64 lane `i`.
 #[inline(always)]
-unsafe fn index4(d: int32x4_t, c0: float64x2_t, c1: float64x2_t) -> uint32x4_t {
+unsafe fn index4(d: int32x4_t, c: float64x2_t) -> [uint64x2_t; 2] {
     let lo = vcvtq_f64_s64(vmovl_s32(vget_low_s32(d)));
     let hi = vcvtq_f64_s64(vmovl_high_s32(d));
-    let ilo = vcvtq_u64_f64(vfmaq_f64(c0, lo, c1));
-    let ihi = vcvtq_u64_f64(vfmaq_f64(c0, hi, c1));
-    vmovn_high_u64(vmovn_u64(ilo), ihi)
+    [
+        vcvtaq_u64_f64(vmulq_f64(lo, c)),
+        vcvtaq_u64_f64(vmulq_f64(hi, c)),
+    ]
 }
 
 /// IndexSoftmax exponent pass, see [`Kernel::index_softmax_row`].
@@ -275,24 +286,45 @@ pub(crate) unsafe fn index_softmax_row(
     let table = unsafe { Table256::load(lut.padded(), lut.entries().len()) };
     let mv = vdupq_n_s32(m);
     let tv = vdupq_n_s32(threshold);
-    let c1 = vdupq_n_f64(lut.max_index() as f64 / threshold as f64);
-    let c0 = vdupq_n_f64(0.5 + 2f64.powi(-36));
+    let c = vdupq_n_f64(lut.max_index() as f64 / threshold as f64 * (1.0 + 2f64.powi(-44)));
+    // Byte 0 of u64 lanes 0..8 of four vectors (table 0..64), then of the next four.
+    let pick = |first: bool| {
+        let mut ix = [0xffu8; 16];
+        for (i, v) in ix.iter_mut().enumerate() {
+            if (i < 8) == first {
+                *v = 8 * (i % 8) as u8;
+            }
+        }
+        // SAFETY: 16 bytes are read from a 16-byte array.
+        unsafe { vld1q_u8(ix.as_ptr()) }
+    };
+    let (pick_lo, pick_hi) = (pick(true), pick(false));
     let mut acc = vdupq_n_u32(0);
     let mut rows = row.chunks_exact(16);
     let mut outs = e.chunks_exact_mut(16);
     for (s, o) in (&mut rows).zip(&mut outs) {
-        let mut idx = [vdupq_n_u32(0); 4];
-        for (q, iv) in idx.iter_mut().enumerate() {
-            // SAFETY: the chunk has 16 elements.
-            let sv = unsafe { vld1q_s32(s.as_ptr().add(4 * q)) };
-            // m - S >= 0; saturating at i32::MAX changes nothing once clamped to T <= 2^30.
-            let d = vminq_s32(vqsubq_s32(mv, sv), tv);
-            // SAFETY: NEON is present.
-            *iv = unsafe { index4(d, c0, c1) };
-        }
-        let h0 = vmovn_high_u32(vmovn_u32(idx[0]), idx[1]);
-        let h1 = vmovn_high_u32(vmovn_u32(idx[2]), idx[3]);
-        let ib = vmovn_high_u16(vmovn_u16(h0), h1);
+        // SAFETY: the chunk has 16 elements.
+        let sv = unsafe { vld1q_s32_x4(s.as_ptr()) };
+        // m - S >= 0; saturating at i32::MAX changes nothing once clamped to T <= 2^30.
+        let d = |v| vminq_s32(vqsubq_s32(mv, v), tv);
+        // SAFETY: NEON is present.
+        let (i0, i1, i2, i3) = unsafe {
+            (
+                index4(d(sv.0), c),
+                index4(d(sv.1), c),
+                index4(d(sv.2), c),
+                index4(d(sv.3), c),
+            )
+        };
+        let u8s = |a: [uint64x2_t; 2], b: [uint64x2_t; 2]| {
+            uint8x16x4_t(
+                vreinterpretq_u8_u64(a[0]),
+                vreinterpretq_u8_u64(a[1]),
+                vreinterpretq_u8_u64(b[0]),
+                vreinterpretq_u8_u64(b[1]),
+            )
+        };
+        let ib = vqtbx4q_u8(vqtbl4q_u8(u8s(i0, i1), pick_lo), u8s(i2, i3), pick_hi);
         // SAFETY: indices are <= N - 1 <= 255.
         let ev = unsafe { table.lookup(ib) };
         // SAFETY: the output chunk has 16 bytes.
