@@ -361,10 +361,12 @@ impl Ctx<'_> {
         let acc = &mut scr.acc[..m * d];
         let o32 = &mut scr.o32[..m * d];
         if nch == 1 {
+            // One chunk is exact in i32 already: convert straight from it.
             kv.chunks[0].pv(kernel, p, m, d, o32);
-            for (a, &x) in acc.iter_mut().zip(o32.iter()) {
-                *a = x as i64;
+            for (i, orow) in out.chunks_exact_mut(d).enumerate() {
+                output_row(&o32[i * d..(i + 1) * d], scr.divisor[i], self.v_scale, orow);
             }
+            return;
         } else {
             acc.fill(0);
             for c in &kv.chunks[..nch] {
