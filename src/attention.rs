@@ -567,14 +567,26 @@ impl IntSoftmax {
 /// SPEC section 4, correctly rounded, the same bits as [`reference::dequantize_output`].
 ///
 /// Eight entries at a time go through [`reference::dequantize_output_fast`]'s arithmetic
-/// without branches (so the compiler vectorises it); a group where any entry needs the exact
-/// path (about one in 10^7 for random data, or an O32 past 2^53) is redone entry by entry.
-pub(crate) fn output_row<T: Copy + Into<i64>>(
-    o32: &[T],
-    divisor: u32,
-    v_scale: f32,
-    out: &mut [f32],
-) {
+/// without branches (so the compiler vectorises it, with AVX2 or AVX-512 where the CPU has
+/// them, see [`crate::simd`]); a group where any entry needs the exact path (about one in 10^7
+/// for random data, or an O32 past 2^53) is redone entry by entry.
+pub(crate) fn output_row<T: O32>(o32: &[T], divisor: u32, v_scale: f32, out: &mut [f32]) {
+    output_row_at(crate::simd::level(), o32, divisor, v_scale, out)
+}
+
+/// An exact P x V result entry: i32 (one key chunk) or i64 (chunks summed).
+pub(crate) trait O32: Copy + Into<i64> {}
+impl O32 for i32 {}
+impl O32 for i64 {}
+
+crate::simd::dispatch! {
+    /// [`output_row`] compiled for a given [`crate::simd::Level`].
+    pub(crate) fn output_row_at<T: O32>(o32: &[T], divisor: u32, v_scale: f32, out: &mut [f32])
+        => output_row_body
+}
+
+#[inline(always)]
+fn output_row_body<T: O32>(o32: &[T], divisor: u32, v_scale: f32, out: &mut [f32]) {
     const GROUP: usize = 8;
     let factor = reference::row_factor(v_scale, divisor);
     let one = |o: &mut f32, x: T| {
@@ -805,16 +817,24 @@ mod tests {
 
     /// `output_row` must give the bits of `dequantize_output` entry by entry, whichever path
     /// (vector group, group redone, remainder) an entry takes.
-    fn check<T: Copy + Into<i64> + std::fmt::Debug>(o32: &[T], s_v: f32, div: u32) {
+    fn check<T: super::O32 + std::fmt::Debug>(o32: &[T], s_v: f32, div: u32) {
+        for level in crate::simd::levels() {
+            let mut got = vec![f32::NAN; o32.len()];
+            super::output_row_at(level, o32, div, s_v, &mut got);
+            for (i, (&x, &g)) in o32.iter().zip(&got).enumerate() {
+                let want = dequantize_output(x.into(), s_v, div);
+                assert!(
+                    g.to_bits() == want.to_bits(),
+                    "{level:?}, entry {i}: {x:?} * {s_v:e} / {div}: got {g:e}, want {want:e}"
+                );
+            }
+        }
         let mut got = vec![f32::NAN; o32.len()];
         output_row(o32, div, s_v, &mut got);
-        for (i, (&x, &g)) in o32.iter().zip(&got).enumerate() {
-            let want = dequantize_output(x.into(), s_v, div);
-            assert!(
-                g.to_bits() == want.to_bits(),
-                "entry {i}: {x:?} * {s_v:e} / {div}: got {g:e}, want {want:e}"
-            );
-        }
+        assert!(got
+            .iter()
+            .zip(o32)
+            .all(|(g, &x)| g.to_bits() == dequantize_output(x.into(), s_v, div).to_bits()));
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod kernels;
 pub mod npy;
 pub mod quant;
 pub mod reference;
+mod simd;
 pub mod softmax;
 pub mod threads;
 

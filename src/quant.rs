@@ -38,28 +38,22 @@ fn max_abs_bits(x: &[f32]) -> u32 {
         unsafe { neon::max_abs_bits(x) }
     }
     #[cfg(not(target_arch = "aarch64"))]
-    max_abs_bits_portable(x)
+    max_abs_bits_at(crate::simd::level(), x)
 }
 
-#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
+crate::simd::dispatch! {
+    /// [`max_abs_bits_portable`] compiled for a given level (AVX2 / AVX-512 on x86-64).
+    #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
+    fn max_abs_bits_at(x: &[f32]) -> u32 => max_abs_bits_portable
+}
+
+#[inline(always)]
 fn max_abs_bits_portable(x: &[f32]) -> u32 {
     // One pass over the bit patterns: for non-negative floats the bit order is the value order,
-    // and |x| is finite exactly when its bits are below infinity's. Integer lane-wise maxima
-    // vectorise where a float max reduction (NaN-aware, order-dependent) would not.
-    const LANES: usize = 16;
-    let mut lanes = [0u32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (m, v) in lanes.iter_mut().zip(c) {
-            *m = (*m).max(v.to_bits() & 0x7fff_ffff);
-        }
-    }
-    tail.iter()
-        .map(|v| v.to_bits() & 0x7fff_ffff)
-        .chain(lanes)
-        .max()
-        .unwrap_or(0)
+    // and |x| is finite exactly when its bits are below infinity's. An integer max reduction
+    // vectorises where a float max (NaN-aware, order-dependent) would not. (A hand-unrolled
+    // 16-lane array was turned into gathers across chunks by LLVM.)
+    x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff))
 }
 
 /// Quantizes `x` with a given scale: `clamp(round_half_even(x / s), -127, 127)`, all zeros when
@@ -77,10 +71,16 @@ pub fn quantize_with_scale(x: &[f32], scale: f32, out: &mut [i8]) {
         unsafe { neon::quantize_with_scale(x, scale, out) }
     }
     #[cfg(not(target_arch = "aarch64"))]
-    quantize_portable(x, scale, out)
+    quantize_at(crate::simd::level(), x, scale, out)
 }
 
-#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
+crate::simd::dispatch! {
+    /// [`quantize_portable`] compiled for a given level (AVX2 / AVX-512 on x86-64).
+    #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
+    fn quantize_at(x: &[f32], scale: f32, out: &mut [i8]) => quantize_portable
+}
+
+#[inline(always)]
 fn quantize_portable(x: &[f32], scale: f32, out: &mut [i8]) {
     for (o, &v) in out.iter_mut().zip(x) {
         // After the magic addition the integer sits in the low mantissa bits (the exponent
@@ -316,6 +316,13 @@ mod tests {
     /// on random tensors, exact ties, the clamp edges, zeros, subnormals, NaN and infinities.
     fn check_passes(x: &[f32]) {
         assert_eq!(max_abs_bits(x), max_abs_bits_portable(x), "max of {x:?}");
+        for level in crate::simd::levels() {
+            assert_eq!(
+                max_abs_bits_at(level, x),
+                max_abs_bits_portable(x),
+                "{level:?}"
+            );
+        }
         if !x.iter().all(|v| v.is_finite()) {
             // Never quantized (the library rejects them first); NaN payloads would differ.
             return;
@@ -329,6 +336,10 @@ mod tests {
             quantize_with_scale(x, s, &mut a);
             quantize_portable(x, s, &mut b);
             assert_eq!(a, b, "scale {s:e} of {x:?}");
+            for level in crate::simd::levels() {
+                quantize_at(level, x, s, &mut a);
+                assert_eq!(a, b, "{level:?}, scale {s:e} of {x:?}");
+            }
         }
     }
 
