@@ -73,7 +73,9 @@ fn fill_strategy() -> impl Strategy<Value = Fill> {
 
 /// Sizes around the tile edges of every kernel we have (rows 4/6/8, columns 8/16/64, depth
 /// groups 2/4/8) and past one cache block.
-const EDGES: [usize; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 63, 64, 65];
+const EDGES: [usize; 19] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65,
+];
 
 /// The kernels under test: every available one except the portable kernel, which is the
 /// reference itself.
@@ -616,5 +618,15 @@ fn x86_kernels_follow_cpu_features() {
         && is_x86_feature_detected!("avx512vnni");
     has(base, "avx512vnni");
     has(base && is_x86_feature_detected!("avx512vbmi"), "avx512vbmi");
+    // AMX also needs the OS to grant tile data to the process, so the CPU bits alone do not
+    // decide: the kernel must not appear without them (CPUID leaf 7, EDX bits 24 and 25).
+    let amx_cpu = (std::arch::x86_64::__cpuid_count(7, 0).edx >> 24) & 3 == 3;
+    if names.contains(&"amx") {
+        assert!(
+            amx_cpu && base,
+            "amx listed without AMX-INT8 or AVX-512: {names:?}"
+        );
+    }
+    println!("kernels: {names:?} (CPU reports AMX-INT8: {amx_cpu})");
     assert_eq!(names[0], "generic");
 }

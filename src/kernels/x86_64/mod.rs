@@ -1,6 +1,6 @@
-//! x86-64 SIMD kernels: [`avx2::Avx2`] (AVX2 + FMA) and [`avx512::Avx512`] (AVX-512 F/BW/VL +
+//! x86-64 SIMD kernels: [`avx2::Avx2`] (AVX2 + FMA), [`avx512::Avx512`] (AVX-512 F/BW/VL +
 //! VNNI, in two flavours: `avx512vnni`, and `avx512vbmi` which also uses VBMI byte permutes for
-//! the table lookups). This module owns what they share: run-time detection, the packed
+//! the table lookups) and [`amx::Amx`] (AMX-INT8 tiles for the GEMMs, AVX-512 for the rest). This module owns what they share: run-time detection, the packed
 //! operand layouts and the blocked GEMM loop, and the exact arithmetic behind the vectorized
 //! IndexSoftmax index and the Normalized finish.
 //!
@@ -11,6 +11,7 @@
 //! row-major (widened to i16 for AVX2, zero-padded to whole groups where needed): the
 //! micro-kernels broadcast one row's next 4 bytes at a time. Padding is zero.
 
+pub mod amx;
 pub mod avx2;
 pub mod avx512;
 
@@ -28,6 +29,9 @@ pub fn kernels() -> Vec<&'static dyn Kernel> {
         v.push(k);
     }
     if let Some(k) = avx512::Avx512::detect_vbmi() {
+        v.push(k);
+    }
+    if let Some(k) = amx::Amx::detect() {
         v.push(k);
     }
     v

@@ -1,0 +1,405 @@
+//! The AMX-INT8 kernel (`amx`): P x V on Intel Advanced Matrix Extensions tiles (Sapphire
+//! Rapids and later); the scores and the row operations on the AVX-512 kernel.
+//!
+//! One `tdpbusd` multiplies a 16 x 64 byte u8 A tile by a 64 x 16 s8 B tile into a 16 x 16
+//! i32 C tile: 16,384 multiply-adds, each four products summed exactly into the i32
+//! accumulator (no saturation, wrapping only where the true result would not fit i32, which the
+//! trait's depth limits exclude). So P x V is exact for every u8 and s8 value.
+//!
+//! Why not the scores too: with d = 128 a C tile of Q x K^T takes only two tile products
+//! between its `tilezero` and its `tilestored`, and that turnaround dominates. Measured on a
+//! Sapphire Rapids core (`INTATTENTION_BENCH_CPU=1 cargo bench --bench kernels`): AMX scores
+//! 1024 x 1024 x 128 at 126 GMAC/s against 163 for AVX-512 VNNI, while AMX P x V (1024 x 128
+//! x 1024, 16 tile products per C tile) ran at 743 against 187. So packed K, and every s8 x s8
+//! product, belong to the AVX-512 kernel this one holds.
+//!
+//! Layouts (all tiles are configured 16 rows x 64 bytes):
+//! - B (V) is packed into panels of 16 columns, each `[group][column][4 bytes]` with the
+//!   depth padded with zeros to a multiple of 64 (16 groups): the B tile of depth step `t` is
+//!   the 1,024 contiguous bytes at `t * 1024`, row stride 64. This is the AVX-512 layout with
+//!   16-column panels ([`Blocking::pack_b_rows`]).
+//! - A (P) is read in place, 16 rows of 64 bytes per tile with the row stride of the matrix,
+//!   when the depth is a multiple of 64; otherwise it is copied once per call into a
+//!   zero-padded buffer. A last strip of fewer than 16 rows is copied into a zeroed 16-row
+//!   buffer.
+//! - C tiles go straight to the output when they lie inside it, else through a scratch tile.
+//!
+//! The register block is 2 x 2 tiles (32 x 32 of C: accumulators tmm0-3, A tiles tmm4-5, B
+//! tiles tmm6-7), so each depth step loads four tiles for four tile products.
+//!
+//! Linux grants AMX tile data per process on request (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+//! XFEATURE_XTILEDATA)`); the kernel exists only if the CPU reports AMX-TILE and AMX-INT8 and
+//! that request succeeds. Each GEMM call loads the tile configuration and releases the tiles
+//! when it returns (also on unwinding), so no tile state outlives it.
+
+use std::arch::asm;
+use std::sync::OnceLock;
+
+use super::avx512::Avx512;
+use super::{interleave4, Blocking};
+use crate::kernels::{Kernel, PackedB};
+use crate::softmax::Lut;
+
+const NAME: &str = "amx";
+/// Depth bytes per tile step (64 bytes = 16 groups of 4).
+const TK: usize = 64;
+/// Rows of an A or C tile.
+const TM: usize = 16;
+/// Columns of a B or C tile, and the width of a packed panel.
+const TN: usize = 16;
+/// Bytes of one B tile inside a panel.
+const B_TILE: usize = TK * TN;
+/// The packing geometry (only `nr` and `kg` matter to the packers).
+const BL: Blocking = Blocking {
+    mr: TM,
+    nr: TN,
+    kg: 4,
+    kc: TK / 4,
+    mc: 1,
+};
+
+/// The AMX kernel. Only [`Amx::detect`] creates one, after the CPU and OS checks, so holding
+/// a reference proves that the tile instructions may run in this process.
+pub struct Amx {
+    rows: &'static Avx512,
+}
+
+impl Amx {
+    pub fn detect() -> Option<&'static Amx> {
+        static K: OnceLock<Option<Amx>> = OnceLock::new();
+        K.get_or_init(|| {
+            let rows = Avx512::detect_vbmi().or_else(Avx512::detect_vnni)?;
+            (cpu_has_amx_int8() && request_tile_data()).then_some(Amx { rows })
+        })
+        .as_ref()
+    }
+}
+
+/// CPUID leaf 7: EDX bit 24 is AMX-TILE, bit 25 AMX-INT8.
+fn cpu_has_amx_int8() -> bool {
+    let r = std::arch::x86_64::__cpuid_count(7, 0);
+    (r.edx >> 24) & 3 == 3
+}
+
+/// Asks Linux for permission to use the AMX tile data state in this process.
+#[cfg(target_os = "linux")]
+fn request_tile_data() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with ARCH_REQ_XCOMP_PERM takes two integers and touches no memory
+    // of ours; it fails (non-zero) where the kernel or the hypervisor does not offer AMX.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_data() -> bool {
+    false
+}
+
+/// Depth padded to whole tile steps.
+fn padded_k(k: usize) -> usize {
+    k.next_multiple_of(TK)
+}
+
+/// Length of packed B for `n` columns of depth `k`.
+fn packed_len(n: usize, k: usize) -> usize {
+    BL.packed_b_len(n, padded_k(k))
+}
+
+/// The tile configuration, loaded for the lifetime of the value: palette 1, all eight tiles
+/// 16 rows of 64 bytes. Dropping it releases the tiles.
+struct Tiles(());
+
+impl Tiles {
+    /// # Safety
+    /// The CPU must have AMX and the process permission to use it (an [`Amx`] exists).
+    unsafe fn configure() -> Tiles {
+        let mut cfg = [0u8; 64];
+        cfg[0] = 1;
+        for t in 0..8 {
+            cfg[16 + 2 * t..18 + 2 * t].copy_from_slice(&(TK as u16).to_le_bytes());
+            cfg[48 + t] = TM as u8;
+        }
+        // SAFETY: the caller guarantees AMX; `cfg` is a valid 64-byte palette-1 configuration.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.as_ptr(), options(nostack, readonly)) };
+        Tiles(())
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: a `Tiles` exists only after `configure`, so AMX is usable; `tilerelease`
+        // returns the tile state to its initial (unused) condition.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// Where one A tile row block comes from: `rows` rows (the rest is zeros) at `ptr` with row
+/// stride `lda` bytes, `kt * 64` readable bytes per row.
+#[derive(Clone, Copy)]
+struct ATile {
+    ptr: *const u8,
+    lda: usize,
+}
+
+/// One 2 x 2 (or smaller) block of C tiles: `na` A strips times `nb` B panels over `kt` depth
+/// steps, stored to `c[i][j]` with row stride `ldc[i][j]` bytes.
+///
+/// # Safety
+/// Tiles must be configured ([`Tiles`]); each A strip must have 16 rows of `64 kt` readable
+/// bytes at its stride, each B panel `kt` tiles of 1,024 readable bytes, and each used C
+/// pointer 16 rows of 64 writable bytes at its stride.
+#[inline(always)]
+unsafe fn tile_block(
+    a: [ATile; 2],
+    na: usize,
+    b: [*const u8; 2],
+    nb: usize,
+    kt: usize,
+    c: [[(*mut i32, usize); 2]; 2],
+) {
+    // SAFETY (whole function): register-only tile operations, or loads and stores within the
+    // ranges the caller guarantees; tiles are configured.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+        for t in 0..kt {
+            let (a0, a1) = (a[0].ptr.add(t * TK), a[1].ptr.add(t * TK));
+            let (b0, b1) = (b[0].add(t * B_TILE), b[1].add(t * B_TILE));
+            asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) a0, s = in(reg) a[0].lda,
+                options(nostack, readonly));
+            asm!("tileloadd tmm6, [{p} + {s}*1]", p = in(reg) b0, s = in(reg) TK,
+                options(nostack, readonly));
+            asm!("tdpbusd tmm0, tmm4, tmm6", options(nostack, nomem));
+            if nb == 2 {
+                asm!("tileloadd tmm7, [{p} + {s}*1]", p = in(reg) b1, s = in(reg) TK,
+                    options(nostack, readonly));
+                asm!("tdpbusd tmm1, tmm4, tmm7", options(nostack, nomem));
+            }
+            if na == 2 {
+                asm!("tileloadd tmm5, [{p} + {s}*1]", p = in(reg) a1, s = in(reg) a[1].lda,
+                    options(nostack, readonly));
+                asm!("tdpbusd tmm2, tmm5, tmm6", options(nostack, nomem));
+                if nb == 2 {
+                    asm!("tdpbusd tmm3, tmm5, tmm7", options(nostack, nomem));
+                }
+            }
+        }
+        let (p, s) = c[0][0];
+        asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) s, options(nostack));
+        if nb == 2 {
+            let (p, s) = c[0][1];
+            asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) s,
+                options(nostack));
+        }
+        if na == 2 {
+            let (p, s) = c[1][0];
+            asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) p, s = in(reg) s,
+                options(nostack));
+            if nb == 2 {
+                let (p, s) = c[1][1];
+                asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) p, s = in(reg) s,
+                    options(nostack));
+            }
+        }
+    }
+}
+
+impl Amx {
+    /// `c[m x n] = A[m x k] * B` for u8 A and B (s8) packed by this kernel.
+    fn run(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
+        let (n, k) = (b.n, b.k);
+        assert_eq!(a.len(), m * k, "A must be m x k");
+        assert_eq!(c.len(), m * n, "C must be m x n");
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            c.fill(0);
+            return;
+        }
+        let kp = padded_k(k);
+        let kt = kp / TK;
+        let panels = n.div_ceil(TN);
+        let panel_bytes = kp * TN;
+        debug_assert_eq!(b.data.len(), panels * panel_bytes);
+        // A with whole tile steps per row.
+        let padded;
+        let (a, lda) = if k == kp {
+            (a, k)
+        } else {
+            let mut v = vec![0u8; m * kp];
+            for (dst, src) in v.chunks_exact_mut(kp).zip(a.chunks_exact(k)) {
+                dst[..k].copy_from_slice(src);
+            }
+            padded = v;
+            (&padded[..], kp)
+        };
+        // The last strip when m is not a multiple of 16: its rows, zero below.
+        let full_strips = m / TM;
+        let mut tail_a = Vec::new();
+        if !m.is_multiple_of(TM) {
+            tail_a = vec![0u8; TM * kp];
+            let r0 = full_strips * TM;
+            tail_a[..(m - r0) * kp].copy_from_slice(&a[r0 * lda..]);
+        }
+        let strips = m.div_ceil(TM);
+        let strip = |s: usize| {
+            if s < full_strips {
+                ATile {
+                    ptr: a[s * TM * lda..].as_ptr(),
+                    lda,
+                }
+            } else {
+                ATile {
+                    ptr: tail_a.as_ptr(),
+                    lda: kp,
+                }
+            }
+        };
+        let mut scratch = [[[0i32; TM * TN]; 2]; 2];
+        // SAFETY: an `Amx` exists, so AMX is usable in this process.
+        let tiles = unsafe { Tiles::configure() };
+        let ldc = n * 4;
+        for s0 in (0..strips).step_by(2) {
+            let na = 2.min(strips - s0);
+            let a_tiles = [strip(s0), strip(s0 + na - 1)];
+            for p0 in (0..panels).step_by(2) {
+                let nb = 2.min(panels - p0);
+                let b_ptrs = [
+                    b.data[p0 * panel_bytes..].as_ptr() as *const u8,
+                    b.data[(p0 + nb - 1) * panel_bytes..].as_ptr() as *const u8,
+                ];
+                // Each C tile: in place when it lies inside C, else its scratch tile.
+                let inside = |i: usize, j: usize| (s0 + i + 1) * TM <= m && (p0 + j + 1) * TN <= n;
+                let mut dst = [[(std::ptr::null_mut::<i32>(), 0usize); 2]; 2];
+                for (i, row) in dst.iter_mut().enumerate() {
+                    for (j, d) in row.iter_mut().enumerate() {
+                        let (r0, c0) = ((s0 + i) * TM, (p0 + j) * TN);
+                        *d = if inside(i, j) {
+                            (c[r0 * n + c0..].as_mut_ptr(), ldc)
+                        } else {
+                            (scratch[i][j].as_mut_ptr(), TN * 4)
+                        };
+                    }
+                }
+                // SAFETY: tiles are configured; each A strip has 16 rows of kp = 64 kt
+                // readable bytes at its stride (whole rows of the padded A, or the zeroed
+                // tail buffer); each of the `nb` panels holds kt B tiles; every C destination
+                // used is 16 rows of 64 bytes inside C or a scratch tile.
+                unsafe { tile_block(a_tiles, na, b_ptrs, nb, kt, dst) };
+                for (i, tiles) in scratch.iter().enumerate().take(na) {
+                    for (j, tile) in tiles.iter().enumerate().take(nb) {
+                        if inside(i, j) {
+                            continue;
+                        }
+                        let (r0, c0) = ((s0 + i) * TM, (p0 + j) * TN);
+                        let (rows, cols) = (TM.min(m - r0), TN.min(n - c0));
+                        for (r, src) in tile.chunks_exact(TN).take(rows).enumerate() {
+                            c[(r0 + r) * n + c0..][..cols].copy_from_slice(&src[..cols]);
+                        }
+                    }
+                }
+            }
+        }
+        drop(tiles);
+    }
+}
+
+impl Kernel for Amx {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+        self.rows.gemm_s8s8_nt(a, b, m, n, k, c)
+    }
+
+    fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+        let packed = self.pack_v(b, k, n);
+        self.gemm_u8s8_packed(a, m, &packed, c);
+    }
+
+    fn index_softmax_row(
+        &self,
+        row: &[i32],
+        valid: usize,
+        lut: &Lut,
+        threshold: i32,
+        e: &mut [u8],
+    ) -> u32 {
+        self.rows.index_softmax_row(row, valid, lut, threshold, e)
+    }
+
+    fn normalize_row(&self, p: &mut [u8], sum: u32) {
+        self.rows.normalize_row(p, sum)
+    }
+
+    fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
+        self.rows.softmax_f32_row(row, valid)
+    }
+
+    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
+        self.rows.pack_k(b, n, k)
+    }
+
+    fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
+        self.rows.gemm_s8s8_packed(a, m, b, c)
+    }
+
+    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
+        assert_eq!(b.len(), n * k, "pack_v: V must be k x n");
+        let kp = padded_k(k);
+        // Extra depth rows of V are zeros.
+        let padded;
+        let v = if kp == k {
+            b
+        } else {
+            let mut p = b.to_vec();
+            p.resize(kp * n, 0);
+            padded = p;
+            &padded[..]
+        };
+        PackedB {
+            data: BL.pack_b_rows(v, kp, n, |rows, j0, dst| interleave4(rows, j0, dst, false)),
+            sums: Vec::new(),
+            n,
+            k,
+            packed_by: NAME,
+        }
+    }
+
+    fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
+        if b.packed_by == "plain" {
+            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+        }
+        self.check(b);
+        self.run(a, m, b, c);
+    }
+}
+
+impl Amx {
+    /// Panics unless `b` is in this kernel's layout (passing another kernel's is a caller bug,
+    /// and reading it would run past its end).
+    fn check(&self, b: &PackedB) {
+        assert!(
+            b.packed_by == NAME && b.data.len() == packed_len(b.n, b.k),
+            "PackedB from '{}' ({} bytes for {} x {}) passed to kernel '{NAME}'",
+            b.packed_by,
+            b.data.len(),
+            b.n,
+            b.k
+        );
+    }
+}
