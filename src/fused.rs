@@ -207,6 +207,22 @@ impl Chunk<'_> {
             Operand::Plain(b) => kernel.gemm_u8s8(p, b, m, d, self.len, c),
         }
     }
+
+    /// Row stride of the P block of this chunk when it is the only one (see [`Self::pv_in`]).
+    fn p_stride(&self, kernel: &dyn Kernel) -> usize {
+        match &self.v {
+            Operand::Packed(_) => kernel.p_row_stride(self.len),
+            Operand::Plain(_) => self.len,
+        }
+    }
+
+    /// [`Self::pv`] with P rows `ps` bytes apart, `ps` from [`Self::p_stride`].
+    fn pv_in(&self, kernel: &dyn Kernel, p: &[u8], ps: usize, m: usize, d: usize, c: &mut [i32]) {
+        match &self.v {
+            Operand::Packed(b) => kernel.gemm_u8s8_packed_strided(p, ps, m, b, c),
+            Operand::Plain(b) => kernel.gemm_u8s8(p, b, m, d, self.len, c),
+        }
+    }
 }
 
 /// One key/value head, ready for every row block of the query heads that read it.
@@ -316,8 +332,15 @@ impl Ctx<'_> {
         let q0 = (bh * self.shape.q_len + r0) * d;
         let qb = &self.q[q0..q0 + m * d];
 
+        // P rows as the kernel's P x V wants them when one chunk covers the block (AMX reads
+        // them in place at a stride that spreads tile rows over cache sets), else dense.
+        let ps = if nch == 1 {
+            kv.chunks[0].p_stride(kernel)
+        } else {
+            ncols
+        };
         grow(&mut scr.scores, m * ncols);
-        grow(&mut scr.p, m * ncols);
+        grow(&mut scr.p, m * ps);
         grow(&mut scr.o32, m * d);
         grow(&mut scr.acc, m * d);
         grow(&mut scr.divisor, m);
@@ -329,7 +352,7 @@ impl Ctx<'_> {
             grow(&mut scr.chunk_p, m * kv.chunk);
         }
         let s = &mut scr.scores[..m * ncols];
-        let p = &mut scr.p[..m * ncols];
+        let p = &mut scr.p[..m * ps];
 
         // Scores, written straight into the block when one chunk covers it.
         if nch == 1 {
@@ -352,7 +375,7 @@ impl Ctx<'_> {
                 self.lut,
                 &s[i * ncols..(i + 1) * ncols],
                 valid,
-                &mut p[i * ncols..(i + 1) * ncols],
+                &mut p[i * ps..i * ps + ncols],
                 &mut scr.frow,
             );
         }
@@ -362,7 +385,7 @@ impl Ctx<'_> {
         let o32 = &mut scr.o32[..m * d];
         if nch == 1 {
             // One chunk is exact in i32 already: convert straight from it.
-            kv.chunks[0].pv(kernel, p, m, d, o32);
+            kv.chunks[0].pv_in(kernel, p, ps, m, d, o32);
             for (i, orow) in out.chunks_exact_mut(d).enumerate() {
                 output_row(&o32[i * d..(i + 1) * d], scr.divisor[i], self.v_scale, orow);
             }
@@ -372,7 +395,7 @@ impl Ctx<'_> {
             for c in &kv.chunks[..nch] {
                 let pc = &mut scr.chunk_p[..m * c.len];
                 for (i, prow) in pc.chunks_exact_mut(c.len).enumerate() {
-                    prow.copy_from_slice(&p[i * ncols + c.start..i * ncols + c.start + c.len]);
+                    prow.copy_from_slice(&p[i * ps + c.start..i * ps + c.start + c.len]);
                 }
                 c.pv(kernel, pc, m, d, o32);
                 for (a, &x) in acc.iter_mut().zip(o32.iter()) {

@@ -138,6 +138,30 @@ fn check_u8s8(a: &[u8], b: &[i8], m: usize, n: usize, k: usize) {
             got == want,
             "{name}: gemm_u8s8_packed (plain B) {m}x{n}x{k} differs"
         );
+
+        // Strided A: the kernel's own stride, dense, and one odd stride, with bytes between
+        // rows that must not count (0xA5 garbage, 255 in case a kernel multiplies them).
+        for lda in [kern.p_row_stride(k), k, k + 3] {
+            assert!(lda >= k, "{name}: p_row_stride({k}) = {lda}");
+            for junk in [0xA5u8, 255] {
+                let mut sa = vec![junk; m * lda];
+                for (dst, src) in sa
+                    .chunks_exact_mut(lda.max(1))
+                    .zip(a.chunks_exact(k.max(1)))
+                {
+                    dst[..k].copy_from_slice(src);
+                }
+                for bv in [&packed, &PackedB::plain(b, n, k)] {
+                    let mut got = vec![i32::MIN; m * n];
+                    kern.gemm_u8s8_packed_strided(&sa, lda, m, bv, &mut got);
+                    assert!(
+                        got == want,
+                        "{name}: gemm_u8s8_packed_strided lda {lda} ({}) {m}x{n}x{k} differs",
+                        bv.packed_by
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -83,6 +83,40 @@ pub trait Kernel: Send + Sync + 'static {
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
         self.gemm_u8s8(a, &b.data, m, b.n, b.k, c)
     }
+
+    /// The row stride (`>= k`) in which callers of [`Kernel::gemm_u8s8_packed_strided`]
+    /// should lay out an A of depth `k`. The default is `k`, dense rows.
+    fn p_row_stride(&self, k: usize) -> usize {
+        k
+    }
+
+    /// [`Kernel::gemm_u8s8_packed`] with the rows of A `lda >= b.k` bytes apart
+    /// (`a.len() == m * lda`); the bytes between rows are not part of A and may hold anything.
+    /// The default copies A into dense rows when `lda != k`.
+    fn gemm_u8s8_packed_strided(&self, a: &[u8], lda: usize, m: usize, b: &PackedB, c: &mut [i32]) {
+        strided_u8s8_fallback(self, a, lda, m, b, c)
+    }
+}
+
+/// [`Kernel::gemm_u8s8_packed_strided`] by way of dense rows.
+pub(crate) fn strided_u8s8_fallback<K: Kernel + ?Sized>(
+    kernel: &K,
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    b: &PackedB,
+    c: &mut [i32],
+) {
+    let k = b.k;
+    assert!(
+        lda >= k && a.len() == m * lda,
+        "A must be m rows of stride lda >= k"
+    );
+    if lda == k {
+        return kernel.gemm_u8s8_packed(a, m, b, c);
+    }
+    let dense: Vec<u8> = a.chunks_exact(lda).flat_map(|r| &r[..k]).copied().collect();
+    kernel.gemm_u8s8_packed(&dense, m, b, c)
 }
 
 /// A B operand in a kernel's own layout: `n` output columns, depth `k`. Only the kernel that

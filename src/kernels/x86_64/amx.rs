@@ -217,10 +217,14 @@ unsafe fn tile_block(
 }
 
 impl Amx {
-    /// `c[m x n] = A[m x k] * B` for u8 A and B (s8) packed by this kernel.
-    fn run(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
+    /// `c[m x n] = A[m x k] * B` for u8 A (rows `lda >= k` bytes apart, `a.len() == m *
+    /// lda`) and B (s8) packed by this kernel.
+    fn run(&self, a: &[u8], lda: usize, m: usize, b: &PackedB, c: &mut [i32]) {
         let (n, k) = (b.n, b.k);
-        assert_eq!(a.len(), m * k, "A must be m x k");
+        assert!(
+            lda >= k && a.len() == m * lda,
+            "A must be m rows of stride lda >= k"
+        );
         assert_eq!(c.len(), m * n, "C must be m x n");
         if m == 0 || n == 0 {
             return;
@@ -234,14 +238,16 @@ impl Amx {
         let panels = n.div_ceil(TN);
         let panel_bytes = kp * TN;
         debug_assert_eq!(b.data.len(), panels * panel_bytes);
-        // A with whole tile steps per row.
+        // A tile reads 64 kt = kp bytes per row. Bytes k..kp of a row meet zero rows of B,
+        // so whatever they hold adds 0; they only have to be readable, which rows of stride
+        // lda >= kp are. Otherwise copy A into rows of kp bytes.
         let padded;
-        let (a, lda) = if k == kp {
-            (a, k)
+        let (a, lda) = if lda >= kp {
+            (a, lda)
         } else {
             let mut v = vec![0u8; m * kp];
-            for (dst, src) in v.chunks_exact_mut(kp).zip(a.chunks_exact(k)) {
-                dst[..k].copy_from_slice(src);
+            for (dst, src) in v.chunks_exact_mut(kp).zip(a.chunks_exact(lda)) {
+                dst[..k].copy_from_slice(&src[..k]);
             }
             padded = v;
             (&padded[..], kp)
@@ -252,7 +258,9 @@ impl Amx {
         if !m.is_multiple_of(TM) {
             tail_a = vec![0u8; TM * kp];
             let r0 = full_strips * TM;
-            tail_a[..(m - r0) * kp].copy_from_slice(&a[r0 * lda..]);
+            for (dst, src) in tail_a.chunks_exact_mut(kp).zip(a[r0 * lda..].chunks(lda)) {
+                dst[..k].copy_from_slice(&src[..k]);
+            }
         }
         let strips = m.div_ceil(TM);
         let strip = |s: usize| {
@@ -380,12 +388,32 @@ impl Kernel for Amx {
         }
     }
 
+    /// Rows a multiple of 64 bytes (whole tile steps, read in place) and an odd number of
+    /// 64-byte lines apart: 16 tile rows then fall into 16 different L1 sets. With a power
+    /// of two stride (P rows of 1,024 or 4,096 keys) every tile load hit one to four sets.
+    fn p_row_stride(&self, k: usize) -> usize {
+        let kp = padded_k(k);
+        if (kp / 64).is_multiple_of(2) {
+            kp + 64
+        } else {
+            kp
+        }
+    }
+
+    fn gemm_u8s8_packed_strided(&self, a: &[u8], lda: usize, m: usize, b: &PackedB, c: &mut [i32]) {
+        if b.packed_by == "plain" {
+            return crate::kernels::strided_u8s8_fallback(self, a, lda, m, b, c);
+        }
+        self.check(b);
+        self.run(a, lda, m, b, c);
+    }
+
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
         if b.packed_by == "plain" {
             return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
         }
         self.check(b);
-        self.run(a, m, b, c);
+        self.run(a, b.k, m, b, c);
     }
 }
 
