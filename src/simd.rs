@@ -10,6 +10,7 @@
 use std::sync::OnceLock;
 
 /// A feature level, lowest first.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Level {
     /// Whatever the target enables by default.
