@@ -127,8 +127,8 @@ pub fn parse_cache_size(s: &str) -> Option<usize> {
 ///   bytes (i32 scores and u8 P per key, an i64 accumulator and an i32 partial per output
 ///   column), fits half of L2 (the other half holds the K/V panels streaming through and the Q
 ///   block); clamped to `[MIN_BLOCK_ROWS, MAX_BLOCK_ROWS]` (`CAUSAL_MAX_BLOCK_ROWS` when causal)
-///   and to `Lq`. With several workers and fewer than 16 blocks per worker, blocks are cut
-///   smaller (never below `MIN_BLOCK_ROWS`) until the block count is a multiple of the workers.
+///   and to `Lq`. With several workers, a smaller multiple of [`ROW_TILE`] (never below
+///   `MIN_BLOCK_ROWS`) is taken where it cuts the rows of the busiest worker by more than 3 %.
 /// - `key_chunk`: without a causal mask, all keys at once (one GEMM per block), split only past
 ///   65,536 keys so that every P x V chunk is exact in i32. With a causal mask, the multiple of
 ///   64 whose `rows x key_chunk` i32 + u8 tile fits L1, clamped to `[64, 1024]`: a block then
@@ -152,14 +152,21 @@ impl BlockPlan {
         let mut rows = (fit / ROW_TILE * ROW_TILE).clamp(MIN_BLOCK_ROWS, max_rows);
         let heads = shape.batch * shape.heads;
         if workers > 1 && rows < lq {
-            let mut blocks = lq.div_ceil(rows);
-            while !(heads * blocks).is_multiple_of(workers)
-                && heads * blocks < 16 * workers
-                && lq.div_ceil(blocks + 1) >= MIN_BLOCK_ROWS
-            {
-                blocks += 1;
+            // The busiest worker runs ceil(blocks / workers) blocks of `r` rows. Smaller blocks
+            // can even that out (at L = 4096 on 16 workers: 103 blocks of 40 rows leave the
+            // busiest worker 7 blocks, 280 rows, where 128 blocks of 32 give every worker 256),
+            // but each block streams all of K and V once, so a smaller block must cut the
+            // busiest worker's rows by more than 3 % to be taken.
+            let load = |r: usize| (heads * lq.div_ceil(r)).div_ceil(workers) * r;
+            let mut best = (load(rows), rows);
+            let mut r = rows;
+            while r > MIN_BLOCK_ROWS {
+                r -= ROW_TILE;
+                if (load(r) as f64) < 0.97 * best.0 as f64 {
+                    best = (load(r), r);
+                }
             }
-            rows = lq.div_ceil(blocks).div_ceil(ROW_TILE) * ROW_TILE;
+            rows = best.1;
         } else if workers > 1 && heads < workers && lq > MIN_BLOCK_ROWS {
             // One block per head would leave workers idle: split each head.
             let blocks = workers.div_ceil(heads);
@@ -529,6 +536,14 @@ mod tests {
         assert_eq!(BlockPlan::new(&one, false, 1, caches).rows, 152);
         // Two workers, one head: 8 blocks of 128 rows.
         assert_eq!(BlockPlan::new(&one, false, 2, caches).rows, 128);
+        // L = 4096 on 16 workers: 103 blocks of 40 would leave one worker 7 blocks; 32 rows
+        // give 128 blocks, 8 each. With 16 heads there are enough blocks already.
+        let l4k = AttnShape::new(1, 1, 4096, 128);
+        assert_eq!(BlockPlan::new(&l4k, false, 1, caches).rows, 40);
+        assert_eq!(BlockPlan::new(&l4k, false, 16, caches).rows, 32);
+        assert_eq!(BlockPlan::new(&l4k, false, 2, caches).rows, 40);
+        let h16 = AttnShape::new(1, 16, 4096, 128);
+        assert_eq!(BlockPlan::new(&h16, false, 16, caches).rows, 40);
         // Long keys: at least 8 rows; decode: 1 row.
         let long = AttnShape::new(1, 1, 16384, 128);
         assert_eq!(BlockPlan::new(&long, false, 1, caches).rows, 8);
