@@ -133,15 +133,20 @@ pub struct PackedB {
 }
 
 impl PackedB {
-    /// The unpacked layout: a copy of `b` as given.
-    pub fn plain(b: &[i8], n: usize, k: usize) -> Self {
+    /// `data` in the layout of the kernel named `packed_by`, no per-column corrections.
+    pub fn new(data: Vec<i8>, n: usize, k: usize, packed_by: &'static str) -> Self {
         PackedB {
-            data: b.to_vec(),
+            data,
             sums: Vec::new(),
             n,
             k,
-            packed_by: "plain",
+            packed_by,
         }
+    }
+
+    /// The unpacked layout: a copy of `b` as given.
+    pub fn plain(b: &[i8], n: usize, k: usize) -> Self {
+        PackedB::new(b.to_vec(), n, k, "plain")
     }
 }
 

@@ -84,13 +84,7 @@ impl Kernel for I8mm {
         for (p, panel) in data.chunks_exact_mut(NR * k).enumerate() {
             pack_pairs(b, k, p * NR, NR.min(n - p * NR), panel);
         }
-        PackedB {
-            data,
-            sums: Vec::new(),
-            n,
-            k,
-            packed_by: NAME,
-        }
+        PackedB::new(data, n, k, NAME)
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
@@ -195,13 +189,7 @@ fn pack_v_i8mm(b: &[i8], k: usize, n: usize) -> PackedB {
             };
         }
     }
-    PackedB {
-        data,
-        sums: Vec::new(),
-        n,
-        k,
-        packed_by: NAME,
-    }
+    PackedB::new(data, n, k, NAME)
 }
 
 /// Writes the transpose of the 8 x 8 byte block at `src` (row stride `stride`) to the 64

@@ -73,13 +73,7 @@ impl Layout {
             8 => pack_k_kr::<8>(&mut data, b, n, k, self.padded_k(k), flip),
             kr => unreachable!("no aarch64 layout has kr = {kr}"),
         }
-        PackedB {
-            data,
-            sums: Vec::new(),
-            n,
-            k,
-            packed_by: name,
-        }
+        PackedB::new(data, n, k, name)
     }
 
     /// Packs V (`k x n` row-major, so column `j` of B is column `j` of V: a transpose) into
@@ -93,13 +87,7 @@ impl Layout {
             8 => pack_v_kr::<8>(&mut data, b, n, k, self.padded_k(k), flip),
             kr => unreachable!("no aarch64 layout has kr = {kr}"),
         }
-        PackedB {
-            data,
-            sums: Vec::new(),
-            n,
-            k,
-            packed_by: name,
-        }
+        PackedB::new(data, n, k, name)
     }
 }
 

@@ -379,13 +379,12 @@ impl Kernel for Amx {
             padded = p;
             &padded[..]
         };
-        PackedB {
-            data: BL.pack_b_rows(v, kp, n, |rows, j0, dst| interleave4(rows, j0, dst, false)),
-            sums: Vec::new(),
+        PackedB::new(
+            BL.pack_b_rows(v, kp, n, |rows, j0, dst| interleave4(rows, j0, dst, false)),
             n,
             k,
-            packed_by: NAME,
-        }
+            NAME,
+        )
     }
 
     /// Rows a multiple of 64 bytes (whole tile steps, read in place) and an odd number of

@@ -89,13 +89,7 @@ impl Kernel for Avx2 {
     }
 
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        PackedB {
-            data: BL.pack_b_cols(b, n, k, ColGroups::PairsI16),
-            sums: Vec::new(),
-            n,
-            k,
-            packed_by: NAME,
-        }
+        PackedB::new(BL.pack_b_cols(b, n, k, ColGroups::PairsI16), n, k, NAME)
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
@@ -108,13 +102,7 @@ impl Kernel for Avx2 {
     }
 
     fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        PackedB {
-            data: BL.pack_b_rows(b, k, n, interleave2_i16),
-            sums: Vec::new(),
-            n,
-            k,
-            packed_by: NAME,
-        }
+        PackedB::new(BL.pack_b_rows(b, k, n, interleave2_i16), n, k, NAME)
     }
 
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {

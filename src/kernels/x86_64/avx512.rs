@@ -125,13 +125,7 @@ impl Kernel for Avx512 {
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
         // k + 128 as u8 is k's bit pattern with the sign bit flipped.
         let data = BL.pack_b_cols(b, n, k, ColGroups::Bytes { flip: true });
-        PackedB {
-            data,
-            sums: Vec::new(),
-            n,
-            k,
-            packed_by: self.name(),
-        }
+        PackedB::new(data, n, k, self.name())
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
@@ -158,13 +152,12 @@ impl Kernel for Avx512 {
     }
 
     fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        PackedB {
-            data: BL.pack_b_rows(b, k, n, |rows, j0, dst| interleave4(rows, j0, dst, false)),
-            sums: Vec::new(),
+        PackedB::new(
+            BL.pack_b_rows(b, k, n, |rows, j0, dst| interleave4(rows, j0, dst, false)),
             n,
             k,
-            packed_by: self.name(),
-        }
+            self.name(),
+        )
     }
 
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
