@@ -16,9 +16,8 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::{drive, neon, own_layout, pack_rows, Layout, MR, NR};
+use super::{drive, own_layout, pack_rows, Layout, MR, NR};
 use crate::kernels::{Kernel, PackedB};
-use crate::softmax::Lut;
 
 /// Proof that the CPU has NEON and the dot-product instructions.
 pub struct Dotprod {
@@ -40,41 +39,7 @@ const NAME: &str = "dotprod";
 const LAYOUT: Layout = Layout { kr: 4, k_step: 16 };
 
 impl Kernel for Dotprod {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-        let packed = self.pack_k(b, n, k);
-        self.gemm_s8s8_packed(a, m, &packed, c)
-    }
-
-    fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-        let packed = self.pack_v(b, k, n);
-        self.gemm_u8s8_packed(a, m, &packed, c)
-    }
-
-    fn index_softmax_row(
-        &self,
-        row: &[i32],
-        valid: usize,
-        lut: &Lut,
-        threshold: i32,
-        e: &mut [u8],
-    ) -> u32 {
-        // SAFETY: a `Dotprod` value exists only if the CPU has NEON.
-        unsafe { neon::index_softmax_row(row, valid, lut, threshold, e) }
-    }
-
-    fn normalize_row(&self, p: &mut [u8], sum: u32) {
-        // SAFETY: as above.
-        unsafe { neon::normalize_row(p, sum) }
-    }
-
-    fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
-        // SAFETY: as above.
-        unsafe { neon::softmax_f32_row(row, valid) }
-    }
+    shared_kernel_methods!();
 
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
         LAYOUT.pack_k(b, n, k, 0, NAME)

@@ -15,9 +15,8 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::{drive, neon, own_layout, Layout, MR, NR};
+use super::{drive, own_layout, Layout, MR, NR};
 use crate::kernels::{Kernel, PackedB};
-use crate::softmax::Lut;
 
 /// Proof that the CPU has NEON and the int8 matrix-multiply instructions.
 pub struct I8mm {
@@ -39,41 +38,7 @@ const NAME: &str = "i8mm";
 const LAYOUT: Layout = Layout { kr: 8, k_step: 8 };
 
 impl Kernel for I8mm {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-        let packed = self.pack_k(b, n, k);
-        self.gemm_s8s8_packed(a, m, &packed, c)
-    }
-
-    fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-        let packed = self.pack_v(b, k, n);
-        self.gemm_u8s8_packed(a, m, &packed, c)
-    }
-
-    fn index_softmax_row(
-        &self,
-        row: &[i32],
-        valid: usize,
-        lut: &Lut,
-        threshold: i32,
-        e: &mut [u8],
-    ) -> u32 {
-        // SAFETY: an `I8mm` value exists only if the CPU has NEON.
-        unsafe { neon::index_softmax_row(row, valid, lut, threshold, e) }
-    }
-
-    fn normalize_row(&self, p: &mut [u8], sum: u32) {
-        // SAFETY: as above.
-        unsafe { neon::normalize_row(p, sum) }
-    }
-
-    fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
-        // SAFETY: as above.
-        unsafe { neon::softmax_f32_row(row, valid) }
-    }
+    shared_kernel_methods!();
 
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
         if k == 0 || !k.is_multiple_of(16) {

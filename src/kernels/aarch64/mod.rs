@@ -16,6 +16,52 @@
 //! A (queries or probabilities) is repacked one 8-row strip at a time inside the GEMM call;
 //! that costs `8 * k` bytes per strip against `8 * n * k` multiply-adds.
 
+/// The `Kernel` methods that the three aarch64 kernels share word for word: the unpacked
+/// GEMMs (pack, then the kernel's packed product), the name (the calling module's `NAME`) and
+/// the row operations, which need nothing past NEON and live in [`neon`]. Used inside each
+/// `impl Kernel` block; every kernel value exists only after its constructor detected NEON.
+macro_rules! shared_kernel_methods {
+    () => {
+        fn name(&self) -> &'static str {
+            NAME
+        }
+
+        fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+            let packed = self.pack_k(b, n, k);
+            self.gemm_s8s8_packed(a, m, &packed, c)
+        }
+
+        fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+            let packed = self.pack_v(b, k, n);
+            self.gemm_u8s8_packed(a, m, &packed, c)
+        }
+
+        fn index_softmax_row(
+            &self,
+            row: &[i32],
+            valid: usize,
+            lut: &$crate::softmax::Lut,
+            threshold: i32,
+            e: &mut [u8],
+        ) -> u32 {
+            // SAFETY: an aarch64 kernel value exists only if the CPU has NEON.
+            unsafe {
+                $crate::kernels::aarch64::neon::index_softmax_row(row, valid, lut, threshold, e)
+            }
+        }
+
+        fn normalize_row(&self, p: &mut [u8], sum: u32) {
+            // SAFETY: as above.
+            unsafe { $crate::kernels::aarch64::neon::normalize_row(p, sum) }
+        }
+
+        fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
+            // SAFETY: as above.
+            unsafe { $crate::kernels::aarch64::neon::softmax_f32_row(row, valid) }
+        }
+    };
+}
+
 pub mod dotprod;
 pub mod i8mm;
 pub mod neon;
