@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::aligned::AlignedVec;
 use crate::attention::{kv_head_index, output_row, Attention, AttnShape, IntSoftmax};
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, PackedB, MAX_K_U8S8};
@@ -215,6 +216,31 @@ impl Chunk<'_> {
         }
     }
 
+    /// `c = a[m x d] * K_chunk^T` with score rows `ldc` apart, `ldc` from
+    /// [`Self::s_stride`].
+    fn scores_in(
+        &self,
+        kernel: &dyn Kernel,
+        a: &[i8],
+        m: usize,
+        d: usize,
+        c: &mut [i32],
+        ldc: usize,
+    ) {
+        match &self.k {
+            Operand::Packed(b) => kernel.gemm_s8s8_packed_strided(a, m, b, c, ldc),
+            Operand::Plain(b) => kernel.gemm_s8s8_nt(a, b, m, self.len, d, c),
+        }
+    }
+
+    /// Row stride of the score block of this chunk when it is the only one.
+    fn s_stride(&self, kernel: &dyn Kernel) -> usize {
+        match &self.k {
+            Operand::Packed(_) => kernel.s_row_stride(self.len),
+            Operand::Plain(_) => self.len,
+        }
+    }
+
     /// Row stride of the P block of this chunk when it is the only one (see [`Self::pv_in`]).
     fn p_stride(&self, kernel: &dyn Kernel) -> usize {
         match &self.v {
@@ -290,12 +316,12 @@ impl<'a> KvHead<'a> {
 /// pools of [`crate::threads`] live for the process), so blocks do not allocate.
 #[derive(Default)]
 struct Scratch {
-    scores: Vec<i32>,
-    p: Vec<u8>,
+    scores: AlignedVec<i32>,
+    p: AlignedVec<u8>,
     frow: Vec<f32>,
     chunk_scores: Vec<i32>,
     chunk_p: Vec<u8>,
-    o32: Vec<i32>,
+    o32: AlignedVec<i32>,
     acc: Vec<i64>,
     divisor: Vec<u32>,
 }
@@ -341,14 +367,15 @@ impl Ctx<'_> {
 
         // P rows as the kernel's P x V wants them when one chunk covers the block (AMX reads
         // them in place at a stride that spreads tile rows over cache sets), else dense.
-        let ps = if nch == 1 {
-            kv.chunks[0].p_stride(kernel)
+        // The same for the score rows (AMX stores its C tiles at a stride that does the same).
+        let (ss, ps) = if nch == 1 {
+            (kv.chunks[0].s_stride(kernel), kv.chunks[0].p_stride(kernel))
         } else {
-            ncols
+            (ncols, ncols)
         };
-        grow(&mut scr.scores, m * ncols);
-        grow(&mut scr.p, m * ps);
-        grow(&mut scr.o32, m * d);
+        scr.scores.grow(m * ss);
+        scr.p.grow(m * ps);
+        scr.o32.grow(m * d);
         grow(&mut scr.acc, m * d);
         grow(&mut scr.divisor, m);
         if matches!(self.softmax, IntSoftmax::Float { .. }) {
@@ -358,12 +385,12 @@ impl Ctx<'_> {
             grow(&mut scr.chunk_scores, m * kv.chunk);
             grow(&mut scr.chunk_p, m * kv.chunk);
         }
-        let s = &mut scr.scores[..m * ncols];
+        let s = &mut scr.scores[..m * ss];
         let p = &mut scr.p[..m * ps];
 
         // Scores, written straight into the block when one chunk covers it.
         if nch == 1 {
-            kv.chunks[0].scores(kernel, qb, m, d, s);
+            kv.chunks[0].scores_in(kernel, qb, m, d, s, ss);
         } else {
             for c in &kv.chunks[..nch] {
                 let t = &mut scr.chunk_scores[..m * c.len];
@@ -380,7 +407,7 @@ impl Ctx<'_> {
             scr.divisor[i] = self.softmax.row(
                 kernel,
                 self.lut,
-                &s[i * ncols..(i + 1) * ncols],
+                &s[i * ss..i * ss + ncols],
                 valid,
                 &mut p[i * ps..i * ps + ncols],
                 &mut scr.frow,

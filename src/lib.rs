@@ -13,6 +13,8 @@
 pub mod accuracy;
 #[cfg(intattention_acl)]
 pub mod acl;
+#[doc(hidden)]
+pub mod aligned;
 pub mod attention;
 pub mod backend;
 pub mod data;

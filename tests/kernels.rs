@@ -111,6 +111,32 @@ fn check_s8s8(a: &[i8], b: &[i8], m: usize, n: usize, k: usize) {
             got == want,
             "{name}: gemm_s8s8_packed (plain B) {m}x{n}x{k} differs"
         );
+
+        // Strided C: the kernel's own stride, dense, and one odd stride; entries between rows
+        // must keep their sentinel.
+        const SENTINEL: i32 = 0x5A5A_5A5A;
+        for ldc in [kern.s_row_stride(n), n, n + 5] {
+            assert!(ldc >= n, "{name}: s_row_stride({n}) = {ldc}");
+            for bv in [&packed, &PackedB::plain(b, n, k)] {
+                let len = if m == 0 { 0 } else { (m - 1) * ldc + n };
+                let mut got = vec![SENTINEL; len];
+                kern.gemm_s8s8_packed_strided(a, m, bv, &mut got, ldc);
+                for i in 0..m {
+                    let row = &got[i * ldc..];
+                    assert!(
+                        row[..n] == want[i * n..(i + 1) * n],
+                        "{name}: gemm_s8s8_packed_strided ldc {ldc} ({}) {m}x{n}x{k} row {i} differs",
+                        bv.packed_by
+                    );
+                    if i + 1 < m {
+                        assert!(
+                            row[n..ldc].iter().all(|&x| x == SENTINEL),
+                            "{name}: gemm_s8s8_packed_strided ldc {ldc} wrote between rows"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 

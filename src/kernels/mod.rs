@@ -14,6 +14,7 @@ pub mod x86_64;
 
 use std::sync::OnceLock;
 
+use crate::aligned::AlignedVec;
 use crate::error::{Error, Result};
 use crate::softmax::Lut;
 
@@ -73,6 +74,19 @@ pub trait Kernel: Send + Sync + 'static {
         self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c)
     }
 
+    /// The row stride (`>= n`) in which callers of [`Kernel::gemm_s8s8_packed_strided`] should
+    /// lay out a C of `n` columns. The default is `n`, dense rows.
+    fn s_row_stride(&self, n: usize) -> usize {
+        n
+    }
+
+    /// [`Kernel::gemm_s8s8_packed`] with the rows of C `ldc >= b.n` entries apart (`c.len() >=
+    /// (m - 1) * ldc + b.n`); the entries between rows are left as they are. The default
+    /// computes dense rows and copies them when `ldc != n`.
+    fn gemm_s8s8_packed_strided(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32], ldc: usize) {
+        strided_s8s8_fallback(self, a, m, b, c, ldc)
+    }
+
     /// Packs V (`k x n` row-major, the B of [`Kernel::gemm_u8s8`]) once per head.
     fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
         PackedB::plain(b, n, k)
@@ -119,12 +133,40 @@ pub(crate) fn strided_u8s8_fallback<K: Kernel + ?Sized>(
     kernel.gemm_u8s8_packed(&dense, m, b, c)
 }
 
+/// [`Kernel::gemm_s8s8_packed_strided`] by way of dense rows.
+pub(crate) fn strided_s8s8_fallback<K: Kernel + ?Sized>(
+    kernel: &K,
+    a: &[i8],
+    m: usize,
+    b: &PackedB,
+    c: &mut [i32],
+    ldc: usize,
+) {
+    let n = b.n;
+    assert!(
+        ldc >= n && (m == 0 || c.len() >= (m - 1) * ldc + n),
+        "C must be m rows of n entries, ldc >= n apart"
+    );
+    if n == 0 {
+        return;
+    }
+    if ldc == n {
+        return kernel.gemm_s8s8_packed(a, m, b, &mut c[..m * n]);
+    }
+    let mut dense = vec![0i32; m * n];
+    kernel.gemm_s8s8_packed(a, m, b, &mut dense);
+    for (dst, src) in c.chunks_mut(ldc).zip(dense.chunks_exact(n)) {
+        dst[..n].copy_from_slice(src);
+    }
+}
+
 /// A B operand in a kernel's own layout: `n` output columns, depth `k`. Only the kernel that
 /// packed it knows the layout of `data`; `sums` holds whatever per-column corrections the
 /// kernel needs (for example column sums for the u8 = s8 + 128 trick), possibly empty.
 #[derive(Clone, Debug, Default)]
 pub struct PackedB {
-    pub data: Vec<i8>,
+    /// The packed bytes, starting on a 64-byte line.
+    pub data: AlignedVec<i8>,
     pub sums: Vec<i32>,
     pub n: usize,
     pub k: usize,
@@ -134,7 +176,13 @@ pub struct PackedB {
 
 impl PackedB {
     /// `data` in the layout of the kernel named `packed_by`, no per-column corrections.
-    pub fn new(data: Vec<i8>, n: usize, k: usize, packed_by: &'static str) -> Self {
+    pub fn new(
+        data: impl Into<AlignedVec<i8>>,
+        n: usize,
+        k: usize,
+        packed_by: &'static str,
+    ) -> Self {
+        let data = data.into();
         PackedB {
             data,
             sums: Vec::new(),
@@ -146,7 +194,7 @@ impl PackedB {
 
     /// The unpacked layout: a copy of `b` as given.
     pub fn plain(b: &[i8], n: usize, k: usize) -> Self {
-        PackedB::new(b.to_vec(), n, k, "plain")
+        PackedB::new(b, n, k, "plain")
     }
 }
 

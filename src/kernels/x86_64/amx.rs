@@ -1,27 +1,31 @@
-//! The AMX-INT8 kernel (`amx`): P x V on Intel Advanced Matrix Extensions tiles (Sapphire
-//! Rapids and later); the scores and the row operations on the AVX-512 kernel.
+//! The AMX-INT8 kernel (`amx`): both attention GEMMs on Intel Advanced Matrix Extensions
+//! tiles (Sapphire Rapids and later); the row operations on the AVX-512 kernel.
 //!
-//! One `tdpbusd` multiplies a 16 x 64 byte u8 A tile by a 64 x 16 s8 B tile into a 16 x 16
-//! i32 C tile: 16,384 multiply-adds, each four products summed exactly into the i32
-//! accumulator (no saturation, wrapping only where the true result would not fit i32, which the
-//! trait's depth limits exclude). So P x V is exact for every u8 and s8 value.
+//! One `tdpbusd` (u8 x s8, P x V) or `tdpbssd` (s8 x s8, Q x K^T) multiplies a 16 x 64 byte A
+//! tile by a 64 x 16 byte B tile into a 16 x 16 i32 C tile: 16,384 multiply-adds, each four
+//! products summed exactly into the i32 accumulator (no saturation, wrapping only where the
+//! true result would not fit i32, which the trait's depth limits exclude). So both products
+//! are exact for every u8 and s8 value, -128 included, without the +128 trick of VNNI.
 //!
-//! Why not the scores too: with d = 128 a C tile of Q x K^T takes only two tile products
-//! between its `tilezero` and its `tilestored`, and that turnaround dominates. Measured on a
-//! Sapphire Rapids core (`INTATTENTION_BENCH_CPU=1 cargo bench --bench kernels`): AMX scores
-//! 1024 x 1024 x 128 at 126 GMAC/s against 163 for AVX-512 VNNI, while AMX P x V (1024 x 128
-//! x 1024, 16 tile products per C tile) ran at 743 against 187. So packed K, and every s8 x s8
-//! product, belong to the AVX-512 kernel this one holds.
+//! Tile rows must start on 64-byte lines: a row that straddles two lines is two accesses.
+//! Packed operands and the fused pipeline's score and P blocks live in [`AlignedVec`]s, and an
+//! A that is not on lines is copied once per call. Measured on the device machine (one
+//! Sapphire Rapids core, L = 4096, 32-row blocks, alternated in one process): Q K^T 16.0 ms
+//! with K 16 bytes off a line, 7.4 ms on lines (AVX-512 VNNI: 14.1 ms either way); P x V 5.8
+//! against 4.3 ms (VNNI 14.0 ms). Score rows are stored an odd number of lines apart
+//! ([`Kernel::s_row_stride`]) and P read at such a stride ([`Kernel::p_row_stride`]), so the
+//! 16 rows of a tile do not all fall into one L1 set when L is a power of two.
 //!
 //! Layouts (all tiles are configured 16 rows x 64 bytes):
-//! - B (V) is packed into panels of 16 columns, each `[group][column][4 bytes]` with the
-//!   depth padded with zeros to a multiple of 64 (16 groups): the B tile of depth step `t` is
-//!   the 1,024 contiguous bytes at `t * 1024`, row stride 64. This is the AVX-512 layout with
-//!   16-column panels ([`Blocking::pack_b_rows`]).
-//! - A (P) is read in place, 16 rows of 64 bytes per tile with the row stride of the matrix,
-//!   when the depth is a multiple of 64; otherwise it is copied once per call into a
-//!   zero-padded buffer. A last strip of fewer than 16 rows is copied into a zeroed 16-row
-//!   buffer.
+//! - B (V, or K^T made from K's rows) is packed into panels of 16 columns, each
+//!   `[group][column][4 bytes]` with the depth padded with zeros to a multiple of 64 (16
+//!   groups): the B tile of depth step `t` is the 1,024 contiguous bytes at `t * 1024`, row
+//!   stride 64. This is the AVX-512 layout with 16-column panels ([`Blocking::pack_b_rows`],
+//!   [`Blocking::pack_b_cols`] without the sign flip).
+//! - A (P, or Q) is read in place, 16 rows of 64 bytes per tile with the row stride of the
+//!   matrix, when the depth is a multiple of 64 and the rows start on lines; otherwise it is
+//!   copied once per call into a zero-padded aligned buffer. A last strip of fewer than 16
+//!   rows is copied into a zeroed 16-row buffer.
 //! - C tiles go straight to the output when they lie inside it, else through a scratch tile.
 //!
 //! The register block is 2 x 2 tiles (32 x 32 of C: accumulators tmm0-3, A tiles tmm4-5, B
@@ -36,7 +40,8 @@ use std::arch::asm;
 use std::sync::OnceLock;
 
 use super::avx512::Avx512;
-use super::{interleave4, Blocking};
+use super::{as_bytes, interleave4, Blocking, ColGroups};
+use crate::aligned::AlignedVec;
 use crate::kernels::{Kernel, PackedB};
 use crate::softmax::Lut;
 
@@ -140,6 +145,11 @@ impl Drop for Tiles {
     }
 }
 
+/// A C tile outside the output (a ragged edge), on its own cache lines like the output's rows.
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct CTile([i32; TM * TN]);
+
 /// Where one A tile row block comes from: `rows` rows (the rest is zeros) at `ptr` with row
 /// stride `lda` bytes, `kt * 64` readable bytes per row.
 #[derive(Clone, Copy)]
@@ -156,7 +166,7 @@ struct ATile {
 /// bytes at its stride, each B panel `kt` tiles of 1,024 readable bytes, and each used C
 /// pointer 16 rows of 64 writable bytes at its stride.
 #[inline(always)]
-unsafe fn tile_block(
+unsafe fn tile_block<const SIGNED: bool>(
     a: [ATile; 2],
     na: usize,
     b: [*const u8; 2],
@@ -181,18 +191,18 @@ unsafe fn tile_block(
                 options(nostack, readonly));
             asm!("tileloadd tmm6, [{p} + {s}*1]", p = in(reg) b0, s = in(reg) TK,
                 options(nostack, readonly));
-            asm!("tdpbusd tmm0, tmm4, tmm6", options(nostack, nomem));
+            dp::<SIGNED, 0>();
             if nb == 2 {
                 asm!("tileloadd tmm7, [{p} + {s}*1]", p = in(reg) b1, s = in(reg) TK,
                     options(nostack, readonly));
-                asm!("tdpbusd tmm1, tmm4, tmm7", options(nostack, nomem));
+                dp::<SIGNED, 1>();
             }
             if na == 2 {
                 asm!("tileloadd tmm5, [{p} + {s}*1]", p = in(reg) a1, s = in(reg) a[1].lda,
                     options(nostack, readonly));
-                asm!("tdpbusd tmm2, tmm5, tmm6", options(nostack, nomem));
+                dp::<SIGNED, 2>();
                 if nb == 2 {
-                    asm!("tdpbusd tmm3, tmm5, tmm7", options(nostack, nomem));
+                    dp::<SIGNED, 3>();
                 }
             }
         }
@@ -216,21 +226,58 @@ unsafe fn tile_block(
     }
 }
 
+/// One tile product into accumulator `tmm{C}` (A tile `tmm4 + C / 2`, B tile `tmm6 + C % 2`):
+/// `tdpbssd` (s8 x s8) when `SIGNED`, else `tdpbusd` (u8 x s8).
+///
+/// # Safety
+/// Tiles must be configured ([`Tiles`]).
+#[inline(always)]
+unsafe fn dp<const SIGNED: bool, const C: u8>() {
+    // SAFETY: register-only tile operations on configured tiles (the caller's guarantee).
+    unsafe {
+        match (SIGNED, C) {
+            (true, 0) => asm!("tdpbssd tmm0, tmm4, tmm6", options(nostack, nomem)),
+            (true, 1) => asm!("tdpbssd tmm1, tmm4, tmm7", options(nostack, nomem)),
+            (true, 2) => asm!("tdpbssd tmm2, tmm5, tmm6", options(nostack, nomem)),
+            (true, _) => asm!("tdpbssd tmm3, tmm5, tmm7", options(nostack, nomem)),
+            (false, 0) => asm!("tdpbusd tmm0, tmm4, tmm6", options(nostack, nomem)),
+            (false, 1) => asm!("tdpbusd tmm1, tmm4, tmm7", options(nostack, nomem)),
+            (false, 2) => asm!("tdpbusd tmm2, tmm5, tmm6", options(nostack, nomem)),
+            (false, _) => asm!("tdpbusd tmm3, tmm5, tmm7", options(nostack, nomem)),
+        }
+    }
+}
+
 impl Amx {
-    /// `c[m x n] = A[m x k] * B` for u8 A (rows `lda >= k` bytes apart, `a.len() == m *
-    /// lda`) and B (s8) packed by this kernel.
-    fn run(&self, a: &[u8], lda: usize, m: usize, b: &PackedB, c: &mut [i32]) {
+    /// `c = A[m x k] * B`, C rows `ldc >= n` i32 apart (`c.len() >= (m - 1) ldc + n`; the
+    /// entries between rows are left alone), for A rows `lda >= k` bytes apart (`a.len() ==
+    /// m * lda`) and B packed by this kernel: A is u8 (`tdpbusd`) or, when `SIGNED`, the bytes
+    /// of s8 values (`tdpbssd`); B is s8.
+    fn run<const SIGNED: bool>(
+        &self,
+        a: &[u8],
+        lda: usize,
+        m: usize,
+        b: &PackedB,
+        c: &mut [i32],
+        ldc: usize,
+    ) {
         let (n, k) = (b.n, b.k);
         assert!(
             lda >= k && a.len() == m * lda,
             "A must be m rows of stride lda >= k"
         );
-        assert_eq!(c.len(), m * n, "C must be m x n");
+        assert!(
+            ldc >= n && (m == 0 || c.len() >= (m - 1) * ldc + n),
+            "C must be m rows of n entries, ldc >= n apart"
+        );
         if m == 0 || n == 0 {
             return;
         }
         if k == 0 {
-            c.fill(0);
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(0);
+            }
             return;
         }
         let kp = padded_k(k);
@@ -240,12 +287,14 @@ impl Amx {
         debug_assert_eq!(b.data.len(), panels * panel_bytes);
         // A tile reads 64 kt = kp bytes per row. Bytes k..kp of a row meet zero rows of B,
         // so whatever they hold adds 0; they only have to be readable, which rows of stride
-        // lda >= kp are. Otherwise copy A into rows of kp bytes.
+        // lda >= kp are. Tile rows also have to start on 64-byte lines, or every row load is
+        // two (half the speed, measured). Otherwise copy A into aligned rows of kp bytes.
+        let line_rows = (a.as_ptr() as usize).is_multiple_of(64) && lda.is_multiple_of(64);
         let padded;
-        let (a, lda) = if lda >= kp {
+        let (a, lda) = if lda >= kp && line_rows {
             (a, lda)
         } else {
-            let mut v = vec![0u8; m * kp];
+            let mut v = AlignedVec::<u8>::zeroed(m * kp);
             for (dst, src) in v.chunks_exact_mut(kp).zip(a.chunks_exact(lda)) {
                 dst[..k].copy_from_slice(&src[..k]);
             }
@@ -254,9 +303,9 @@ impl Amx {
         };
         // The last strip when m is not a multiple of 16: its rows, zero below.
         let full_strips = m / TM;
-        let mut tail_a = Vec::new();
+        let mut tail_a = AlignedVec::<u8>::default();
         if !m.is_multiple_of(TM) {
-            tail_a = vec![0u8; TM * kp];
+            tail_a = AlignedVec::zeroed(TM * kp);
             let r0 = full_strips * TM;
             for (dst, src) in tail_a.chunks_exact_mut(kp).zip(a[r0 * lda..].chunks(lda)) {
                 dst[..k].copy_from_slice(&src[..k]);
@@ -276,10 +325,10 @@ impl Amx {
                 }
             }
         };
-        let mut scratch = [[[0i32; TM * TN]; 2]; 2];
+        let mut scratch = [[CTile([0; TM * TN]); 2]; 2];
         // SAFETY: an `Amx` exists, so AMX is usable in this process.
         let tiles = unsafe { Tiles::configure() };
-        let ldc = n * 4;
+        let ldc_bytes = ldc * 4;
         for s0 in (0..strips).step_by(2) {
             let na = 2.min(strips - s0);
             let a_tiles = [strip(s0), strip(s0 + na - 1)];
@@ -296,17 +345,18 @@ impl Amx {
                     for (j, d) in row.iter_mut().enumerate() {
                         let (r0, c0) = ((s0 + i) * TM, (p0 + j) * TN);
                         *d = if inside(i, j) {
-                            (c[r0 * n + c0..].as_mut_ptr(), ldc)
+                            (c[r0 * ldc + c0..].as_mut_ptr(), ldc_bytes)
                         } else {
-                            (scratch[i][j].as_mut_ptr(), TN * 4)
+                            (scratch[i][j].0.as_mut_ptr(), TN * 4)
                         };
                     }
                 }
                 // SAFETY: tiles are configured; each A strip has 16 rows of kp = 64 kt
                 // readable bytes at its stride (whole rows of the padded A, or the zeroed
                 // tail buffer); each of the `nb` panels holds kt B tiles; every C destination
-                // used is 16 rows of 64 bytes inside C or a scratch tile.
-                unsafe { tile_block(a_tiles, na, b_ptrs, nb, kt, dst) };
+                // used is 16 rows of 64 bytes at its stride inside C (`inside`, with the length
+                // asserted above) or a scratch tile.
+                unsafe { tile_block::<SIGNED>(a_tiles, na, b_ptrs, nb, kt, dst) };
                 for (i, tiles) in scratch.iter().enumerate().take(na) {
                     for (j, tile) in tiles.iter().enumerate().take(nb) {
                         if inside(i, j) {
@@ -314,8 +364,8 @@ impl Amx {
                         }
                         let (r0, c0) = ((s0 + i) * TM, (p0 + j) * TN);
                         let (rows, cols) = (TM.min(m - r0), TN.min(n - c0));
-                        for (r, src) in tile.chunks_exact(TN).take(rows).enumerate() {
-                            c[(r0 + r) * n + c0..][..cols].copy_from_slice(&src[..cols]);
+                        for (r, src) in tile.0.chunks_exact(TN).take(rows).enumerate() {
+                            c[(r0 + r) * ldc + c0..][..cols].copy_from_slice(&src[..cols]);
                         }
                     }
                 }
@@ -331,7 +381,8 @@ impl Kernel for Amx {
     }
 
     fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-        self.rows.gemm_s8s8_nt(a, b, m, n, k, c)
+        let packed = self.pack_k(b, n, k);
+        self.gemm_s8s8_packed(a, m, &packed, c);
     }
 
     fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
@@ -358,12 +409,52 @@ impl Kernel for Amx {
         self.rows.softmax_f32_row(row, valid)
     }
 
+    /// K as the B of `tdpbssd`: the layout of [`Amx::pack_v`] for K^T, made from K's rows
+    /// (each group 4 consecutive bytes of one key), depth padded with zeros to whole tiles.
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        self.rows.pack_k(b, n, k)
+        assert_eq!(b.len(), n * k, "pack_k: K must be n x k");
+        let kp = padded_k(k);
+        let padded;
+        let rows = if kp == k {
+            b
+        } else {
+            let mut p = vec![0i8; n * kp];
+            for (dst, src) in p.chunks_exact_mut(kp).zip(b.chunks_exact(k.max(1))) {
+                dst[..k].copy_from_slice(src);
+            }
+            padded = p;
+            &padded[..]
+        };
+        PackedB::new(
+            BL.pack_b_cols(rows, n, kp, ColGroups::Bytes { flip: false }),
+            n,
+            k,
+            NAME,
+        )
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
-        self.rows.gemm_s8s8_packed(a, m, b, c)
+        if b.packed_by == "plain" {
+            return self.rows.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+        }
+        assert_eq!(c.len(), m * b.n, "C must be m x n");
+        self.gemm_s8s8_packed_strided(a, m, b, c, b.n)
+    }
+
+    /// Rows an odd number of 64-byte lines apart, so that the 16 rows of a stored C tile do
+    /// not all fall into one L1 set (score rows of 1,024 or 4,096 keys otherwise would).
+    fn s_row_stride(&self, n: usize) -> usize {
+        let lines = (4 * n).div_ceil(64);
+        16 * (lines | 1)
+    }
+
+    fn gemm_s8s8_packed_strided(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32], ldc: usize) {
+        if b.packed_by == "plain" {
+            return crate::kernels::strided_s8s8_fallback(self, a, m, b, c, ldc);
+        }
+        self.check(b);
+        assert_eq!(a.len(), m * b.k, "gemm_s8s8_packed: A must be m x k");
+        self.run::<true>(as_bytes(a), b.k, m, b, c, ldc);
     }
 
     fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
@@ -404,7 +495,8 @@ impl Kernel for Amx {
             return crate::kernels::strided_u8s8_fallback(self, a, lda, m, b, c);
         }
         self.check(b);
-        self.run(a, lda, m, b, c);
+        assert_eq!(c.len(), m * b.n, "C must be m x n");
+        self.run::<false>(a, lda, m, b, c, b.n);
     }
 
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
@@ -412,7 +504,8 @@ impl Kernel for Amx {
             return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
         }
         self.check(b);
-        self.run(a, b.k, m, b, c);
+        assert_eq!(c.len(), m * b.n, "C must be m x n");
+        self.run::<false>(a, b.k, m, b, c, b.n);
     }
 }
 

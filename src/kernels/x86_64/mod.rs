@@ -16,6 +16,7 @@ pub mod avx2;
 pub mod avx512;
 
 use super::Kernel;
+use crate::aligned::AlignedVec;
 use crate::reference;
 use crate::softmax::Lut;
 
@@ -72,12 +73,12 @@ impl Blocking {
 
     /// Packs a B whose columns are stored as rows (`n` rows of `k` values, as K in Q K^T),
     /// each group made as `mode` says.
-    pub fn pack_b_cols(&self, b: &[i8], n: usize, k: usize, mode: ColGroups) -> Vec<i8> {
+    pub fn pack_b_cols(&self, b: &[i8], n: usize, k: usize, mode: ColGroups) -> AlignedVec<i8> {
         assert_eq!(b.len(), n * k, "B must be {n} x {k}");
         assert_eq!(self.kg, mode.kg(), "group size of the layout");
-        let mut out = vec![0u8; self.packed_b_len(n, k)];
+        let mut out = AlignedVec::<u8>::zeroed(self.packed_b_len(n, k));
         if k == 0 {
-            return into_i8(out);
+            return out.cast();
         }
         let (kg, full) = (self.kg, k / self.kg);
         let stride = self.nr * GROUP_BYTES;
@@ -111,7 +112,7 @@ impl Blocking {
                 scalar(panel, p * self.nr + jj, jj, 0);
             }
         }
-        into_i8(out)
+        out.cast()
     }
 
     /// Packs a row-major B (`k` rows of `n` values, as V in P V). For each group `g` and
@@ -123,11 +124,11 @@ impl Blocking {
         k: usize,
         n: usize,
         fill: impl Fn(&[&[T]], usize, &mut [u8]),
-    ) -> Vec<i8> {
+    ) -> AlignedVec<i8> {
         assert_eq!(b.len(), n * k, "B must be {k} x {n}");
-        let mut out = vec![0u8; self.packed_b_len(n, k)];
+        let mut out = AlignedVec::<u8>::zeroed(self.packed_b_len(n, k));
         if n == 0 {
-            return into_i8(out);
+            return out.cast();
         }
         let panel_bytes = self.groups(k) * self.nr * GROUP_BYTES;
         let group_bytes = self.nr * GROUP_BYTES;
@@ -143,7 +144,7 @@ impl Blocking {
                 fill(slices, p * self.nr, dst);
             }
         }
-        into_i8(out)
+        out.cast()
     }
 }
 
@@ -312,10 +313,6 @@ impl ColGroups {
             );
         }
     }
-}
-
-fn into_i8(v: Vec<u8>) -> Vec<i8> {
-    v.into_iter().map(|b| b as i8).collect()
 }
 
 /// The A operand of a GEMM as [`run_tiles`] reads it: row-major bytes with row stride `lda`

@@ -1,0 +1,196 @@
+//! A growable-by-replacement buffer whose first element starts a 64-byte cache line.
+//!
+//! Why not `Vec<T>`: the allocator only promises `align_of::<T>()`, and glibc places large
+//! blocks (every packed K or V past 128 KiB) 16 bytes past a page boundary. AMX tile loads
+//! and stores move whole 64-byte rows, and a row that straddles two cache lines costs two
+//! accesses: on a Sapphire Rapids core, Q K^T at L = 4096 on AMX tiles ran at 135 GMAC/s with
+//! K 16 bytes off a line and at 280 GMAC/s with K, the scores and P on line boundaries
+//! (`examples`-style phase timing on the device machine, same process, alternated).
+//!
+//! The storage is a `Vec` of 64-byte aligned lines, so allocation and freeing stay with the
+//! standard library; only the typed view over it is ours.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+
+/// Plain numbers: every bit pattern (in particular all zeros) is a valid value, there is no
+/// padding, and the alignment divides 64. Sealed: implemented for the element types the
+/// kernels use and nothing else.
+pub trait Pod: Copy + private::Sealed {}
+
+mod private {
+    pub trait Sealed {}
+}
+
+macro_rules! pod {
+    ($($t:ty),*) => {$(
+        impl private::Sealed for $t {}
+        impl Pod for $t {}
+    )*};
+}
+pod!(i8, u8, i32, u32, i64, f32);
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// `len` values of `T` at the start of a 64-byte aligned allocation.
+pub struct AlignedVec<T: Pod> {
+    lines: Vec<Line>,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: Pod> AlignedVec<T> {
+    /// `len` zeros.
+    pub fn zeroed(len: usize) -> Self {
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .expect("AlignedVec: length overflows usize");
+        AlignedVec {
+            lines: vec![Line([0; 64]); bytes.div_ceil(64)],
+            len,
+            _t: PhantomData,
+        }
+    }
+
+    /// A copy of `values`.
+    pub fn from_slice(values: &[T]) -> Self {
+        let mut v = Self::zeroed(values.len());
+        v.copy_from_slice(values);
+        v
+    }
+
+    /// The same bytes viewed as another plain type of the same size (`u8` as `i8`, say).
+    pub fn cast<U: Pod>(self) -> AlignedVec<U> {
+        assert_eq!(size_of::<U>(), size_of::<T>(), "cast between sizes");
+        AlignedVec {
+            lines: self.lines,
+            len: self.len,
+            _t: PhantomData,
+        }
+    }
+
+    /// Shortens the buffer to `len` values (no effect when it is not longer).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Makes the buffer at least `len` values long; new values are zero, existing ones are
+    /// kept only when no reallocation is needed (callers use it as scratch).
+    pub fn grow(&mut self, len: usize) {
+        if self.len < len {
+            let fits = len * size_of::<T>() <= self.lines.len() * 64;
+            if fits {
+                let old = self.len;
+                self.len = len;
+                self[old..].fill_zero();
+            } else {
+                *self = Self::zeroed(len);
+            }
+        }
+    }
+}
+
+/// Zero filling for slices of plain numbers.
+trait FillZero {
+    fn fill_zero(&mut self);
+}
+
+impl<T: Pod> FillZero for [T] {
+    fn fill_zero(&mut self) {
+        // SAFETY: `T: Pod`, so all-zero bytes are a valid `T`; the write covers exactly the
+        // slice's own bytes.
+        unsafe { std::ptr::write_bytes(self.as_mut_ptr(), 0, self.len()) }
+    }
+}
+
+impl<T: Pod> Deref for AlignedVec<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `lines` holds at least `len * size_of::<T>()` initialised bytes (`zeroed`
+        // sized it, `truncate` and `grow` keep `len` within it), its start is 64-byte aligned
+        // so aligned for `T` (`Pod` alignments divide 64), and every byte pattern is a valid
+        // `T`. The borrow of `self` keeps the storage alive and unaliased by writers.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const T, self.len) }
+    }
+}
+
+impl<T: Pod> DerefMut for AlignedVec<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`; the exclusive borrow of `self` makes the slice unique.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut T, self.len) }
+    }
+}
+
+impl<T: Pod> Clone for AlignedVec<T> {
+    fn clone(&self) -> Self {
+        Self::from_slice(self)
+    }
+}
+
+impl<T: Pod> Default for AlignedVec<T> {
+    fn default() -> Self {
+        Self::zeroed(0)
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for AlignedVec<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<T: Pod + PartialEq> PartialEq for AlignedVec<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: Pod> From<Vec<T>> for AlignedVec<T> {
+    fn from(v: Vec<T>) -> Self {
+        Self::from_slice(&v)
+    }
+}
+
+impl<T: Pod> From<&[T]> for AlignedVec<T> {
+    fn from(v: &[T]) -> Self {
+        Self::from_slice(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_on_a_line_and_reads_back() {
+        for n in [0usize, 1, 15, 64, 65, 1000] {
+            let src: Vec<i32> = (0..n as i32).map(|i| i * 7 - 3).collect();
+            let v = AlignedVec::from_slice(&src);
+            assert_eq!(v.as_ptr() as usize % 64, 0);
+            assert_eq!(&*v, &src[..]);
+            assert_eq!(v.clone(), v);
+        }
+    }
+
+    #[test]
+    fn truncate_and_grow() {
+        let mut v = AlignedVec::<u8>::from_slice(&[1, 2, 3, 4, 5]);
+        v.truncate(2);
+        assert_eq!(&*v, &[1, 2]);
+        v.truncate(9);
+        assert_eq!(v.len(), 2);
+        // Growing within the allocation zeroes the new part.
+        v.grow(6);
+        assert_eq!(&*v, &[1, 2, 0, 0, 0, 0]);
+        // Growing past it reallocates, still aligned and zeroed.
+        v.grow(1000);
+        assert_eq!(v.len(), 1000);
+        assert!(v.iter().all(|&x| x == 0));
+        assert_eq!(v.as_ptr() as usize % 64, 0);
+        v.grow(10);
+        assert_eq!(v.len(), 1000);
+    }
+}
