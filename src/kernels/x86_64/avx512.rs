@@ -19,8 +19,8 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::{
-    as_bytes, check_packed, index_consts, interleave4, normalize_table, run_tiles, ARows, Blocking,
-    ColGroups, Tile, GROUP_BYTES,
+    as_bytes, check_packed, index_consts, index_consts_f32, interleave4, normalize_table,
+    run_tiles, ARows, Blocking, ColGroups, Tile, GROUP_BYTES,
 };
 use crate::kernels::{Kernel, PackedB};
 use crate::softmax::Lut;
@@ -293,11 +293,25 @@ unsafe fn micro<const R: usize, const A_U8: bool>(t: &Tile) {
 /// Largest of `row` (not empty).
 #[target_feature(enable = "avx512f")]
 fn row_max(row: &[i32]) -> i32 {
-    let mut mx = _mm512_set1_epi32(i32::MIN);
-    for i in (0..row.len()).step_by(16) {
-        let m = mask16((row.len() - i).min(16));
-        // SAFETY: only the lanes of `m`, all inside `row`, are read.
-        let v = unsafe { _mm512_mask_loadu_epi32(mx, m, row.as_ptr().wrapping_add(i)) };
+    // Four accumulators over whole groups of 64, then the masked rest.
+    let mut acc = [_mm512_set1_epi32(i32::MIN); 4];
+    let mut groups = row.chunks_exact(64);
+    for g in &mut groups {
+        for (q, a) in acc.iter_mut().enumerate() {
+            // SAFETY: lanes 16 q .. 16 q + 16 of a 64-entry chunk are inside it.
+            let v = unsafe { _mm512_loadu_epi32(g.as_ptr().add(16 * q)) };
+            *a = _mm512_max_epi32(*a, v);
+        }
+    }
+    let rest = groups.remainder();
+    let mut mx = _mm512_max_epi32(
+        _mm512_max_epi32(acc[0], acc[1]),
+        _mm512_max_epi32(acc[2], acc[3]),
+    );
+    for i in (0..rest.len()).step_by(16) {
+        let m = mask16((rest.len() - i).min(16));
+        // SAFETY: only the lanes of `m`, all inside `rest`, are read.
+        let v = unsafe { _mm512_mask_loadu_epi32(mx, m, rest.as_ptr().wrapping_add(i)) };
         mx = _mm512_max_epi32(mx, v);
     }
     _mm512_reduce_max_epi32(mx)
@@ -346,6 +360,9 @@ struct RowConsts {
     threshold: __m512i,
     scale: __m512d,
     bias: __m512d,
+    scale_f: __m512,
+    lo_f: __m512,
+    hi_f: __m512,
     perm: __m512i,
 }
 
@@ -364,27 +381,59 @@ fn row_setup(
         return None;
     }
     let (scale, bias) = index_consts(lut, threshold);
+    let (scale_f, lo_f, hi_f) = index_consts_f32(lut, threshold);
     Some(RowConsts {
         max: _mm512_set1_epi32(row_max(&row[..valid])),
         threshold: _mm512_set1_epi32(threshold),
         scale: _mm512_set1_pd(scale),
         bias: _mm512_set1_pd(bias),
+        scale_f: _mm512_set1_ps(scale_f),
+        lo_f: _mm512_set1_ps(lo_f),
+        hi_f: _mm512_set1_ps(hi_f),
         // Byte order fix-up after the in-lane packs: dword 4 (t % 4) + t / 4 goes to slot t.
         perm: _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15),
     })
 }
 
-/// Table indices of the (up to) 64 scores at `src`, `rem` of them kept, as bytes in order.
+/// Table indices of the (up to) 64 scores at `src`, `rem` of them kept, as bytes in order:
+/// the f32 screen of [`index_consts_f32`], and the f64 index of [`index_consts`] for the whole
+/// group when any lane is undecided.
 /// Safety: the first `min(rem, 64)` i32 at `src` must be readable.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn index_bytes64(src: *const i32, rem: usize, k: &RowConsts) -> __m512i {
+    const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
     let mut idx = [_mm512_setzero_si512(); 4];
+    let mut undecided = 0;
     for (q, iq) in idx.iter_mut().enumerate() {
         let m = mask16(rem.saturating_sub(16 * q).min(16));
         // Masked-off lanes are neither read nor used (their bytes are zeroed by the caller).
         let s = _mm512_maskz_loadu_epi32(m, src.wrapping_add(16 * q));
         // m - S wraps in i32 but is exact read as u32 (0 <= m - S < 2^32); min with T.
+        let d = _mm512_cvtepi32_ps(_mm512_min_epu32(_mm512_sub_epi32(k.max, s), k.threshold));
+        let lo = _mm512_cvt_roundps_epi32::<FLOOR>(_mm512_fmadd_ps(d, k.scale_f, k.lo_f));
+        let hi = _mm512_cvt_roundps_epi32::<FLOOR>(_mm512_fmadd_ps(d, k.scale_f, k.hi_f));
+        undecided |= _mm512_mask_cmpneq_epi32_mask(m, lo, hi);
+        *iq = hi;
+    }
+    if undecided != 0 {
+        idx = index_f64(src, rem, k);
+    }
+    let w01 = _mm512_packus_epi32(idx[0], idx[1]);
+    let w23 = _mm512_packus_epi32(idx[2], idx[3]);
+    _mm512_permutexvar_epi32(k.perm, _mm512_packus_epi16(w01, w23))
+}
+
+/// The exact f64 index of [`index_consts`] for the (up to) 64 scores at `src`, as four
+/// vectors of 16 i32. Safety: as [`index_bytes64`].
+#[cold]
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn index_f64(src: *const i32, rem: usize, k: &RowConsts) -> [__m512i; 4] {
+    let mut idx = [_mm512_setzero_si512(); 4];
+    for (q, iq) in idx.iter_mut().enumerate() {
+        let m = mask16(rem.saturating_sub(16 * q).min(16));
+        let s = _mm512_maskz_loadu_epi32(m, src.wrapping_add(16 * q));
         let d = _mm512_min_epu32(_mm512_sub_epi32(k.max, s), k.threshold);
         let lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(d));
         let hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(d));
@@ -392,9 +441,7 @@ unsafe fn index_bytes64(src: *const i32, rem: usize, k: &RowConsts) -> __m512i {
         let ihi = _mm512_cvttpd_epi32(_mm512_fmadd_pd(hi, k.scale, k.bias));
         *iq = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ilo), ihi);
     }
-    let w01 = _mm512_packus_epi32(idx[0], idx[1]);
-    let w23 = _mm512_packus_epi32(idx[2], idx[3]);
-    _mm512_permutexvar_epi32(k.perm, _mm512_packus_epi16(w01, w23))
+    idx
 }
 
 /// Stores the kept bytes of `e` (the first `min(rem, 64)`) at `dst` and adds them to the
@@ -425,10 +472,17 @@ unsafe fn index_softmax_row_vbmi(
     let t = [load64(p, 0), load64(p, 64), load64(p, 128), load64(p, 192)];
     let len = lut.entries().len();
     let mut sum = _mm512_setzero_si512();
-    for base in (0..valid).step_by(64) {
-        let idx = index_bytes64(row.as_ptr().add(base), valid - base, &k);
+    // Whole groups with the constant 64 (every mask folds away), then the masked rest.
+    let full = valid / 64 * 64;
+    for base in (0..full).step_by(64) {
+        let idx = index_bytes64(row.as_ptr().add(base), 64, &k);
         let out = lookup_perm(&t, len, idx);
-        sum = store_and_sum64(out, valid - base, e.as_mut_ptr().add(base), sum);
+        sum = store_and_sum64(out, 64, e.as_mut_ptr().add(base), sum);
+    }
+    if full < valid {
+        let idx = index_bytes64(row.as_ptr().add(full), valid - full, &k);
+        let out = lookup_perm(&t, len, idx);
+        sum = store_and_sum64(out, valid - full, e.as_mut_ptr().add(full), sum);
     }
     _mm512_reduce_add_epi64(sum) as u32
 }
@@ -453,10 +507,17 @@ unsafe fn index_softmax_row_bw(
         ));
     }
     let mut sum = _mm512_setzero_si512();
-    for base in (0..valid).step_by(64) {
-        let idx = index_bytes64(row.as_ptr().add(base), valid - base, &k);
+    // Whole groups with the constant 64 (every mask folds away), then the masked rest.
+    let full = valid / 64 * 64;
+    for base in (0..full).step_by(64) {
+        let idx = index_bytes64(row.as_ptr().add(base), 64, &k);
         let out = lookup_shuf(&t, chunks, idx);
-        sum = store_and_sum64(out, valid - base, e.as_mut_ptr().add(base), sum);
+        sum = store_and_sum64(out, 64, e.as_mut_ptr().add(base), sum);
+    }
+    if full < valid {
+        let idx = index_bytes64(row.as_ptr().add(full), valid - full, &k);
+        let out = lookup_shuf(&t, chunks, idx);
+        sum = store_and_sum64(out, valid - full, e.as_mut_ptr().add(full), sum);
     }
     _mm512_reduce_add_epi64(sum) as u32
 }

@@ -462,6 +462,30 @@ pub(crate) fn index_consts(lut: &Lut, threshold: i32) -> (f64, f64) {
     (scale, bias)
 }
 
+/// Per-row constants of the f32 screen in front of [`index_consts`]: `(scale, lo, hi)` with
+/// `scale = fl32((N-1)/T)`, `lo = 1/2 - 2^-13`, `hi = 1/2 + 2^-13`. A lane whose
+/// `floor(fl32(D) * scale + lo)` and `floor(fl32(D) * scale + hi)` (each one f32 multiply-add)
+/// agree has that common value as its exact index; lanes where they differ take the f64 path.
+///
+/// Why, for `0 <= D <= T <= 2^30`, `N <= 256`, `v = D (N-1)/T + 1/2` (the exact index is
+/// `floor(v)`, see [`index_consts`]):
+/// - `fl32(D)` and `scale` each carry a relative error below `2^-24 (1 + 2^-29)`, so their exact
+///   product is within `255 * 2^-22.9 < 2^-14.9` of `D (N-1)/T`; the multiply-add rounds once, to
+///   half an ulp of a value below 256, `2^-17`. Both results are within `2^-14.5 < 2^-13` of
+///   `v - 2^-13` and `v + 2^-13`: `y_lo < v < y_hi`.
+/// - If `floor(y_lo) = floor(y_hi) = i` then `i <= y_lo < v < y_hi < i + 1`, so `floor(v) = i`.
+///   An integer `v` (a tie of the exact rule) always falls between two different floors, as
+///   does any `v` within about `2^-13` of an integer: those lanes are recomputed in f64. For
+///   scores spread over the row that is about one lane in 4,000.
+///
+/// `tests/kernels.rs` drives both outcomes: every bucket boundary (where the screen must defer)
+/// and random rows (where it decides).
+pub(crate) fn index_consts_f32(lut: &Lut, threshold: i32) -> (f32, f32, f32) {
+    let scale = (lut.max_index() as f64 / threshold as f64) as f32;
+    let eps = 2f32.powi(-13);
+    (scale, 0.5 - eps, 0.5 + eps)
+}
+
 /// Scalar IndexSoftmax for `row[from..valid]` given the row max: the vector loops' tail.
 pub(crate) fn index_softmax_tail(
     row: &[i32],
