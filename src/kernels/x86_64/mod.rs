@@ -16,6 +16,8 @@ pub mod avx2;
 pub mod avx512;
 
 use super::Kernel;
+use rayon::prelude::*;
+
 use crate::aligned::AlignedVec;
 use crate::reference;
 use crate::softmax::Lut;
@@ -40,6 +42,9 @@ pub fn kernels() -> Vec<&'static dyn Kernel> {
 
 /// Bytes per (group, row) of packed A and per (group, column) of packed B, in both layouts.
 pub(crate) const GROUP_BYTES: usize = 4;
+
+/// Packed bytes per packing task, at least (smaller packs stay on the calling thread).
+const PACK_TASK_BYTES: usize = 64 << 10;
 
 /// Tile and blocking sizes of one GEMM family.
 #[derive(Clone, Copy, Debug)]
@@ -91,7 +96,7 @@ impl Blocking {
                 panel[at..at + GROUP_BYTES].copy_from_slice(&mode.group(src));
             }
         };
-        for (p, panel) in out.chunks_exact_mut(panel_bytes).enumerate() {
+        let job = |(p, panel): (usize, &mut [u8])| {
             let cols = (n - p * self.nr).min(self.nr);
             let mut jj = 0;
             while jj + 4 <= cols {
@@ -111,39 +116,50 @@ impl Blocking {
             for jj in jj..cols {
                 scalar(panel, p * self.nr + jj, jj, 0);
             }
-        }
+        };
+        // Panels are disjoint: pack them on the caller's pool, a few per task (with one key
+        // head and 16 workers the packing is otherwise a serial step before the row blocks).
+        out.par_chunks_exact_mut(panel_bytes)
+            .enumerate()
+            .with_min_len(PACK_TASK_BYTES.div_ceil(panel_bytes))
+            .for_each(job);
         out.cast()
     }
 
     /// Packs a row-major B (`k` rows of `n` values, as V in P V). For each group `g` and
     /// panel, `fill(rows, j0, dst)` gets the group's rows (`kg` of them, fewer in the last
     /// group of a ragged depth) and writes the 4 bytes of columns `j0..j0 + dst.len() / 4`.
-    pub fn pack_b_rows<T: Copy>(
+    pub fn pack_b_rows<T: Copy + Sync>(
         &self,
         b: &[T],
         k: usize,
         n: usize,
-        fill: impl Fn(&[&[T]], usize, &mut [u8]),
+        fill: impl Fn(&[&[T]], usize, &mut [u8]) + Sync,
     ) -> AlignedVec<i8> {
         assert_eq!(b.len(), n * k, "B must be {k} x {n}");
         let mut out = AlignedVec::<u8>::zeroed(self.packed_b_len(n, k));
-        if n == 0 {
+        if n == 0 || k == 0 {
             return out.cast();
         }
         let panel_bytes = self.groups(k) * self.nr * GROUP_BYTES;
         let group_bytes = self.nr * GROUP_BYTES;
-        for (g, rows) in b.chunks(self.kg * n).enumerate() {
-            let mut slices: [&[T]; GROUP_BYTES] = [&[]; GROUP_BYTES];
-            for (s, row) in slices.iter_mut().zip(rows.chunks_exact(n)) {
-                *s = row;
-            }
-            let slices = &slices[..rows.len() / n];
-            for (p, panel) in out.chunks_exact_mut(panel_bytes).enumerate() {
-                let cols = (n - p * self.nr).min(self.nr);
+        // One panel per task at most (disjoint outputs), each walking every group of rows.
+        let job = |(p, panel): (usize, &mut [u8])| {
+            let cols = (n - p * self.nr).min(self.nr);
+            for (g, rows) in b.chunks(self.kg * n).enumerate() {
+                let mut slices: [&[T]; GROUP_BYTES] = [&[]; GROUP_BYTES];
+                for (s, row) in slices.iter_mut().zip(rows.chunks_exact(n)) {
+                    *s = row;
+                }
+                let slices = &slices[..rows.len() / n];
                 let dst = &mut panel[g * group_bytes..][..cols * GROUP_BYTES];
                 fill(slices, p * self.nr, dst);
             }
-        }
+        };
+        out.par_chunks_exact_mut(panel_bytes)
+            .enumerate()
+            .with_min_len(PACK_TASK_BYTES.div_ceil(panel_bytes))
+            .for_each(job);
         out.cast()
     }
 }
