@@ -25,10 +25,11 @@ use crate::quant::QTensor;
 use crate::softmax::{Lut, MAX_ROW_LEN};
 use crate::threads;
 
-/// Row blocks are multiples of this: SIMD GEMM micro-kernels work on 8 or 16 rows at a time.
-pub const ROW_TILE: usize = 8;
+/// Row blocks are multiples of this: SIMD GEMM micro-kernels work on 8 or 16 rows at a time,
+/// AMX on tiles of 16 (a 40-row block ran as 48 there, with the last 8 rows copied).
+pub const ROW_TILE: usize = 16;
 /// Smallest row block (unless the head has fewer query rows).
-pub const MIN_BLOCK_ROWS: usize = 8;
+pub const MIN_BLOCK_ROWS: usize = 16;
 /// Largest row block: past this the score block no longer gains reuse of the K/V panels.
 pub const MAX_BLOCK_ROWS: usize = 256;
 /// Largest causal row block: every row of a block computes scores up to the block's last row,
@@ -558,22 +559,25 @@ mod tests {
             l1d: 48 << 10,
             l2: 2 << 20,
         };
-        // 1 MiB / (5 * 1024 + 12 * 128) = 157 rows -> 152.
+        // 1 MiB / (5 * 1024 + 12 * 128) = 157 rows -> 144.
         let one = AttnShape::new(1, 1, 1024, 128);
-        assert_eq!(BlockPlan::new(&one, false, 1, caches).rows, 152);
+        assert_eq!(BlockPlan::new(&one, false, 1, caches).rows, 144);
         // Two workers, one head: 8 blocks of 128 rows.
         assert_eq!(BlockPlan::new(&one, false, 2, caches).rows, 128);
-        // L = 4096 on 16 workers: 103 blocks of 40 would leave one worker 7 blocks; 32 rows
-        // give 128 blocks, 8 each. With 16 heads there are enough blocks already.
+        // L = 4096: 1 MiB / 22,016 = 47 rows -> 32; on 16 workers 128 blocks, 8 each.
         let l4k = AttnShape::new(1, 1, 4096, 128);
-        assert_eq!(BlockPlan::new(&l4k, false, 1, caches).rows, 40);
+        assert_eq!(BlockPlan::new(&l4k, false, 1, caches).rows, 32);
         assert_eq!(BlockPlan::new(&l4k, false, 16, caches).rows, 32);
-        assert_eq!(BlockPlan::new(&l4k, false, 2, caches).rows, 40);
+        assert_eq!(BlockPlan::new(&l4k, false, 2, caches).rows, 32);
         let h16 = AttnShape::new(1, 16, 4096, 128);
-        assert_eq!(BlockPlan::new(&h16, false, 16, caches).rows, 40);
-        // Long keys: at least 8 rows; decode: 1 row.
+        assert_eq!(BlockPlan::new(&h16, false, 16, caches).rows, 32);
+        // On 12 workers 128 blocks of 32 leave the busiest 11 (352 rows); 16-row blocks
+        // give 22 of 16 (352 too), so 32 stays; on 24 workers 16 rows cut 192 to 176.
+        assert_eq!(BlockPlan::new(&l4k, false, 12, caches).rows, 32);
+        assert_eq!(BlockPlan::new(&l4k, false, 24, caches).rows, 16);
+        // Long keys: at least 16 rows; decode: 1 row.
         let long = AttnShape::new(1, 1, 16384, 128);
-        assert_eq!(BlockPlan::new(&long, false, 1, caches).rows, 8);
+        assert_eq!(BlockPlan::new(&long, false, 1, caches).rows, 16);
         let mut decode = AttnShape::new(1, 8, 4096, 64);
         decode.q_len = 1;
         assert_eq!(BlockPlan::new(&decode, false, 2, caches).rows, 1);
