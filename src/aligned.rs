@@ -35,6 +35,26 @@ pod!(i8, u8, i32, u32, i64, f32);
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
+/// `n` zeroed lines from the allocator's zeroing path (calloc: fresh pages arrive zeroed and
+/// are touched later by whoever writes them, in parallel), where `vec![Line([0; 64]); n]`
+/// would write every byte on this thread (the standard library only knows that primitive
+/// zeros are all-zero bytes).
+fn zeroed_lines(n: usize) -> Vec<Line> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let layout = std::alloc::Layout::array::<Line>(n).expect("AlignedVec: size overflows");
+    // SAFETY: `layout` has non-zero size (n > 0, 64-byte lines).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut Line;
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[Line; n]`
+    // (size and alignment as `Vec<Line>` with capacity n uses), and all n elements are
+    // initialised: all-zero bytes are a valid `Line`.
+    unsafe { Vec::from_raw_parts(ptr, n, n) }
+}
+
 /// `len` values of `T` at the start of a 64-byte aligned allocation.
 pub struct AlignedVec<T: Pod> {
     lines: Vec<Line>,
@@ -49,7 +69,7 @@ impl<T: Pod> AlignedVec<T> {
             .checked_mul(size_of::<T>())
             .expect("AlignedVec: length overflows usize");
         AlignedVec {
-            lines: vec![Line([0; 64]); bytes.div_ceil(64)],
+            lines: zeroed_lines(bytes.div_ceil(64)),
             len,
             _t: PhantomData,
         }

@@ -317,13 +317,8 @@ impl Attention {
                 self.run_float::<f16>(shape, &q16, &k16, &v16)
             }
             Pipeline::Int8 | Pipeline::IntAttention => {
-                let (q, k, v) = threads::install(self.threads, || {
-                    Ok::<_, Error>((
-                        QTensor::quantize_parallel(q)?,
-                        QTensor::quantize_parallel(k)?,
-                        QTensor::quantize_parallel(v)?,
-                    ))
-                })??;
+                let [q, k, v] =
+                    threads::install(self.threads, || QTensor::quantize_all_parallel([q, k, v]))??;
                 self.run_quantized(shape, &q, &k, &v)
             }
         }

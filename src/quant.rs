@@ -178,18 +178,54 @@ impl QTensor {
     /// maximum and every element are computed exactly as in the serial version). The pipelines
     /// use it so that quantizing a large Q, K, V does not run on one core while the rest idle.
     pub fn quantize_parallel(x: &[f32]) -> Result<Self> {
+        let [t] = Self::quantize_all_parallel([x])?;
+        Ok(t)
+    }
+
+    /// [`QTensor::quantize`] of several tensors at once on the current rayon pool: one parallel
+    /// pass takes the maxima of all of them, one quantizes all of them, so Q, K and V share two
+    /// waits instead of six (with one head on 16 workers, quantizing them one by one took a
+    /// fifth of the run). Identical results to quantizing each alone.
+    pub fn quantize_all_parallel<const N: usize>(xs: [&[f32]; N]) -> Result<[Self; N]> {
         use rayon::prelude::*;
-        const CHUNK: usize = 1 << 16;
-        let max_bits = x.par_chunks(CHUNK).map(max_abs_bits).max().unwrap_or(0);
-        if max_bits >= f32::INFINITY.to_bits() {
-            check_finite("tensor to quantize", x)?;
+        const CHUNK: usize = 1 << 14;
+        let chunks: Vec<(usize, &[f32])> = xs
+            .iter()
+            .enumerate()
+            .flat_map(|(t, x)| x.chunks(CHUNK).map(move |c| (t, c)))
+            .collect();
+        let maxima: Vec<(usize, u32)> = chunks
+            .par_iter()
+            .map(|&(t, c)| (t, max_abs_bits(c)))
+            .collect();
+        let mut max_bits = [0u32; N];
+        for (t, m) in maxima {
+            max_bits[t] = max_bits[t].max(m);
         }
-        let scale = f32::from_bits(max_bits) / 127.0;
-        let mut data = vec![0i8; x.len()];
-        data.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, c)| quantize_with_scale(c, scale, o));
-        Ok(QTensor { data, scale })
+        let mut scales = [0f32; N];
+        for t in 0..N {
+            if max_bits[t] >= f32::INFINITY.to_bits() {
+                check_finite("tensor to quantize", xs[t])?;
+            }
+            scales[t] = f32::from_bits(max_bits[t]) / 127.0;
+        }
+        let mut data: [Vec<i8>; N] = std::array::from_fn(|t| vec![0i8; xs[t].len()]);
+        let jobs: Vec<(usize, &mut [i8], &[f32])> = data
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(t, d)| {
+                d.chunks_mut(CHUNK)
+                    .zip(xs[t].chunks(CHUNK))
+                    .map(move |(o, c)| (t, o, c))
+            })
+            .collect();
+        jobs.into_par_iter()
+            .for_each(|(t, o, c)| quantize_with_scale(c, scales[t], o));
+        let mut data = data.into_iter();
+        Ok(std::array::from_fn(|t| QTensor {
+            data: data.next().expect("one buffer per tensor"),
+            scale: scales[t],
+        }))
     }
 
     /// Wraps int8 data a caller already holds. The scale must be finite and non-negative.
@@ -300,6 +336,17 @@ mod tests {
             Err(Error::NonFinite { index: 200_000, .. })
         ));
         assert_eq!(QTensor::quantize_parallel(&[]).unwrap().scale, 0.0);
+        // Several at once: each as if alone (different lengths and scales, one empty), and a
+        // NaN in the second reported at its own index.
+        let z: Vec<f32> = x[..70_000].iter().map(|v| v * 0.01).collect();
+        let all = QTensor::quantize_all_parallel([&x[..], &z[..], &[]]).unwrap();
+        assert_eq!(all[0], QTensor::quantize(&x).unwrap());
+        assert_eq!(all[1], QTensor::quantize(&z).unwrap());
+        assert_eq!(all[2], QTensor::quantize(&[]).unwrap());
+        assert!(matches!(
+            QTensor::quantize_all_parallel([&x[..], &y[..]]),
+            Err(Error::NonFinite { index: 200_000, .. })
+        ));
     }
 
     #[test]
