@@ -201,14 +201,6 @@ struct Chunk<'a> {
 }
 
 impl Chunk<'_> {
-    /// `c[m x len] = a[m x d] * K_chunk^T`.
-    fn scores(&self, kernel: &dyn Kernel, a: &[i8], m: usize, d: usize, c: &mut [i32]) {
-        match &self.k {
-            Operand::Packed(b) => kernel.gemm_s8s8_packed(a, m, b, c),
-            Operand::Plain(b) => kernel.gemm_s8s8_nt(a, b, m, self.len, d, c),
-        }
-    }
-
     /// `c[m x d] = p[m x len] * V_chunk`.
     fn pv(&self, kernel: &dyn Kernel, p: &[u8], m: usize, d: usize, c: &mut [i32]) {
         match &self.v {
@@ -217,17 +209,9 @@ impl Chunk<'_> {
         }
     }
 
-    /// `c = a[m x d] * K_chunk^T` with score rows `ldc` apart, `ldc` from
+    /// `c = a[m x d] * K_chunk^T` with score rows `ldc` apart: `len` (dense) or
     /// [`Self::s_stride`].
-    fn scores_in(
-        &self,
-        kernel: &dyn Kernel,
-        a: &[i8],
-        m: usize,
-        d: usize,
-        c: &mut [i32],
-        ldc: usize,
-    ) {
+    fn scores(&self, kernel: &dyn Kernel, a: &[i8], m: usize, d: usize, c: &mut [i32], ldc: usize) {
         match &self.k {
             Operand::Packed(b) => kernel.gemm_s8s8_packed_strided(a, m, b, c, ldc),
             Operand::Plain(b) => kernel.gemm_s8s8_nt(a, b, m, self.len, d, c),
@@ -391,11 +375,11 @@ impl Ctx<'_> {
 
         // Scores, written straight into the block when one chunk covers it.
         if nch == 1 {
-            kv.chunks[0].scores_in(kernel, qb, m, d, s, ss);
+            kv.chunks[0].scores(kernel, qb, m, d, s, ss);
         } else {
             for c in &kv.chunks[..nch] {
                 let t = &mut scr.chunk_scores[..m * c.len];
-                c.scores(kernel, qb, m, d, t);
+                c.scores(kernel, qb, m, d, t, c.len);
                 for (i, trow) in t.chunks_exact(c.len).enumerate() {
                     s[i * ncols + c.start..i * ncols + c.start + c.len].copy_from_slice(trow);
                 }
