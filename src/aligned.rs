@@ -12,12 +12,15 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
+
+use rayon::prelude::*;
 
 /// Plain numbers: every bit pattern (in particular all zeros) is a valid value, there is no
 /// padding, and the alignment divides 64. Sealed: implemented for the element types the
 /// kernels use and nothing else.
-pub trait Pod: Copy + private::Sealed {}
+pub trait Pod: Copy + Send + Sync + private::Sealed {}
 
 mod private {
     pub trait Sealed {}
@@ -36,9 +39,10 @@ pod!(i8, u8, i32, u32, i64, f32);
 struct Line([u8; 64]);
 
 /// `n` zeroed lines from the allocator's zeroing path (calloc: fresh pages arrive zeroed and
-/// are touched later by whoever writes them, in parallel), where `vec![Line([0; 64]); n]`
-/// would write every byte on this thread (the standard library only knows that primitive
-/// zeros are all-zero bytes).
+/// are touched later by whoever writes them), where `vec![Line([0; 64]); n]` would write every
+/// byte on this thread (the standard library only knows that primitive zeros are all-zero
+/// bytes). Reused heap memory is still zeroed by calloc on this thread: buffers that workers
+/// fill in parallel come from [`AlignedVec::par_build`] instead.
 fn zeroed_lines(n: usize) -> Vec<Line> {
     if n == 0 {
         return Vec::new();
@@ -110,6 +114,101 @@ impl<T: Pod> AlignedVec<T> {
                 *self = Self::zeroed(len);
             }
         }
+    }
+}
+
+impl<T: Pod> AlignedVec<T> {
+    /// `len` values made on the current rayon pool: the buffer is cut into pieces of `piece`
+    /// values (the last may be shorter), and each piece is zeroed and then handed to
+    /// `fill(index, piece)` on some worker. See [`par_vecs`] for why.
+    pub fn par_build(len: usize, piece: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Self {
+        let bytes = len
+            .checked_mul(size_of::<T>())
+            .expect("AlignedVec: length overflows usize");
+        let n = bytes.div_ceil(64);
+        let mut lines: Vec<Line> = Vec::with_capacity(n);
+        // Exact: `Pod` sizes divide 64, so `room` values are the n lines' bytes.
+        let room = n * 64 / size_of::<T>();
+        let spare = lines.spare_capacity_mut();
+        // SAFETY: the spare capacity holds n lines = `room * size_of::<T>()` bytes (at most),
+        // aligned for `T` (64-byte start, `Pod` alignments divide 64); `MaybeUninit<T>` has
+        // no validity requirement, and the slice borrows `lines` exclusively.
+        let values = unsafe {
+            std::slice::from_raw_parts_mut(spare.as_mut_ptr() as *mut MaybeUninit<T>, room)
+        };
+        let (head, tail) = values.split_at_mut(len);
+        fill_pieces(&mut [head], piece, &|_, i, p| fill(i, p));
+        // The bytes of the last line past `len`.
+        zero_uninit(tail);
+        // SAFETY: every byte of the n lines is initialised (the zeroed pieces cover `head`,
+        // `tail` is zeroed, and `room` values are exactly the lines' bytes); any bytes make a
+        // valid `Line`. If a `fill` panicked we never get here and `lines` stays empty.
+        unsafe { lines.set_len(n) };
+        AlignedVec {
+            lines,
+            len,
+            _t: PhantomData,
+        }
+    }
+}
+
+/// `Vec`s of the given lengths made on the current rayon pool: each is cut into pieces of
+/// `piece` values (the last may be shorter), and each piece is zeroed and then handed to
+/// `fill(vec, index, piece)` on some worker, all pieces of all vectors in one parallel pass.
+///
+/// Why: `vec![0; n]` of a large `n` zeroes the whole buffer on the calling thread whenever the
+/// allocator hands back reused memory (glibc's calloc from a heap: a memset that page-faults
+/// on every page the heap had given back). With 16 workers that serial step, for Q, K, V and
+/// the packed operands of one attention head, was longer than the workers' share of the
+/// quantization itself. Here every worker zeroes (and faults in) only its own pieces.
+pub fn par_vecs<T: Pod, const N: usize>(
+    lens: [usize; N],
+    piece: usize,
+    fill: impl Fn(usize, usize, &mut [T]) + Sync,
+) -> [Vec<T>; N] {
+    let mut vecs: [Vec<T>; N] = lens.map(Vec::with_capacity);
+    {
+        let mut parts: Vec<&mut [MaybeUninit<T>]> = vecs
+            .iter_mut()
+            .zip(lens)
+            .map(|(v, n)| &mut v.spare_capacity_mut()[..n])
+            .collect();
+        fill_pieces(&mut parts, piece, &fill);
+    }
+    for (v, n) in vecs.iter_mut().zip(lens) {
+        // SAFETY: `fill_pieces` initialised the first `n` values of the spare capacity (every
+        // piece is zeroed before `fill` sees it); if it panicked we never get here and the
+        // vectors stay empty.
+        unsafe { v.set_len(n) };
+    }
+    vecs
+}
+
+/// Zeroes every piece of every part (pieces of `piece` values) and runs `fill(part, index,
+/// piece)` on it, all in one parallel pass.
+fn fill_pieces<T: Pod>(
+    parts: &mut [&mut [MaybeUninit<T>]],
+    piece: usize,
+    fill: &(dyn Fn(usize, usize, &mut [T]) + Sync),
+) {
+    let piece = piece.max(1);
+    let jobs: Vec<(usize, usize, &mut [MaybeUninit<T>])> = parts
+        .iter_mut()
+        .enumerate()
+        .flat_map(|(b, s)| s.chunks_mut(piece).enumerate().map(move |(i, c)| (b, i, c)))
+        .collect();
+    jobs.into_par_iter()
+        .for_each(|(b, i, c)| fill(b, i, zero_uninit(c)));
+}
+
+/// Zeroes `s` and returns it as initialised values.
+fn zero_uninit<T: Pod>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: the write covers exactly the slice's bytes (`MaybeUninit<T>` has `T`'s layout),
+    // after it every value is all-zero bytes, a valid `T` (`Pod`), so the slice may be viewed
+    // as `[T]` for as long as the exclusive borrow lasts.
+    unsafe {
+        std::ptr::write_bytes(s.as_mut_ptr(), 0, s.len());
+        &mut *(s as *mut [MaybeUninit<T>] as *mut [T])
     }
 }
 
@@ -193,6 +292,38 @@ mod tests {
             assert_eq!(&*v, &src[..]);
             assert_eq!(v.clone(), v);
         }
+    }
+
+    #[test]
+    fn parallel_builds_cover_every_value() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        pool.install(|| {
+            for (len, piece) in [(0usize, 4usize), (1, 4), (7, 3), (64, 16), (1000, 7), (5, 0)] {
+                // Each piece sees zeros, then gets its index and offset written in.
+                let seen_zero = std::sync::atomic::AtomicBool::new(true);
+                let v = AlignedVec::<u32>::par_build(len, piece, |i, p| {
+                    if p.iter().any(|&x| x != 0) {
+                        seen_zero.store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    for (j, x) in p.iter_mut().enumerate() {
+                        *x = (i * piece.max(1) + j) as u32 * 3 + 1;
+                    }
+                });
+                assert!(seen_zero.into_inner());
+                assert_eq!(v.len(), len);
+                assert_eq!(v.as_ptr() as usize % 64, 0);
+                assert!(v.iter().enumerate().all(|(j, &x)| x == j as u32 * 3 + 1));
+
+                let [a, b] = par_vecs::<i8, 2>([len, len / 2], piece, |t, i, p| {
+                    for (j, x) in p.iter_mut().enumerate() {
+                        *x = ((i * piece.max(1) + j) % 100) as i8 - t as i8 * 50;
+                    }
+                });
+                assert_eq!((a.len(), b.len()), (len, len / 2));
+                assert!(a.iter().enumerate().all(|(j, &x)| x == (j % 100) as i8));
+                assert!(b.iter().enumerate().all(|(j, &x)| x == (j % 100) as i8 - 50));
+            }
+        });
     }
 
     #[test]

@@ -379,13 +379,16 @@ impl Attention {
             IntSoftmax::Index { params } => params.lut(),
             IntSoftmax::Float { .. } => Lut::new(DEFAULT_TABLE_BITS, DEFAULT_CLIP)?,
         };
-        let mut out = vec![0f32; shape.q_elems()];
         if self.schedule != Schedule::Unfused {
-            fused::run(self, kernel, shape, &softmax, &lut, q, k, v, &mut out)?;
-            return Ok(out);
+            return threads::install(self.threads, || {
+                let mut out = output_buffer(shape);
+                fused::run(self, kernel, shape, &softmax, &lut, q, k, v, &mut out)?;
+                Ok(out)
+            })?;
         }
         let per_head = shape.q_len * shape.head_dim;
         threads::install(self.threads, || {
+            let mut out = output_buffer(shape);
             out.par_chunks_mut(per_head)
                 .enumerate()
                 .for_each(|(bh, o)| {
@@ -396,9 +399,9 @@ impl Attention {
                         batch: bh / shape.heads,
                     };
                     ctx.int_head(kernel, &softmax, &lut, qh, kh, vh, v.scale, o);
-                })
-        })?;
-        Ok(out)
+                });
+            out
+        })
     }
 
     fn run_float<T: FloatElem>(
@@ -409,11 +412,11 @@ impl Attention {
         v: &[T],
     ) -> Result<Vec<f32>> {
         let kernel = kernels::active()?;
-        let mut out = vec![0f32; shape.q_elems()];
         let per_head = shape.q_len * shape.head_dim;
         let scale = self.softmax_scale(shape.head_dim);
         let overflow = std::sync::atomic::AtomicBool::new(false);
-        threads::install(self.threads, || {
+        let out = threads::install(self.threads, || {
+            let mut out = output_buffer(shape);
             out.par_chunks_mut(per_head)
                 .enumerate()
                 .for_each(|(bh, o)| {
@@ -426,7 +429,8 @@ impl Attention {
                     if !ctx.float_head(kernel, scale, qh, kh, vh, o) {
                         overflow.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
-                })
+                });
+            out
         })?;
         if overflow.into_inner() {
             return Err(Error::Unsupported(
@@ -436,6 +440,14 @@ impl Attention {
         }
         Ok(out)
     }
+}
+
+/// The zeroed output, shaped like Q, made by the current pool's workers (see
+/// [`crate::aligned::par_vecs`]: `vec![0.0; n]` would zero it on one thread).
+fn output_buffer(shape: &AttnShape) -> Vec<f32> {
+    const PIECE: usize = 1 << 14;
+    let [out] = crate::aligned::par_vecs([shape.q_elems()], PIECE, |_, _, _| {});
+    out
 }
 
 pub(crate) fn check_lens(shape: &AttnShape, q: usize, k: usize, v: usize) -> Result<()> {

@@ -209,18 +209,10 @@ impl QTensor {
             }
             scales[t] = f32::from_bits(max_bits[t]) / 127.0;
         }
-        let mut data: [Vec<i8>; N] = std::array::from_fn(|t| vec![0i8; xs[t].len()]);
-        let jobs: Vec<(usize, &mut [i8], &[f32])> = data
-            .iter_mut()
-            .enumerate()
-            .flat_map(|(t, d)| {
-                d.chunks_mut(CHUNK)
-                    .zip(xs[t].chunks(CHUNK))
-                    .map(move |(o, c)| (t, o, c))
-            })
-            .collect();
-        jobs.into_par_iter()
-            .for_each(|(t, o, c)| quantize_with_scale(c, scales[t], o));
+        // Made in place by the workers: no serial zeroing of fresh buffers on this thread.
+        let data: [Vec<i8>; N] = crate::aligned::par_vecs(xs.map(|x| x.len()), CHUNK, |t, i, o| {
+            quantize_with_scale(&xs[t][i * CHUNK..i * CHUNK + o.len()], scales[t], o)
+        });
         let mut data = data.into_iter();
         Ok(std::array::from_fn(|t| QTensor {
             data: data.next().expect("one buffer per tensor"),

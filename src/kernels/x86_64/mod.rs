@@ -16,7 +16,6 @@ pub mod avx2;
 pub mod avx512;
 
 use super::Kernel;
-use rayon::prelude::*;
 
 use crate::aligned::AlignedVec;
 use crate::reference;
@@ -81,9 +80,8 @@ impl Blocking {
     pub fn pack_b_cols(&self, b: &[i8], n: usize, k: usize, mode: ColGroups) -> AlignedVec<i8> {
         assert_eq!(b.len(), n * k, "B must be {n} x {k}");
         assert_eq!(self.kg, mode.kg(), "group size of the layout");
-        let mut out = AlignedVec::<u8>::zeroed(self.packed_b_len(n, k));
         if k == 0 {
-            return out.cast();
+            return AlignedVec::zeroed(self.packed_b_len(n, k));
         }
         let (kg, full) = (self.kg, k / self.kg);
         let stride = self.nr * GROUP_BYTES;
@@ -119,11 +117,24 @@ impl Blocking {
         };
         // Panels are disjoint: pack them on the caller's pool, a few per task (with one key
         // head and 16 workers the packing is otherwise a serial step before the row blocks).
-        out.par_chunks_exact_mut(panel_bytes)
-            .enumerate()
-            .with_min_len(PACK_TASK_BYTES.div_ceil(panel_bytes))
-            .for_each(job);
-        out.cast()
+        self.par_panels(self.packed_b_len(n, k), panel_bytes, job)
+    }
+
+    /// A packed buffer of `len` bytes made on the caller's pool, `job((panel, bytes))` called
+    /// for every panel of `panel_bytes` on zeroed bytes, a few panels per task.
+    fn par_panels(
+        &self,
+        len: usize,
+        panel_bytes: usize,
+        job: impl Fn((usize, &mut [u8])) + Sync,
+    ) -> AlignedVec<i8> {
+        let per_task = PACK_TASK_BYTES.div_ceil(panel_bytes);
+        AlignedVec::<u8>::par_build(len, per_task * panel_bytes, |t, panels| {
+            for (i, panel) in panels.chunks_exact_mut(panel_bytes).enumerate() {
+                job((t * per_task + i, panel));
+            }
+        })
+        .cast()
     }
 
     /// Packs a row-major B (`k` rows of `n` values, as V in P V). For each group `g` and
@@ -137,9 +148,8 @@ impl Blocking {
         fill: impl Fn(&[&[T]], usize, &mut [u8]) + Sync,
     ) -> AlignedVec<i8> {
         assert_eq!(b.len(), n * k, "B must be {k} x {n}");
-        let mut out = AlignedVec::<u8>::zeroed(self.packed_b_len(n, k));
         if n == 0 || k == 0 {
-            return out.cast();
+            return AlignedVec::zeroed(self.packed_b_len(n, k));
         }
         let panel_bytes = self.groups(k) * self.nr * GROUP_BYTES;
         let group_bytes = self.nr * GROUP_BYTES;
@@ -156,11 +166,7 @@ impl Blocking {
                 fill(slices, p * self.nr, dst);
             }
         };
-        out.par_chunks_exact_mut(panel_bytes)
-            .enumerate()
-            .with_min_len(PACK_TASK_BYTES.div_ceil(panel_bytes))
-            .for_each(job);
-        out.cast()
+        self.par_panels(self.packed_b_len(n, k), panel_bytes, job)
     }
 }
 
