@@ -166,6 +166,10 @@ pub struct Attention {
     pub threads: usize,
     /// How the integer pipelines are scheduled (the float pipelines are always unfused).
     pub schedule: Schedule,
+    /// Query rows per row block of the fused schedule; `None` chooses them from the cache
+    /// sizes and the thread count ([`crate::fused::BlockPlan`]). For tuning and measuring:
+    /// every choice gives the same bits.
+    pub block_rows: Option<usize>,
 }
 
 /// How the integer pipelines walk a head. Both give bit-identical results.
@@ -215,6 +219,7 @@ impl Attention {
             key_lens: None,
             threads: 1,
             schedule: Schedule::Auto,
+            block_rows: None,
         }
     }
 
@@ -250,6 +255,10 @@ impl Attention {
         self.schedule = s;
         self
     }
+    pub fn block_rows(mut self, rows: usize) -> Self {
+        self.block_rows = Some(rows);
+        self
+    }
 
     /// The logit scale in use for a head dimension.
     pub fn softmax_scale(&self, head_dim: usize) -> f32 {
@@ -263,6 +272,9 @@ impl Attention {
             if !s.is_finite() || s <= 0.0 {
                 return param_err(format!("scale must be finite and > 0, got {s}"));
             }
+        }
+        if self.block_rows == Some(0) {
+            return param_err("block_rows must be at least 1".to_string());
         }
         if let Some(lens) = &self.key_lens {
             if lens.len() != shape.batch {

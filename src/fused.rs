@@ -127,9 +127,15 @@ pub fn parse_cache_size(s: &str) -> Option<usize> {
 /// The rule (in [`BlockPlan::new`]):
 /// - `rows`: the largest multiple of [`ROW_TILE`] whose working set, `rows * (5 Lk + 12 d)`
 ///   bytes (i32 scores and u8 P per key, an i64 accumulator and an i32 partial per output
-///   column), fits half of L2 (the other half holds the K/V panels streaming through and the Q
-///   block); clamped to `[MIN_BLOCK_ROWS, MAX_BLOCK_ROWS]` (`CAUSAL_MAX_BLOCK_ROWS` when causal)
-///   and to `Lq`. With several workers, a smaller multiple of [`ROW_TILE`] (never below
+///   column), fits what L2 has for it. Where packed K and V (`2 Lk d` bytes) fit three quarters
+///   of L2 together with a block of `MIN_BLOCK_ROWS`, the block gets the rest of those three
+///   quarters, so that K and V stay in L2 from one block to the next (the last quarter is for
+///   Q, the output rows and a hyperthread sibling). Otherwise K and V stream from L3 for every
+///   block anyway, and the block takes half of L2 to stream them fewer times. Clamped to
+///   `[MIN_BLOCK_ROWS, MAX_BLOCK_ROWS]` (`CAUSAL_MAX_BLOCK_ROWS` when causal) and to `Lq`.
+///   Measured on the Xeon (2 MiB L2), L = 4096, d = 128, rows 16 / 32 / 48 in rotated
+///   orders: 16 was the fastest on 1, 4 and 16 threads (16 threads: 1.24-1.33 ms against
+///   1.46-1.57 ms for 32); half of L2 alone had chosen 32. With several workers, a smaller multiple of [`ROW_TILE`] (never below
 ///   `MIN_BLOCK_ROWS`) is taken where it cuts the rows of the busiest worker by more than 3 %.
 /// - `key_chunk`: without a causal mask, all keys at once (one GEMM per block), split only past
 ///   65,536 keys so that every P x V chunk is exact in i32. With a causal mask, the multiple of
@@ -150,7 +156,14 @@ impl BlockPlan {
         } else {
             MAX_BLOCK_ROWS
         };
-        let fit = (caches.l2 / 2) / per_row.max(1);
+        let kv = 2 * lk * d;
+        let resident = caches.l2 / 4 * 3;
+        let room = if kv + MIN_BLOCK_ROWS * per_row <= resident {
+            resident - kv
+        } else {
+            caches.l2 / 2
+        };
+        let fit = room / per_row.max(1);
         let mut rows = (fit / ROW_TILE * ROW_TILE).clamp(MIN_BLOCK_ROWS, max_rows);
         let heads = shape.batch * shape.heads;
         if workers > 1 && rows < lq {
@@ -159,12 +172,18 @@ impl BlockPlan {
             // busiest worker 7 blocks, 280 rows, where 128 blocks of 32 give every worker 256),
             // but each block streams all of K and V once, so a smaller block must cut the
             // busiest worker's rows by more than 3 % to be taken.
-            let load = |r: usize| (heads * lq.div_ceil(r)).div_ceil(workers) * r;
+            // Below 4 blocks per worker a smaller block is also taken at equal load: workers
+            // that run at different speeds (big and little cores, a busy hyperthread sibling)
+            // then even out by taking more or fewer blocks.
+            let per_worker = |r: usize| (heads * lq.div_ceil(r)).div_ceil(workers);
+            let load = |r: usize| per_worker(r) * r;
             let mut best = (load(rows), rows);
             let mut r = rows;
             while r > MIN_BLOCK_ROWS {
                 r -= ROW_TILE;
-                if (load(r) as f64) < 0.97 * best.0 as f64 {
+                if (load(r) as f64) < 0.97 * best.0 as f64
+                    || (per_worker(best.1) < 4 && load(r) <= best.0)
+                {
                     best = (load(r), r);
                 }
             }
@@ -175,7 +194,13 @@ impl BlockPlan {
             rows = lq.div_ceil(blocks).div_ceil(ROW_TILE) * ROW_TILE;
             rows = rows.max(MIN_BLOCK_ROWS);
         }
-        let rows = rows.min(lq);
+        Self::with_rows(rows.min(lq), causal, caches)
+    }
+
+    /// The plan for blocks of `rows` query rows (at least 1), key chunks as [`BlockPlan::new`]
+    /// chooses them.
+    pub fn with_rows(rows: usize, causal: bool, caches: CacheSizes) -> BlockPlan {
+        let rows = rows.max(1);
         let key_chunk = if causal {
             let fit = caches.l1d / (5 * rows);
             (fit / 64 * 64).clamp(64, 1024)
@@ -450,12 +475,11 @@ pub(crate) fn run(
         )));
     }
     threads::install(attn.threads, || {
-        let plan = BlockPlan::new(
-            shape,
-            attn.causal,
-            rayon::current_num_threads(),
-            CacheSizes::get(),
-        );
+        let caches = CacheSizes::get();
+        let plan = match attn.block_rows {
+            Some(rows) => BlockPlan::with_rows(rows.min(shape.q_len), attn.causal, caches),
+            None => BlockPlan::new(shape, attn.causal, rayon::current_num_threads(), caches),
+        };
         let pack = shape.q_len * (shape.heads / shape.kv_heads) >= PACK_MIN_ROWS;
         let kv_heads: Vec<KvHead> = (0..shape.batch * shape.kv_heads)
             .into_par_iter()
@@ -543,22 +567,35 @@ mod tests {
             l1d: 48 << 10,
             l2: 2 << 20,
         };
-        // 1 MiB / (5 * 1024 + 12 * 128) = 157 rows -> 144.
+        // K and V (256 KiB) stay in L2: (1.5 MiB - 256 KiB) / (5 * 1024 + 12 * 128) = 196
+        // rows -> 192.
         let one = AttnShape::new(1, 1, 1024, 128);
-        assert_eq!(BlockPlan::new(&one, false, 1, caches).rows, 144);
-        // Two workers, one head: 8 blocks of 128 rows.
+        assert_eq!(BlockPlan::new(&one, false, 1, caches).rows, 192);
+        // Two workers, one head: 8 blocks of 128 rows (6 of 192 would leave one worker 3).
         assert_eq!(BlockPlan::new(&one, false, 2, caches).rows, 128);
-        // L = 4096: 1 MiB / 22,016 = 47 rows -> 32; on 16 workers 128 blocks, 8 each.
+        // 16 workers: 16 blocks of 64 would be as short as it gets, but one block each;
+        // 64 of 16 give every worker 4 at the same load.
+        assert_eq!(BlockPlan::new(&one, false, 16, caches).rows, 16);
+        // 4 workers: 8 of 128 (2 each), then 16 of 64 (4 each) at the same load.
+        assert_eq!(BlockPlan::new(&one, false, 4, caches).rows, 64);
+        // L = 4096: K and V (1 MiB) still stay: 0.5 MiB / 22,016 = 23 rows -> 16.
         let l4k = AttnShape::new(1, 1, 4096, 128);
-        assert_eq!(BlockPlan::new(&l4k, false, 1, caches).rows, 32);
-        assert_eq!(BlockPlan::new(&l4k, false, 16, caches).rows, 32);
-        assert_eq!(BlockPlan::new(&l4k, false, 2, caches).rows, 32);
+        assert_eq!(BlockPlan::new(&l4k, false, 1, caches).rows, 16);
+        assert_eq!(BlockPlan::new(&l4k, false, 16, caches).rows, 16);
         let h16 = AttnShape::new(1, 16, 4096, 128);
-        assert_eq!(BlockPlan::new(&h16, false, 16, caches).rows, 32);
-        // On 12 workers 128 blocks of 32 leave the busiest 11 (352 rows); 16-row blocks
-        // give 22 of 16 (352 too), so 32 stays; on 24 workers 16 rows cut 192 to 176.
-        assert_eq!(BlockPlan::new(&l4k, false, 12, caches).rows, 32);
-        assert_eq!(BlockPlan::new(&l4k, false, 24, caches).rows, 16);
+        assert_eq!(BlockPlan::new(&h16, false, 16, caches).rows, 16);
+        // d = 64 halves K and V: (1.5 MiB - 512 KiB) / 21,248 = 49 rows -> 48; on 12 workers
+        // 86 blocks of 48 leave the busiest 8 (384 rows), 128 of 32 leave 11 (352).
+        let d64 = AttnShape::new(1, 1, 4096, 64);
+        assert_eq!(BlockPlan::new(&d64, false, 1, caches).rows, 48);
+        assert_eq!(BlockPlan::new(&d64, false, 12, caches).rows, 32);
+        // L = 8192: K and V (2 MiB) cannot stay, blocks take half of L2: 1 MiB / 42,496 = 24
+        // rows -> 16.
+        let l8k = AttnShape::new(1, 1, 8192, 128);
+        assert_eq!(BlockPlan::new(&l8k, false, 1, caches).rows, 16);
+        // L = 6144 streams too (1.5 MiB of K and V): 1 MiB / 32,256 = 32 rows.
+        let l6k = AttnShape::new(1, 1, 6144, 128);
+        assert_eq!(BlockPlan::new(&l6k, false, 1, caches).rows, 32);
         // Long keys: at least 16 rows; decode: 1 row.
         let long = AttnShape::new(1, 1, 16384, 128);
         assert_eq!(BlockPlan::new(&long, false, 1, caches).rows, 16);

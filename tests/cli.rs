@@ -459,6 +459,11 @@ fn bad_inputs_fail_cleanly() {
         run(&args)
     };
 
+    // Zero rows per block.
+    assert_fails(
+        &run_with(&q, &k, &v, &["--block-rows", "0"]),
+        "block_rows must be at least 1",
+    );
     // Malformed file.
     let garbage = dir.join("garbage.npy");
     npy::write_raw(&garbage, b"\x93NUMPY\x01\x00garbage that is not a header").unwrap();

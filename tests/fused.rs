@@ -292,3 +292,31 @@ fn fused_from_f32_inputs_matches_unfused() {
         }
     }
 }
+
+#[test]
+fn every_block_size_gives_the_same_bits() {
+    // Block rows set by hand (`Attention::block_rows`, the CLI's `--block-rows`): odd sizes,
+    // one row, more rows than the head has, with and without a causal mask and over threads.
+    let shape = AttnShape::new(1, 2, 77, 24);
+    let (q, k, v) = inputs(&shape, 900, 0.03);
+    for kernel in kernels::available() {
+        for causal in [false, true] {
+            let base = Attention::new(Pipeline::IntAttention).causal(causal);
+            let want = check(&base, kernel, &shape, &q, &k, &v);
+            for rows in [1, 5, 16, 17, 33, 77, 500] {
+                for threads in [1, 3] {
+                    let attn = base.clone().threads(threads).block_rows(rows);
+                    let got = check(&attn, kernel, &shape, &q, &k, &v);
+                    assert!(
+                        got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "block_rows {rows} ({})",
+                        describe(&attn, &shape, kernel)
+                    );
+                }
+            }
+        }
+    }
+    let zero = Attention::new(Pipeline::IntAttention).block_rows(0);
+    let err = zero.run_quantized(&shape, &q, &k, &v).unwrap_err();
+    assert!(err.to_string().contains("block_rows"), "{err}");
+}

@@ -68,6 +68,8 @@ struct BenchReport {
     key_len: Option<usize>,
     variant: Option<SoftmaxVariant>,
     schedule: Schedule,
+    /// `--block-rows` when given (else the fused schedule chose them).
+    block_rows: Option<usize>,
     seed: u64,
     warmup: usize,
     runs: usize,
@@ -138,6 +140,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         key_len: a.key_len,
         variant: a.attn.reported_variant(),
         schedule: a.attn.schedule,
+        block_rows: a.attn.block_rows,
         seed: a.seed,
         warmup: a.warmup,
         runs: a.runs,
@@ -157,8 +160,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 fn print_text(r: &BenchReport) {
     let variant = r.variant.map_or(String::new(), |v| format!(" variant {v}"));
+    let rows = r
+        .block_rows
+        .map_or(String::new(), |n| format!(" | block rows {n}"));
     println!(
-        "pipe {} | backend {} | kernel {} | threads {} | schedule {}{variant}",
+        "pipe {} | backend {} | kernel {} | threads {} | schedule {}{rows}{variant}",
         r.pipe,
         r.backend,
         r.kernel,

@@ -77,6 +77,9 @@ pub struct AttnOpts {
     /// Worker threads; 0 means one per core.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Query rows per block of the fused schedule [default: from cache sizes and threads].
+    #[arg(long)]
+    pub block_rows: Option<usize>,
     /// Where attention runs: native or acl.
     #[arg(long, default_value = "native")]
     pub backend: Backend,
@@ -93,6 +96,7 @@ impl AttnOpts {
             .schedule(self.schedule);
         a.scale = self.scale;
         a.key_lens = key_lens;
+        a.block_rows = self.block_rows;
         a
     }
 
