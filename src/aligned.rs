@@ -166,7 +166,22 @@ pub fn par_vecs<T: Pod, const N: usize>(
     piece: usize,
     fill: impl Fn(usize, usize, &mut [T]) + Sync,
 ) -> [Vec<T>; N] {
-    let mut vecs: [Vec<T>; N] = lens.map(Vec::with_capacity);
+    par_vecs_in(std::array::from_fn(|_| Vec::new()), lens, piece, fill)
+}
+
+/// [`par_vecs`] into given vectors (cleared first; each reallocated, on the calling worker,
+/// only when its capacity is below its length), so that the caller can choose where the
+/// memory comes from.
+pub fn par_vecs_in<T: Pod, const N: usize>(
+    mut vecs: [Vec<T>; N],
+    lens: [usize; N],
+    piece: usize,
+    fill: impl Fn(usize, usize, &mut [T]) + Sync,
+) -> [Vec<T>; N] {
+    for (v, n) in vecs.iter_mut().zip(lens) {
+        v.clear();
+        v.reserve_exact(n);
+    }
     {
         let mut parts: Vec<&mut [MaybeUninit<T>]> = vecs
             .iter_mut()
@@ -296,9 +311,19 @@ mod tests {
 
     #[test]
     fn parallel_builds_cover_every_value() {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
         pool.install(|| {
-            for (len, piece) in [(0usize, 4usize), (1, 4), (7, 3), (64, 16), (1000, 7), (5, 0)] {
+            for (len, piece) in [
+                (0usize, 4usize),
+                (1, 4),
+                (7, 3),
+                (64, 16),
+                (1000, 7),
+                (5, 0),
+            ] {
                 // Each piece sees zeros, then gets its index and offset written in.
                 let seen_zero = std::sync::atomic::AtomicBool::new(true);
                 let v = AlignedVec::<u32>::par_build(len, piece, |i, p| {
@@ -321,7 +346,10 @@ mod tests {
                 });
                 assert_eq!((a.len(), b.len()), (len, len / 2));
                 assert!(a.iter().enumerate().all(|(j, &x)| x == (j % 100) as i8));
-                assert!(b.iter().enumerate().all(|(j, &x)| x == (j % 100) as i8 - 50));
+                assert!(b
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &x)| x == (j % 100) as i8 - 50));
             }
         });
     }

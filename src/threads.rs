@@ -6,14 +6,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 
-/// Runs `f` inside a pool of `threads` workers (`0` means one per available core).
-pub fn install<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
-    let n = if threads == 0 {
+/// The worker count `threads` stands for (`0` means one per available core).
+pub fn resolved(threads: usize) -> usize {
+    if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         threads
-    };
+    }
+}
+
+/// Runs `f` inside a pool of `threads` workers (`0` means one per available core).
+pub fn install<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let n = resolved(threads);
     let pool = {
         let mut pools = POOLS
             .get_or_init(Default::default)

@@ -108,11 +108,7 @@ impl AttnOpts {
 
 /// The thread count `threads` stands for (0: one per core).
 pub fn resolved_threads(threads: usize) -> usize {
-    if threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        threads
-    }
+    intattention::threads::resolved(threads)
 }
 
 /// Reads an f32 array and rejects NaN and infinity, naming the file and the position.
