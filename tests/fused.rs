@@ -308,7 +308,9 @@ fn every_block_size_gives_the_same_bits() {
                     let attn = base.clone().threads(threads).block_rows(rows);
                     let got = check(&attn, kernel, &shape, &q, &k, &v);
                     assert!(
-                        got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
                         "block_rows {rows} ({})",
                         describe(&attn, &shape, kernel)
                     );

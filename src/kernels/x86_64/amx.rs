@@ -43,7 +43,6 @@ use super::avx512::Avx512;
 use super::{as_bytes, interleave4, Blocking, ColGroups};
 use crate::aligned::AlignedVec;
 use crate::kernels::{Kernel, PackedB};
-use crate::softmax::Lut;
 
 const NAME: &str = "amx";
 /// Depth bytes per tile step (64 bytes = 16 groups of 4).
@@ -380,34 +379,9 @@ impl Kernel for Amx {
         NAME
     }
 
-    fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-        let packed = self.pack_k(b, n, k);
-        self.gemm_s8s8_packed(a, m, &packed, c);
-    }
+    gemms_via_packing!();
 
-    fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-        let packed = self.pack_v(b, k, n);
-        self.gemm_u8s8_packed(a, m, &packed, c);
-    }
-
-    fn index_softmax_row(
-        &self,
-        row: &[i32],
-        valid: usize,
-        lut: &Lut,
-        threshold: i32,
-        e: &mut [u8],
-    ) -> u32 {
-        self.rows.index_softmax_row(row, valid, lut, threshold, e)
-    }
-
-    fn normalize_row(&self, p: &mut [u8], sum: u32) {
-        self.rows.normalize_row(p, sum)
-    }
-
-    fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
-        self.rows.softmax_f32_row(row, valid)
-    }
+    rows_from_field!();
 
     /// K as the B of `tdpbssd`: the layout of [`Amx::pack_v`] for K^T, made from K's rows
     /// (each group 4 consecutive bytes of one key), depth padded with zeros to whole tiles.

@@ -78,15 +78,7 @@ impl Kernel for Avx2 {
         NAME
     }
 
-    fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-        let packed = self.pack_k(b, n, k);
-        self.gemm_s8s8_packed(a, m, &packed, c);
-    }
-
-    fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-        let packed = self.pack_v(b, k, n);
-        self.gemm_u8s8_packed(a, m, &packed, c);
-    }
+    gemms_via_packing!();
 
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
         PackedB::new(BL.pack_b_cols(b, n, k, ColGroups::PairsI16), n, k, NAME)
@@ -172,7 +164,7 @@ unsafe fn micro_dispatch(t: &Tile) {
 /// Lane mask selecting the first `lanes` of 8 i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn lane_mask(lanes: usize) -> __m256i {
+pub(super) fn lane_mask(lanes: usize) -> __m256i {
     let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), iota)
 }

@@ -112,15 +112,7 @@ impl Kernel for Avx512 {
         }
     }
 
-    fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-        let packed = self.pack_k(b, n, k);
-        self.gemm_s8s8_packed(a, m, &packed, c);
-    }
-
-    fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-        let packed = self.pack_v(b, k, n);
-        self.gemm_u8s8_packed(a, m, &packed, c);
-    }
+    gemms_via_packing!();
 
     fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
         // k + 128 as u8 is k's bit pattern with the sign bit flipped.

@@ -1,4 +1,5 @@
-//! x86-64 SIMD kernels: [`avx2::Avx2`] (AVX2 + FMA), [`avx512::Avx512`] (AVX-512 F/BW/VL +
+//! x86-64 SIMD kernels: [`avx2::Avx2`] (AVX2 + FMA), [`avxvnni::AvxVnni`] (AVX2 with the
+//! VEX-encoded VNNI dot products for the GEMMs), [`avx512::Avx512`] (AVX-512 F/BW/VL +
 //! VNNI, in two flavours: `avx512vnni`, and `avx512vbmi` which also uses VBMI byte permutes for
 //! the table lookups) and [`amx::Amx`] (AMX-INT8 tiles for the GEMMs, AVX-512 for the rest). This module owns what they share: run-time detection, the packed
 //! operand layouts and the blocked GEMM loop, and the exact arithmetic behind the vectorized
@@ -11,9 +12,51 @@
 //! row-major (widened to i16 for AVX2, zero-padded to whole groups where needed): the
 //! micro-kernels broadcast one row's next 4 bytes at a time. Padding is zero.
 
+/// `gemm_s8s8_nt` and `gemm_u8s8` of a kernel that packs its B operands: pack, then run the
+/// packed product.
+macro_rules! gemms_via_packing {
+    () => {
+        fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+            let packed = self.pack_k(b, n, k);
+            self.gemm_s8s8_packed(a, m, &packed, c);
+        }
+
+        fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+            let packed = self.pack_v(b, k, n);
+            self.gemm_u8s8_packed(a, m, &packed, c);
+        }
+    };
+}
+
+/// The row operations (IndexSoftmax, Normalized finish, float softmax) of a kernel that
+/// borrows them from the kernel in its `rows` field.
+macro_rules! rows_from_field {
+    () => {
+        fn index_softmax_row(
+            &self,
+            row: &[i32],
+            valid: usize,
+            lut: &$crate::softmax::Lut,
+            threshold: i32,
+            e: &mut [u8],
+        ) -> u32 {
+            self.rows.index_softmax_row(row, valid, lut, threshold, e)
+        }
+
+        fn normalize_row(&self, p: &mut [u8], sum: u32) {
+            self.rows.normalize_row(p, sum)
+        }
+
+        fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
+            self.rows.softmax_f32_row(row, valid)
+        }
+    };
+}
+
 pub mod amx;
 pub mod avx2;
 pub mod avx512;
+pub mod avxvnni;
 
 use super::Kernel;
 
@@ -25,6 +68,9 @@ use crate::softmax::Lut;
 pub fn kernels() -> Vec<&'static dyn Kernel> {
     let mut v: Vec<&'static dyn Kernel> = Vec::new();
     if let Some(k) = avx2::Avx2::detect() {
+        v.push(k);
+    }
+    if let Some(k) = avxvnni::AvxVnni::detect() {
         v.push(k);
     }
     if let Some(k) = avx512::Avx512::detect_vnni() {

@@ -1,0 +1,218 @@
+//! The AVX-VNNI kernel, `avxvnni`: CPUs with AVX2 and the VEX-encoded VNNI dot products but
+//! no AVX-512 (Intel client cores from Alder Lake on; also present on Sapphire Rapids and on
+//! AMD Zen 5, where the AVX-512 kernels come first).
+//!
+//! GEMMs: `vpdpbusd` on 256-bit vectors, the arithmetic of [`super::avx512`] at half the
+//! width: four u8 x s8 products summed straight into an i32 lane (no i16 step, so nothing
+//! saturates). P x V multiplies u8 P by s8 V as they are. Q K^T packs K + 128 as u8 (the sign
+//! bit flipped) against s8 Q and starts every row of C at `-128 * sum(q_row)`: exact for every
+//! s8 input, -128 included (`sum_k (k + 128) q = sum_k k q + 128 sum q`, in wrapping i32 as the
+//! trait's depth limits keep the true result inside i32). Against [`super::avx2`]'s widening
+//! `vpmaddwd` + `vpaddd` (16 products in two instructions) this is 32 products in one.
+//!
+//! Row operations (IndexSoftmax, the Normalized finish, float softmax) are the AVX2 kernel's.
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use super::avx2::{lane_mask, Avx2};
+use super::{
+    as_bytes, check_packed, interleave4, run_tiles, ARows, Blocking, ColGroups, Tile, GROUP_BYTES,
+};
+use crate::kernels::{Kernel, PackedB};
+
+const NAME: &str = "avxvnni";
+
+/// Vectors of 8 i32 lanes per row of a micro-tile.
+const NV: usize = 2;
+
+/// Micro-tile: 6 rows x 16 columns (12 ymm accumulators, 2 B vectors, 1 broadcast); a panel
+/// block of 256 groups (16 KiB) stays in L1.
+const BL: Blocking = Blocking {
+    mr: 6,
+    nr: 8 * NV,
+    kg: 4,
+    kc: 256,
+    mc: 32,
+};
+
+/// The AVX-VNNI kernel. Only [`AvxVnni::detect`] creates one, after checking the CPU, so
+/// holding a reference proves that AVX2, FMA and AVX-VNNI instructions may run.
+pub struct AvxVnni {
+    rows: &'static Avx2,
+}
+
+impl AvxVnni {
+    pub fn detect() -> Option<&'static AvxVnni> {
+        static K: OnceLock<Option<AvxVnni>> = OnceLock::new();
+        K.get_or_init(|| {
+            let rows = Avx2::detect()?;
+            is_x86_feature_detected!("avxvnni").then_some(AvxVnni { rows })
+        })
+        .as_ref()
+    }
+
+    /// C = A x packed B (+ `row_init` per row), A as bytes: u8 when `A_U8`, else s8.
+    fn run<const A_U8: bool>(
+        &self,
+        a: &[u8],
+        b: &PackedB,
+        row_init: Option<&[i32]>,
+        m: usize,
+        c: &mut [i32],
+    ) {
+        let k = b.k;
+        assert_eq!(a.len(), m * k, "A must be m x k");
+        assert_eq!(c.len(), m * b.n, "C must be m x n");
+        // The micro-kernel broadcasts 4 bytes of a row at a time: rows padded to whole groups.
+        let padded;
+        let (data, lda) = if k.is_multiple_of(GROUP_BYTES) {
+            (a, k)
+        } else {
+            let lda = k.next_multiple_of(GROUP_BYTES);
+            let mut v = vec![0u8; m * lda];
+            for (dst, src) in v.chunks_exact_mut(lda).zip(a.chunks_exact(k)) {
+                dst[..k].copy_from_slice(src);
+            }
+            padded = v;
+            (&padded[..], lda)
+        };
+        let a = ARows { data, lda };
+        run_tiles(&BL, a, &b.data, row_init, m, b.n, k, c, |t| {
+            // SAFETY: `self` proves AVX2 and AVX-VNNI support; `run_tiles` guarantees the
+            // tile's pointer ranges (see `Tile`), and `rows <= BL.mr`.
+            unsafe { micro_dispatch::<A_U8>(t) }
+        });
+    }
+}
+
+impl Kernel for AvxVnni {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    gemms_via_packing!();
+
+    /// K + 128 as u8 in 16-column panels of 4-byte groups.
+    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
+        let data = BL.pack_b_cols(b, n, k, ColGroups::Bytes { flip: true });
+        PackedB::new(data, n, k, NAME)
+    }
+
+    fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
+        if b.packed_by == "plain" {
+            return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+        }
+        check_packed(b, &[NAME], &BL);
+        assert_eq!(a.len(), m * b.k, "gemm_s8s8_packed: A must be m x k");
+        // The +128 of packed K adds 128 * sum(q_row) to every entry of a row: start there.
+        let row_init: Vec<i32> = if b.k == 0 {
+            vec![0; m]
+        } else {
+            a.chunks_exact(b.k)
+                .map(|row| {
+                    row.iter()
+                        .map(|&x| x as i32)
+                        .sum::<i32>()
+                        .wrapping_mul(-128)
+                })
+                .collect()
+        };
+        self.run::<false>(as_bytes(a), b, Some(&row_init), m, c);
+    }
+
+    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
+        PackedB::new(
+            BL.pack_b_rows(b, k, n, |rows, j0, dst| interleave4(rows, j0, dst, false)),
+            n,
+            k,
+            NAME,
+        )
+    }
+
+    fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
+        if b.packed_by == "plain" {
+            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+        }
+        check_packed(b, &[NAME], &BL);
+        self.run::<true>(a, b, None, m, c);
+    }
+
+    rows_from_field!();
+}
+
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn micro_dispatch<const A_U8: bool>(t: &Tile) {
+    // SAFETY: the caller's guarantees, passed on.
+    unsafe {
+        match t.rows {
+            6 => micro::<6, A_U8>(t),
+            5 => micro::<5, A_U8>(t),
+            4 => micro::<4, A_U8>(t),
+            3 => micro::<3, A_U8>(t),
+            2 => micro::<2, A_U8>(t),
+            _ => micro::<1, A_U8>(t),
+        }
+    }
+}
+
+/// One `R x 16` tile (see [`Tile`]): `R` rows of 4-byte groups against one B panel, A u8 and
+/// B s8 when `A_U8`, else A s8 and B u8 (K + 128).
+///
+/// # Safety
+/// AVX2 and AVX-VNNI must be available; the tile's pointers must cover what [`Tile`] says.
+#[inline]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn micro<const R: usize, const A_U8: bool>(t: &Tile) {
+    let mut acc = [[_mm256_setzero_si256(); NV]; R];
+    let lanes: [usize; NV] = std::array::from_fn(|v| t.cols.saturating_sub(8 * v).min(8));
+    // SAFETY (whole body): loads and stores stay inside the tile's C rows (`cols` lanes, via
+    // lane masks at a ragged edge), its A rows (`groups` groups of 4 bytes each) and its B
+    // panel (`groups` groups of 64 bytes), as `run_tiles` guarantees.
+    unsafe {
+        if t.accumulate {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                for (v, acc_rv) in acc_r.iter_mut().enumerate() {
+                    let p = t.c.wrapping_add(r * t.ldc + 8 * v) as *const i32;
+                    *acc_rv = match lanes[v] {
+                        8 => _mm256_loadu_si256(p as *const __m256i),
+                        0 => _mm256_setzero_si256(),
+                        l => _mm256_maskload_epi32(p, lane_mask(l)),
+                    };
+                }
+            }
+        } else if !t.row_init.is_null() {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                *acc_r = [_mm256_set1_epi32(*t.row_init.add(r)); NV];
+            }
+        }
+        let mut a = t.a;
+        let mut b = t.b;
+        for _ in 0..t.groups {
+            let bv: [__m256i; NV] =
+                std::array::from_fn(|v| _mm256_loadu_si256(b.add(32 * v) as *const __m256i));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_epi32((a.add(r * t.lda) as *const i32).read_unaligned());
+                for v in 0..NV {
+                    acc_r[v] = if A_U8 {
+                        _mm256_dpbusd_avx_epi32(acc_r[v], av, bv[v])
+                    } else {
+                        _mm256_dpbusd_avx_epi32(acc_r[v], bv[v], av)
+                    };
+                }
+            }
+            a = a.add(GROUP_BYTES);
+            b = b.add(8 * NV * GROUP_BYTES);
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (v, acc_rv) in acc_r.iter().enumerate() {
+                let p = t.c.wrapping_add(r * t.ldc + 8 * v);
+                match lanes[v] {
+                    8 => _mm256_storeu_si256(p as *mut __m256i, *acc_rv),
+                    0 => {}
+                    l => _mm256_maskstore_epi32(p, lane_mask(l), *acc_rv),
+                }
+            }
+        }
+    }
+}
