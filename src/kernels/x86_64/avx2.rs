@@ -10,15 +10,15 @@
 //! per product as `vpmaddwd` + `vpaddd` (sign, maddubs, madd, add per 32 products against
 //! madd, add per 16), so widening costs nothing in issue slots and needs no special cases.
 //!
-//! IndexSoftmax: the exact f64 index of [`super::index_consts`], then a `vpshufb` lookup per
-//! 16-entry slice of the table. Float softmax: a vectorized `exp` with f64 row sums.
+//! IndexSoftmax: the f32 screen of [`super::index_consts_f32`] in front of the exact f64 index
+//! of [`super::index_consts`], then a `vpshufb` lookup per 16-entry slice of the table. Float softmax: a vectorized `exp` with f64 row sums.
 
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::{
-    check_packed, index_consts, index_softmax_tail, interleave2_i16, normalize_table, run_tiles,
-    ARows, Blocking, ColGroups, Tile, GROUP_BYTES,
+    check_packed, index_consts, index_consts_f32, index_softmax_tail, interleave2_i16,
+    normalize_table, run_tiles, ARows, Blocking, ColGroups, Tile, GROUP_BYTES,
 };
 use crate::kernels::{Kernel, PackedB};
 use crate::softmax::Lut;
@@ -247,15 +247,45 @@ unsafe fn index_softmax_row(
     if valid == 0 {
         return 0;
     }
+    // One loop per table size (2^b entries, b = 4..=8: 1 to 16 slices of 16), so that the
+    // slices and their offsets stay in registers.
+    // SAFETY: the caller's guarantees, passed on.
+    unsafe {
+        match lut.entries().len().div_ceil(16) {
+            1 => index_softmax_body::<1>(row, valid, lut, threshold, e),
+            2 => index_softmax_body::<2>(row, valid, lut, threshold, e),
+            3 | 4 => index_softmax_body::<4>(row, valid, lut, threshold, e),
+            5..=8 => index_softmax_body::<8>(row, valid, lut, threshold, e),
+            _ => index_softmax_body::<16>(row, valid, lut, threshold, e),
+        }
+    }
+}
+
+/// [`index_softmax_row`] for a table of at most `16 C` entries (`valid > 0`); slices past
+/// the table are zero and never selected.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn index_softmax_body<const C: usize>(
+    row: &[i32],
+    valid: usize,
+    lut: &Lut,
+    threshold: i32,
+    e: &mut [u8],
+) -> u32 {
     let max = row_max(&row[..valid]);
     let (scale, bias) = index_consts(lut, threshold);
     let chunks = lut.entries().len().div_ceil(16);
-    let mut tables = [_mm256_setzero_si256(); 16];
-    for (c, t) in tables.iter_mut().enumerate().take(chunks) {
-        *t = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-            lut.padded()[16 * c..].as_ptr() as *const __m128i
-        ));
-    }
+    let tables: [__m256i; C] = std::array::from_fn(|c| {
+        if c < chunks {
+            // SAFETY: the padded table holds 256 bytes, so slice c < 16 is inside it.
+            _mm256_broadcastsi128_si256(unsafe {
+                _mm_loadu_si128(lut.padded()[16 * c..].as_ptr() as *const __m128i)
+            })
+        } else {
+            _mm256_setzero_si256()
+        }
+    });
+    let offsets: [__m256i; C] = std::array::from_fn(|c| _mm256_set1_epi8((16 * c) as i8));
     let mv = _mm256_set1_epi32(max);
     let tv = _mm256_set1_epi32(threshold);
     let (sv, bv) = (_mm256_set1_pd(scale), _mm256_set1_pd(bias));
@@ -275,16 +305,48 @@ unsafe fn index_softmax_row(
         let (b0, b1) = index8(_mm256_loadu_si256(p.add(8) as *const __m256i));
         _mm_packus_epi16(_mm_packs_epi32(a0, a1), _mm_packs_epi32(b0, b1))
     };
+    // The f32 screen of `index_consts_f32`: a lane is decided when no integer lies in
+    // (y_lo, y_hi], i.e. when floor(y_hi) <= y_lo (then floor(y_lo) = floor(y_hi), as
+    // y_lo <= y_hi); a group of 32 with any undecided lane takes the exact f64 path above.
+    let (scale_f, lo_f, hi_f) = index_consts_f32(lut, threshold);
+    let (sf, lof, hif) = (
+        _mm256_set1_ps(scale_f),
+        _mm256_set1_ps(lo_f),
+        _mm256_set1_ps(hi_f),
+    );
+    let screen8 = |s: __m256i| {
+        let d = _mm256_cvtepi32_ps(_mm256_min_epu32(_mm256_sub_epi32(mv, s), tv));
+        let ylo = _mm256_fmadd_ps(d, sf, lof);
+        let fhi = _mm256_floor_ps(_mm256_fmadd_ps(d, sf, hif));
+        (
+            _mm256_cvttps_epi32(fhi),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(fhi, ylo),
+        )
+    };
+    // Dword order after the in-lane packs of four vectors: slot t holds dword 4 (t % 2) + t / 2.
+    let unpack = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let screen32 = |p: *const i32| {
+        let v: [(__m256i, __m256); 4] =
+            std::array::from_fn(|q| screen8(_mm256_loadu_si256(p.add(8 * q) as *const __m256i)));
+        let decided = _mm256_and_ps(_mm256_and_ps(v[0].1, v[1].1), _mm256_and_ps(v[2].1, v[3].1));
+        let w01 = _mm256_packs_epi32(v[0].0, v[1].0);
+        let w23 = _mm256_packs_epi32(v[2].0, v[3].0);
+        let idx = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23), unpack);
+        (idx, _mm256_movemask_ps(decided) == 0xff)
+    };
     let zero = _mm256_setzero_si256();
     let mut sum = zero;
     let full = valid / 32 * 32;
     for base in (0..full).step_by(32) {
         let p = row.as_ptr().add(base);
-        let idx = _mm256_set_m128i(bytes16(p.add(16)), bytes16(p));
+        let idx = match screen32(p) {
+            (idx, true) => idx,
+            _ => _mm256_set_m128i(bytes16(p.add(16)), bytes16(p)),
+        };
         let mut out = zero;
-        for (c, t) in tables.iter().enumerate().take(chunks) {
+        for (t, off) in tables.iter().zip(&offsets) {
             // Bytes of this slice map to 0x70..=0x7f, all others to >= 0x80 (pshufb gives 0).
-            let local = _mm256_sub_epi8(idx, _mm256_set1_epi8((16 * c) as i8));
+            let local = _mm256_sub_epi8(idx, *off);
             let sel = _mm256_adds_epu8(local, _mm256_set1_epi8(0x70));
             out = _mm256_or_si256(out, _mm256_shuffle_epi8(*t, sel));
         }
