@@ -14,6 +14,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
@@ -216,6 +217,93 @@ fn fill_pieces<T: Pod>(
         .for_each(|(b, i, c)| fill(b, i, zero_uninit(c)));
 }
 
+/// A part of a vector under construction ([`vec_built_by`]) that nobody has touched yet. Its
+/// values can only be reached through [`Fresh::zeroed`], which zeroes them first, so the code
+/// that builds the vector never sees uninitialised memory; parts can be split to hand them to
+/// different workers.
+pub struct Fresh<'a, T> {
+    part: &'a mut [MaybeUninit<T>],
+    zeroed: &'a AtomicUsize,
+}
+
+impl<'a, T: Pod> Fresh<'a, T> {
+    pub fn len(&self) -> usize {
+        self.part.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.part.is_empty()
+    }
+
+    /// The first `mid` values and the rest (panics if `mid > len`, like `slice::split_at`).
+    pub fn split_at(self, mid: usize) -> (Self, Self) {
+        let (a, b) = self.part.split_at_mut(mid);
+        (
+            Fresh {
+                part: a,
+                zeroed: self.zeroed,
+            },
+            Fresh {
+                part: b,
+                zeroed: self.zeroed,
+            },
+        )
+    }
+
+    /// Consecutive parts of `size` values (the last may be shorter).
+    pub fn chunks(self, size: usize) -> Vec<Self> {
+        assert!(size > 0, "Fresh::chunks: size 0");
+        let mut parts = Vec::with_capacity(self.len().div_ceil(size));
+        let mut rest = self;
+        while !rest.is_empty() {
+            let n = size.min(rest.len());
+            let (head, tail) = rest.split_at(n);
+            parts.push(head);
+            rest = tail;
+        }
+        parts
+    }
+
+    /// The part's values, zeroed.
+    pub fn zeroed(self) -> &'a mut [T] {
+        self.zeroed.fetch_add(self.part.len(), Ordering::Relaxed);
+        zero_uninit(self.part)
+    }
+}
+
+/// A vector of `len` values built by `build` from one [`Fresh`] part covering all of it
+/// (in `storage`, which is cleared and reallocated only if too small), and what `build`
+/// returned. Every value is zero until `build` writes it. This lets workers zero only the
+/// rows they are about to write, inside the same tasks, instead of a separate parallel pass
+/// over the whole output before them.
+///
+/// If `build` did not zero every part (it returned early, or leaked a part), the whole
+/// vector is zeroed afterwards, so the result is always initialised.
+pub fn vec_built_by<T: Pod, R>(
+    storage: Vec<T>,
+    len: usize,
+    build: impl FnOnce(Fresh<'_, T>) -> R,
+) -> (Vec<T>, R) {
+    let mut v = storage;
+    v.clear();
+    v.reserve_exact(len);
+    let zeroed = AtomicUsize::new(0);
+    let r = build(Fresh {
+        part: &mut v.spare_capacity_mut()[..len],
+        zeroed: &zeroed,
+    });
+    // Parts are disjoint and each is counted once, when it is zeroed (consuming it), so a
+    // count of `len` means that every value was.
+    if zeroed.into_inner() != len {
+        zero_uninit(&mut v.spare_capacity_mut()[..len]);
+    }
+    // SAFETY: the first `len` values of the spare capacity are initialised: every part was
+    // zeroed (and then possibly written) by `build`, or all were zeroed just above. No part
+    // outlives `build` (its lifetime is local to this call).
+    unsafe { v.set_len(len) };
+    (v, r)
+}
+
 /// Zeroes `s` and returns it as initialised values.
 fn zero_uninit<T: Pod>(s: &mut [MaybeUninit<T>]) -> &mut [T] {
     // SAFETY: the write covers exactly the slice's bytes (`MaybeUninit<T>` has `T`'s layout),
@@ -352,6 +440,36 @@ mod tests {
                     .all(|(j, &x)| x == (j % 100) as i8 - 50));
             }
         });
+    }
+
+    #[test]
+    fn built_vectors_are_always_initialised() {
+        // Every part zeroed and written: the writes stay.
+        let (v, r) = vec_built_by(Vec::new(), 10, |f: Fresh<'_, u32>| {
+            let parts = f.chunks(3);
+            assert_eq!(
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+                [3, 3, 3, 1]
+            );
+            for (i, p) in parts.into_iter().enumerate() {
+                let p = p.zeroed();
+                assert!(p.iter().all(|&x| x == 0));
+                p.fill(i as u32 + 1);
+            }
+            7
+        });
+        assert_eq!(r, 7);
+        assert_eq!(v, [1, 1, 1, 2, 2, 2, 3, 3, 3, 4]);
+        // A part left untouched: the whole vector comes back zeroed, reusing the storage.
+        let cap = v.capacity();
+        let (w, ()) = vec_built_by(v, 6, |f| {
+            let (a, _b) = f.split_at(2);
+            a.zeroed().fill(9);
+        });
+        assert_eq!(w, [0; 6]);
+        assert_eq!(w.capacity(), cap);
+        let (e, ()) = vec_built_by(Vec::<f32>::new(), 0, |f| assert!(f.is_empty()));
+        assert!(e.is_empty());
     }
 
     #[test]

@@ -394,9 +394,10 @@ impl Attention {
         let storage = output_storage(shape, self.threads);
         if self.schedule != Schedule::Unfused {
             return threads::install(self.threads, || {
-                let mut out = output_buffer(shape, storage);
-                fused::run(self, kernel, shape, &softmax, &lut, q, k, v, &mut out)?;
-                Ok(out)
+                let (out, done) = crate::aligned::vec_built_by(storage, shape.q_elems(), |o| {
+                    fused::run(self, kernel, shape, &softmax, &lut, q, k, v, o)
+                });
+                done.map(|()| out)
             })?;
         }
         let per_head = shape.q_len * shape.head_dim;

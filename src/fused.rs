@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::aligned::AlignedVec;
+use crate::aligned::{AlignedVec, Fresh};
 use crate::attention::{kv_head_index, output_row, Attention, AttnShape, IntSoftmax};
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, PackedB, MAX_K_U8S8};
@@ -466,7 +466,7 @@ pub(crate) fn run(
     q: &QTensor,
     k: &QTensor,
     v: &QTensor,
-    out: &mut [f32],
+    out: Fresh<'_, f32>,
 ) -> Result<()> {
     if shape.kv_len >= MAX_ROW_LEN {
         return Err(Error::Unsupported(format!(
@@ -489,8 +489,9 @@ pub(crate) fn run(
         let d = shape.head_dim;
         let mut tasks =
             Vec::with_capacity(shape.batch * shape.heads * shape.q_len.div_ceil(plan.rows));
-        for (bh, head_out) in out.chunks_mut(shape.q_len * d).enumerate() {
-            for (ib, block_out) in head_out.chunks_mut(plan.rows * d).enumerate() {
+        // Output rows are zeroed by the task that writes them (not in a pass of their own).
+        for (bh, head_out) in out.chunks(shape.q_len * d).into_iter().enumerate() {
+            for (ib, block_out) in head_out.chunks(plan.rows * d).into_iter().enumerate() {
                 tasks.push((bh, ib * plan.rows, block_out));
             }
         }
@@ -504,6 +505,7 @@ pub(crate) fn run(
             v_scale: v.scale,
         };
         tasks.into_par_iter().for_each(|(bh, r0, block_out)| {
+            let block_out = block_out.zeroed();
             let kv = &kv_heads[kv_head_index(shape, bh)];
             SCRATCH.with(|cell| match cell.try_borrow_mut() {
                 Ok(mut scr) => ctx.block(kv, bh, r0, block_out, &mut scr),
