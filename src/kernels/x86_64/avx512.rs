@@ -19,8 +19,8 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::{
-    as_bytes, check_packed, index_consts, index_consts_f32, interleave4, normalize_table,
-    run_tiles, ARows, Blocking, ColGroups, Tile, GROUP_BYTES,
+    as_bytes, check_packed, group_rows, index_consts, index_consts_f32, interleave4,
+    normalize_table, plus128_row_init, run_tiles, ARows, Blocking, ColGroups, Tile, GROUP_BYTES,
 };
 use crate::kernels::{Kernel, PackedB};
 use crate::softmax::Lut;
@@ -80,21 +80,9 @@ impl Avx512 {
         c: &mut [i32],
     ) {
         let k = b.k;
-        assert_eq!(a.len(), m * k, "A must be m x k");
         assert_eq!(c.len(), m * b.n, "C must be m x n");
-        let padded;
-        let (data, lda) = if k.is_multiple_of(4) {
-            (a, k)
-        } else {
-            let lda = k.next_multiple_of(4);
-            let mut v = vec![0u8; m * lda];
-            for (dst, src) in v.chunks_exact_mut(lda).zip(a.chunks_exact(k)) {
-                dst[..k].copy_from_slice(src);
-            }
-            padded = v;
-            (&padded[..], lda)
-        };
-        let a = ARows { data, lda };
+        let (data, lda) = group_rows(a, m, k);
+        let a = ARows { data: &data, lda };
         run_tiles(&BL, a, &b.data, row_init, m, b.n, k, c, |t| {
             // SAFETY: `self` proves AVX-512 F/BW/VNNI support; `run_tiles` guarantees the
             // tile's pointer ranges (see `Tile`), and `rows <= BL.mr`.
@@ -126,20 +114,8 @@ impl Kernel for Avx512 {
         }
         check_packed(b, &LAYOUTS, &BL);
         assert_eq!(a.len(), m * b.k, "gemm_s8s8_packed: A must be m x k");
-        // Row corrections for K packed as k + 128. |sum| <= 128 k, so 128 |sum| fits i32 for
-        // k <= MAX_K_S8S8.
-        let row_init: Vec<i32> = if b.k == 0 {
-            vec![0; m]
-        } else {
-            a.chunks_exact(b.k)
-                .map(|row| {
-                    row.iter()
-                        .map(|&x| x as i32)
-                        .sum::<i32>()
-                        .wrapping_mul(-128)
-                })
-                .collect()
-        };
+        // Row corrections for K packed as k + 128.
+        let row_init = plus128_row_init(a, m, b.k);
         self.run::<false>(as_bytes(a), b, Some(&row_init), m, c);
     }
 

@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 
 use super::avx2::{lane_mask, Avx2};
 use super::{
-    as_bytes, check_packed, interleave4, run_tiles, ARows, Blocking, ColGroups, Tile, GROUP_BYTES,
+    as_bytes, check_packed, group_rows, interleave4, plus128_row_init, run_tiles, ARows, Blocking,
+    ColGroups, Tile, GROUP_BYTES,
 };
 use crate::kernels::{Kernel, PackedB};
 
@@ -62,22 +63,9 @@ impl AvxVnni {
         c: &mut [i32],
     ) {
         let k = b.k;
-        assert_eq!(a.len(), m * k, "A must be m x k");
         assert_eq!(c.len(), m * b.n, "C must be m x n");
-        // The micro-kernel broadcasts 4 bytes of a row at a time: rows padded to whole groups.
-        let padded;
-        let (data, lda) = if k.is_multiple_of(GROUP_BYTES) {
-            (a, k)
-        } else {
-            let lda = k.next_multiple_of(GROUP_BYTES);
-            let mut v = vec![0u8; m * lda];
-            for (dst, src) in v.chunks_exact_mut(lda).zip(a.chunks_exact(k)) {
-                dst[..k].copy_from_slice(src);
-            }
-            padded = v;
-            (&padded[..], lda)
-        };
-        let a = ARows { data, lda };
+        let (data, lda) = group_rows(a, m, k);
+        let a = ARows { data: &data, lda };
         run_tiles(&BL, a, &b.data, row_init, m, b.n, k, c, |t| {
             // SAFETY: `self` proves AVX2 and AVX-VNNI support; `run_tiles` guarantees the
             // tile's pointer ranges (see `Tile`), and `rows <= BL.mr`.
@@ -106,18 +94,7 @@ impl Kernel for AvxVnni {
         check_packed(b, &[NAME], &BL);
         assert_eq!(a.len(), m * b.k, "gemm_s8s8_packed: A must be m x k");
         // The +128 of packed K adds 128 * sum(q_row) to every entry of a row: start there.
-        let row_init: Vec<i32> = if b.k == 0 {
-            vec![0; m]
-        } else {
-            a.chunks_exact(b.k)
-                .map(|row| {
-                    row.iter()
-                        .map(|&x| x as i32)
-                        .sum::<i32>()
-                        .wrapping_mul(-128)
-                })
-                .collect()
-        };
+        let row_init = plus128_row_init(a, m, b.k);
         self.run::<false>(as_bytes(a), b, Some(&row_init), m, c);
     }
 

@@ -503,6 +503,39 @@ pub(crate) fn check_packed(b: &super::PackedB, accepted: &[&str], bl: &Blocking)
     );
 }
 
+/// A's rows as the VNNI micro-kernels read them, one 4-byte group at a time: `a` itself when
+/// `k` is a multiple of 4, else a copy with every row zero-padded to whole groups. Returns the
+/// rows and their stride.
+pub(crate) fn group_rows(a: &[u8], m: usize, k: usize) -> (std::borrow::Cow<'_, [u8]>, usize) {
+    assert_eq!(a.len(), m * k, "A must be m x k");
+    if k.is_multiple_of(GROUP_BYTES) {
+        return (std::borrow::Cow::Borrowed(a), k);
+    }
+    let lda = k.next_multiple_of(GROUP_BYTES);
+    let mut v = vec![0u8; m * lda];
+    for (dst, src) in v.chunks_exact_mut(lda).zip(a.chunks_exact(k)) {
+        dst[..k].copy_from_slice(src);
+    }
+    (std::borrow::Cow::Owned(v), lda)
+}
+
+/// Starting values of C's rows for Q K^T with K packed as `k + 128` (the VNNI kernels, whose
+/// `vpdpbusd` needs one unsigned operand): `-128 * sum(q_row)`. `|sum| <= 128 k`, so the
+/// product fits i32 for `k <= MAX_K_S8S8`.
+pub(crate) fn plus128_row_init(a: &[i8], m: usize, k: usize) -> Vec<i32> {
+    if k == 0 {
+        return vec![0; m];
+    }
+    a.chunks_exact(k)
+        .map(|row| {
+            row.iter()
+                .map(|&x| x as i32)
+                .sum::<i32>()
+                .wrapping_mul(-128)
+        })
+        .collect()
+}
+
 /// The bytes of an i8 slice, for kernels that treat them as raw data.
 pub(crate) fn as_bytes(a: &[i8]) -> &[u8] {
     // SAFETY: i8 and u8 have the same size and alignment and every bit pattern is valid.
