@@ -6,6 +6,23 @@
 //! `INTATTENTION_KERNEL=<name>` to force one (an unknown or unsupported name is an error, not a
 //! silent fallback). Every kernel must give exactly the reference's integers.
 
+/// `gemm_s8s8_nt` and `gemm_u8s8` of a kernel that packs its B operands: pack, then run the
+/// packed product (every SIMD kernel).
+#[allow(unused_macros)]
+macro_rules! gemms_via_packing {
+    () => {
+        fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+            let packed = self.pack_k(b, n, k);
+            self.gemm_s8s8_packed(a, m, &packed, c);
+        }
+
+        fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
+            let packed = self.pack_v(b, k, n);
+            self.gemm_u8s8_packed(a, m, &packed, c);
+        }
+    };
+}
+
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 pub mod generic;

@@ -26,15 +26,7 @@ macro_rules! shared_kernel_methods {
             NAME
         }
 
-        fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-            let packed = self.pack_k(b, n, k);
-            self.gemm_s8s8_packed(a, m, &packed, c)
-        }
-
-        fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-            let packed = self.pack_v(b, k, n);
-            self.gemm_u8s8_packed(a, m, &packed, c)
-        }
+        gemms_via_packing!();
 
         fn index_softmax_row(
             &self,

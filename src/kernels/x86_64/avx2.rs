@@ -164,9 +164,43 @@ unsafe fn micro_dispatch(t: &Tile) {
 /// Lane mask selecting the first `lanes` of 8 i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) fn lane_mask(lanes: usize) -> __m256i {
+fn lane_mask(lanes: usize) -> __m256i {
     let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), iota)
+}
+
+/// The first `lanes` (0 to 8) i32 at `p` as a vector, zero past them.
+///
+/// # Safety
+/// AVX2 must be available and those `lanes` values readable.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn load_lanes(p: *const i32, lanes: usize) -> __m256i {
+    // SAFETY: only the first `lanes` values are read (the caller's guarantee).
+    unsafe {
+        match lanes {
+            8 => _mm256_loadu_si256(p as *const __m256i),
+            0 => _mm256_setzero_si256(),
+            l => _mm256_maskload_epi32(p, lane_mask(l)),
+        }
+    }
+}
+
+/// Stores the first `lanes` (0 to 8) i32 of `v` at `p`.
+///
+/// # Safety
+/// AVX2 must be available and those `lanes` values writable.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn store_lanes(p: *mut i32, lanes: usize, v: __m256i) {
+    // SAFETY: only the first `lanes` values are written (the caller's guarantee).
+    unsafe {
+        match lanes {
+            8 => _mm256_storeu_si256(p as *mut __m256i, v),
+            0 => {}
+            l => _mm256_maskstore_epi32(p, lane_mask(l), v),
+        }
+    }
 }
 
 /// One `R x 16` tile: `R` rows of i16 pairs against one B panel (see [`Tile`]).
@@ -179,12 +213,7 @@ unsafe fn micro<const R: usize>(t: &Tile) {
     if t.accumulate {
         for (r, acc_r) in acc.iter_mut().enumerate() {
             for (v, acc_rv) in acc_r.iter_mut().enumerate() {
-                let p = t.c.wrapping_add(r * t.ldc + 8 * v) as *const i32;
-                *acc_rv = match lanes[v] {
-                    8 => _mm256_loadu_si256(p as *const __m256i),
-                    0 => _mm256_setzero_si256(),
-                    l => _mm256_maskload_epi32(p, lane_mask(l)),
-                };
+                *acc_rv = load_lanes(t.c.wrapping_add(r * t.ldc + 8 * v), lanes[v]);
             }
         }
     } else if !t.row_init.is_null() {
@@ -207,12 +236,7 @@ unsafe fn micro<const R: usize>(t: &Tile) {
     }
     for (r, acc_r) in acc.iter().enumerate() {
         for (v, acc_rv) in acc_r.iter().enumerate() {
-            let p = t.c.wrapping_add(r * t.ldc + 8 * v);
-            match lanes[v] {
-                8 => _mm256_storeu_si256(p as *mut __m256i, *acc_rv),
-                0 => {}
-                l => _mm256_maskstore_epi32(p, lane_mask(l), *acc_rv),
-            }
+            store_lanes(t.c.wrapping_add(r * t.ldc + 8 * v), lanes[v], *acc_rv);
         }
     }
 }

@@ -19,8 +19,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::{
-    as_bytes, check_packed, group_rows, index_consts, index_consts_f32, interleave4,
-    normalize_table, plus128_row_init, run_tiles, ARows, Blocking, ColGroups, Tile, GROUP_BYTES,
+    index_consts, index_consts_f32, normalize_table, run_groups, Blocking, Tile, GROUP_BYTES,
 };
 use crate::kernels::{Kernel, PackedB};
 use crate::softmax::Lut;
@@ -79,11 +78,7 @@ impl Avx512 {
         m: usize,
         c: &mut [i32],
     ) {
-        let k = b.k;
-        assert_eq!(c.len(), m * b.n, "C must be m x n");
-        let (data, lda) = group_rows(a, m, k);
-        let a = ARows { data: &data, lda };
-        run_tiles(&BL, a, &b.data, row_init, m, b.n, k, c, |t| {
+        run_groups(&BL, a, b, row_init, m, c, |t| {
             // SAFETY: `self` proves AVX-512 F/BW/VNNI support; `run_tiles` guarantees the
             // tile's pointer ranges (see `Tile`), and `rows <= BL.mr`.
             unsafe { micro_dispatch::<A_U8>(t) }
@@ -102,39 +97,7 @@ impl Kernel for Avx512 {
 
     gemms_via_packing!();
 
-    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        // k + 128 as u8 is k's bit pattern with the sign bit flipped.
-        let data = BL.pack_b_cols(b, n, k, ColGroups::Bytes { flip: true });
-        PackedB::new(data, n, k, self.name())
-    }
-
-    fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if b.packed_by == "plain" {
-            return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
-        }
-        check_packed(b, &LAYOUTS, &BL);
-        assert_eq!(a.len(), m * b.k, "gemm_s8s8_packed: A must be m x k");
-        // Row corrections for K packed as k + 128.
-        let row_init = plus128_row_init(a, m, b.k);
-        self.run::<false>(as_bytes(a), b, Some(&row_init), m, c);
-    }
-
-    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        PackedB::new(
-            BL.pack_b_rows(b, k, n, |rows, j0, dst| interleave4(rows, j0, dst, false)),
-            n,
-            k,
-            self.name(),
-        )
-    }
-
-    fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if b.packed_by == "plain" {
-            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
-        }
-        check_packed(b, &LAYOUTS, &BL);
-        self.run::<true>(a, b, None, m, c);
-    }
+    vnni_packed_gemms!(BL, LAYOUTS);
 
     fn index_softmax_row(
         &self,

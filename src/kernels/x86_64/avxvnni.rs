@@ -15,11 +15,8 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::avx2::{lane_mask, Avx2};
-use super::{
-    as_bytes, check_packed, group_rows, interleave4, plus128_row_init, run_tiles, ARows, Blocking,
-    ColGroups, Tile, GROUP_BYTES,
-};
+use super::avx2::{load_lanes, store_lanes, Avx2};
+use super::{run_groups, Blocking, Tile, GROUP_BYTES};
 use crate::kernels::{Kernel, PackedB};
 
 const NAME: &str = "avxvnni";
@@ -62,11 +59,7 @@ impl AvxVnni {
         m: usize,
         c: &mut [i32],
     ) {
-        let k = b.k;
-        assert_eq!(c.len(), m * b.n, "C must be m x n");
-        let (data, lda) = group_rows(a, m, k);
-        let a = ARows { data: &data, lda };
-        run_tiles(&BL, a, &b.data, row_init, m, b.n, k, c, |t| {
+        run_groups(&BL, a, b, row_init, m, c, |t| {
             // SAFETY: `self` proves AVX2 and AVX-VNNI support; `run_tiles` guarantees the
             // tile's pointer ranges (see `Tile`), and `rows <= BL.mr`.
             unsafe { micro_dispatch::<A_U8>(t) }
@@ -81,39 +74,7 @@ impl Kernel for AvxVnni {
 
     gemms_via_packing!();
 
-    /// K + 128 as u8 in 16-column panels of 4-byte groups.
-    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        let data = BL.pack_b_cols(b, n, k, ColGroups::Bytes { flip: true });
-        PackedB::new(data, n, k, NAME)
-    }
-
-    fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if b.packed_by == "plain" {
-            return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
-        }
-        check_packed(b, &[NAME], &BL);
-        assert_eq!(a.len(), m * b.k, "gemm_s8s8_packed: A must be m x k");
-        // The +128 of packed K adds 128 * sum(q_row) to every entry of a row: start there.
-        let row_init = plus128_row_init(a, m, b.k);
-        self.run::<false>(as_bytes(a), b, Some(&row_init), m, c);
-    }
-
-    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        PackedB::new(
-            BL.pack_b_rows(b, k, n, |rows, j0, dst| interleave4(rows, j0, dst, false)),
-            n,
-            k,
-            NAME,
-        )
-    }
-
-    fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if b.packed_by == "plain" {
-            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
-        }
-        check_packed(b, &[NAME], &BL);
-        self.run::<true>(a, b, None, m, c);
-    }
+    vnni_packed_gemms!(BL, [NAME]);
 
     rows_from_field!();
 }
@@ -150,12 +111,7 @@ unsafe fn micro<const R: usize, const A_U8: bool>(t: &Tile) {
         if t.accumulate {
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 for (v, acc_rv) in acc_r.iter_mut().enumerate() {
-                    let p = t.c.wrapping_add(r * t.ldc + 8 * v) as *const i32;
-                    *acc_rv = match lanes[v] {
-                        8 => _mm256_loadu_si256(p as *const __m256i),
-                        0 => _mm256_setzero_si256(),
-                        l => _mm256_maskload_epi32(p, lane_mask(l)),
-                    };
+                    *acc_rv = load_lanes(t.c.wrapping_add(r * t.ldc + 8 * v), lanes[v]);
                 }
             }
         } else if !t.row_init.is_null() {
@@ -183,12 +139,7 @@ unsafe fn micro<const R: usize, const A_U8: bool>(t: &Tile) {
         }
         for (r, acc_r) in acc.iter().enumerate() {
             for (v, acc_rv) in acc_r.iter().enumerate() {
-                let p = t.c.wrapping_add(r * t.ldc + 8 * v);
-                match lanes[v] {
-                    8 => _mm256_storeu_si256(p as *mut __m256i, *acc_rv),
-                    0 => {}
-                    l => _mm256_maskstore_epi32(p, lane_mask(l), *acc_rv),
-                }
+                store_lanes(t.c.wrapping_add(r * t.ldc + 8 * v), lanes[v], *acc_rv);
             }
         }
     }

@@ -12,22 +12,6 @@
 //! row-major (widened to i16 for AVX2, zero-padded to whole groups where needed): the
 //! micro-kernels broadcast one row's next 4 bytes at a time. Padding is zero.
 
-/// `gemm_s8s8_nt` and `gemm_u8s8` of a kernel that packs its B operands: pack, then run the
-/// packed product.
-macro_rules! gemms_via_packing {
-    () => {
-        fn gemm_s8s8_nt(&self, a: &[i8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-            let packed = self.pack_k(b, n, k);
-            self.gemm_s8s8_packed(a, m, &packed, c);
-        }
-
-        fn gemm_u8s8(&self, a: &[u8], b: &[i8], m: usize, n: usize, k: usize, c: &mut [i32]) {
-            let packed = self.pack_v(b, k, n);
-            self.gemm_u8s8_packed(a, m, &packed, c);
-        }
-    };
-}
-
 /// The row operations (IndexSoftmax, Normalized finish, float softmax) of a kernel that
 /// borrows them from the kernel in its `rows` field.
 macro_rules! rows_from_field {
@@ -49,6 +33,58 @@ macro_rules! rows_from_field {
 
         fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
             self.rows.softmax_f32_row(row, valid)
+        }
+    };
+}
+
+/// Packing and packed GEMMs of the VNNI kernels (`vpdpbusd` takes one unsigned operand): K
+/// packed as `k + 128` (its sign bit flipped) with [`plus128_row_init`] corrections, V as it
+/// is, both in 4-byte groups of the blocking `$bl`; packed data from the kernels named in
+/// `$layouts` is accepted. The kernel provides `run::<A_U8>(a, b, row_init, m, c)`, with A
+/// the unsigned operand when `A_U8` (P x V), else B (Q K^T).
+macro_rules! vnni_packed_gemms {
+    ($bl:expr, $layouts:expr) => {
+        fn pack_k(&self, b: &[i8], n: usize, k: usize) -> $crate::kernels::PackedB {
+            let flip = $crate::kernels::x86_64::ColGroups::Bytes { flip: true };
+            $crate::kernels::PackedB::new($bl.pack_b_cols(b, n, k, flip), n, k, self.name())
+        }
+
+        fn gemm_s8s8_packed(
+            &self,
+            a: &[i8],
+            m: usize,
+            b: &$crate::kernels::PackedB,
+            c: &mut [i32],
+        ) {
+            if b.packed_by == "plain" {
+                return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+            }
+            $crate::kernels::x86_64::check_packed(b, &$layouts, &$bl);
+            assert_eq!(a.len(), m * b.k, "gemm_s8s8_packed: A must be m x k");
+            let row_init = $crate::kernels::x86_64::plus128_row_init(a, m, b.k);
+            let a = $crate::kernels::x86_64::as_bytes(a);
+            self.run::<false>(a, b, Some(&row_init), m, c);
+        }
+
+        fn pack_v(&self, b: &[i8], k: usize, n: usize) -> $crate::kernels::PackedB {
+            let data = $bl.pack_b_rows(b, k, n, |rows, j0, dst| {
+                $crate::kernels::x86_64::interleave4(rows, j0, dst, false)
+            });
+            $crate::kernels::PackedB::new(data, n, k, self.name())
+        }
+
+        fn gemm_u8s8_packed(
+            &self,
+            a: &[u8],
+            m: usize,
+            b: &$crate::kernels::PackedB,
+            c: &mut [i32],
+        ) {
+            if b.packed_by == "plain" {
+                return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+            }
+            $crate::kernels::x86_64::check_packed(b, &$layouts, &$bl);
+            self.run::<true>(a, b, None, m, c);
         }
     };
 }
@@ -517,6 +553,23 @@ pub(crate) fn group_rows(a: &[u8], m: usize, k: usize) -> (std::borrow::Cow<'_, 
         dst[..k].copy_from_slice(src);
     }
     (std::borrow::Cow::Owned(v), lda)
+}
+
+/// `c = a * b (+ row_init)` for the VNNI kernels: A's rows as bytes (copied only to pad a
+/// ragged depth to whole groups), `micro` on every tile of [`run_tiles`].
+pub(crate) fn run_groups(
+    bl: &Blocking,
+    a: &[u8],
+    b: &super::PackedB,
+    row_init: Option<&[i32]>,
+    m: usize,
+    c: &mut [i32],
+    micro: impl FnMut(&Tile),
+) {
+    assert_eq!(c.len(), m * b.n, "C must be m x n");
+    let (data, lda) = group_rows(a, m, b.k);
+    let a = ARows { data: &data, lda };
+    run_tiles(bl, a, &b.data, row_init, m, b.n, b.k, c, micro);
 }
 
 /// Starting values of C's rows for Q K^T with K packed as `k + 128` (the VNNI kernels, whose
