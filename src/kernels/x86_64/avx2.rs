@@ -151,14 +151,7 @@ impl Avx2 {
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro_dispatch(t: &Tile) {
-    match t.rows {
-        6 => micro::<6>(t),
-        5 => micro::<5>(t),
-        4 => micro::<4>(t),
-        3 => micro::<3>(t),
-        2 => micro::<2>(t),
-        _ => micro::<1>(t),
-    }
+    micro_by_rows!(micro, t)
 }
 
 /// Lane mask selecting the first `lanes` of 8 i32 lanes.

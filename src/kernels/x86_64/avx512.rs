@@ -144,14 +144,7 @@ impl Kernel for Avx512 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn micro_dispatch<const A_U8: bool>(t: &Tile) {
-    match t.rows {
-        6 => micro::<6, A_U8>(t),
-        5 => micro::<5, A_U8>(t),
-        4 => micro::<4, A_U8>(t),
-        3 => micro::<3, A_U8>(t),
-        2 => micro::<2, A_U8>(t),
-        _ => micro::<1, A_U8>(t),
-    }
+    micro_by_rows!(micro, t, A_U8)
 }
 
 /// Mask of the first `lanes` (<= 16) of 16.

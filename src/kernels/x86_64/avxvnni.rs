@@ -82,16 +82,7 @@ impl Kernel for AvxVnni {
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn micro_dispatch<const A_U8: bool>(t: &Tile) {
     // SAFETY: the caller's guarantees, passed on.
-    unsafe {
-        match t.rows {
-            6 => micro::<6, A_U8>(t),
-            5 => micro::<5, A_U8>(t),
-            4 => micro::<4, A_U8>(t),
-            3 => micro::<3, A_U8>(t),
-            2 => micro::<2, A_U8>(t),
-            _ => micro::<1, A_U8>(t),
-        }
-    }
+    unsafe { micro_by_rows!(micro, t, A_U8) }
 }
 
 /// One `R x 16` tile (see [`Tile`]): `R` rows of 4-byte groups against one B panel, A u8 and

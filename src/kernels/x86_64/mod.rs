@@ -89,6 +89,21 @@ macro_rules! vnni_packed_gemms {
     };
 }
 
+/// `micro::<R, ..>(t)` for the tile's row count `R = t.rows` (1 to 6, the `mr` of every
+/// register-tiled kernel here), extra const arguments passed through.
+macro_rules! micro_by_rows {
+    ($micro:ident, $t:expr $(, $extra:ident)*) => {
+        match $t.rows {
+            6 => $micro::<6 $(, $extra)*>($t),
+            5 => $micro::<5 $(, $extra)*>($t),
+            4 => $micro::<4 $(, $extra)*>($t),
+            3 => $micro::<3 $(, $extra)*>($t),
+            2 => $micro::<2 $(, $extra)*>($t),
+            _ => $micro::<1 $(, $extra)*>($t),
+        }
+    };
+}
+
 pub mod amx;
 pub mod avx2;
 pub mod avx512;
