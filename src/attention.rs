@@ -329,9 +329,17 @@ impl Attention {
                 self.run_float::<f16>(shape, &q16, &k16, &v16)
             }
             Pipeline::Int8 | Pipeline::IntAttention => {
-                let [q, k, v] =
-                    threads::install(self.threads, || QTensor::quantize_all_parallel([q, k, v]))??;
-                self.run_quantized(shape, &q, &k, &v)
+                // The int8 copies live only for this call: their memory is kept for the next.
+                let kept = &crate::aligned::I8_BUFFERS;
+                let storage = [kept.take(q.len()), kept.take(k.len()), kept.take(v.len())];
+                let [q, k, v] = threads::install(self.threads, || {
+                    QTensor::quantize_all_parallel_in(storage, [q, k, v])
+                })??;
+                let out = self.run_quantized(shape, &q, &k, &v);
+                for t in [q, k, v] {
+                    kept.give(t.data);
+                }
+                out
             }
         }
     }

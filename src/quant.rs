@@ -187,6 +187,15 @@ impl QTensor {
     /// waits instead of six (with one head on 16 workers, quantizing them one by one took a
     /// fifth of the run). Identical results to quantizing each alone.
     pub fn quantize_all_parallel<const N: usize>(xs: [&[f32]; N]) -> Result<[Self; N]> {
+        Self::quantize_all_parallel_in(std::array::from_fn(|_| Vec::new()), xs)
+    }
+
+    /// [`QTensor::quantize_all_parallel`] into the given vectors (cleared first, reallocated
+    /// only when too small), so that a caller can reuse their memory.
+    pub fn quantize_all_parallel_in<const N: usize>(
+        storage: [Vec<i8>; N],
+        xs: [&[f32]; N],
+    ) -> Result<[Self; N]> {
         use rayon::prelude::*;
         const CHUNK: usize = 1 << 14;
         let chunks: Vec<(usize, &[f32])> = xs
@@ -210,9 +219,10 @@ impl QTensor {
             scales[t] = f32::from_bits(max_bits[t]) / 127.0;
         }
         // Made in place by the workers: no serial zeroing of fresh buffers on this thread.
-        let data: [Vec<i8>; N] = crate::aligned::par_vecs(xs.map(|x| x.len()), CHUNK, |t, i, o| {
-            quantize_with_scale(&xs[t][i * CHUNK..i * CHUNK + o.len()], scales[t], o)
-        });
+        let data: [Vec<i8>; N] =
+            crate::aligned::par_vecs_in(storage, xs.map(|x| x.len()), CHUNK, |t, i, o| {
+                quantize_with_scale(&xs[t][i * CHUNK..i * CHUNK + o.len()], scales[t], o)
+            });
         let mut data = data.into_iter();
         Ok(std::array::from_fn(|t| QTensor {
             data: data.next().expect("one buffer per tensor"),
