@@ -132,6 +132,20 @@ impl<T: Pod> AlignedVec<T> {
     /// values (the last may be shorter), and each piece is zeroed and then handed to
     /// `fill(index, piece)` on some worker. See [`par_vecs`] for why.
     pub fn par_build(len: usize, piece: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Self {
+        let piece = piece.max(1);
+        Self::built_by(len, |all| {
+            all.chunks(piece)
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(i, p)| fill(i, p.zeroed()))
+        })
+        .0
+    }
+
+    /// [`vec_built_by`] for an aligned buffer: `len` values built by `build` from one
+    /// [`Fresh`] part covering all of them (every value zero until `build` writes it), and
+    /// what `build` returned. Parts that `build` leaves alone are zeroed afterwards.
+    pub fn built_by<R>(len: usize, build: impl FnOnce(Fresh<'_, T>) -> R) -> (Self, R) {
         let bytes = len
             .checked_mul(size_of::<T>())
             .expect("AlignedVec: length overflows usize");
@@ -148,18 +162,30 @@ impl<T: Pod> AlignedVec<T> {
             std::slice::from_raw_parts_mut(spare.as_mut_ptr() as *mut MaybeUninit<T>, room)
         };
         let (head, tail) = values.split_at_mut(len);
-        fill_pieces(&mut [head], piece, &|_, i, p| fill(i, p));
+        let zeroed = AtomicUsize::new(0);
+        let r = build(Fresh {
+            part: &mut *head,
+            zeroed: &zeroed,
+        });
+        // As in `vec_built_by`: a count of `len` means every part was zeroed (each once).
+        if zeroed.into_inner() != len {
+            zero_uninit(head);
+        }
         // The bytes of the last line past `len`.
         zero_uninit(tail);
-        // SAFETY: every byte of the n lines is initialised (the zeroed pieces cover `head`,
-        // `tail` is zeroed, and `room` values are exactly the lines' bytes); any bytes make a
-        // valid `Line`. If a `fill` panicked we never get here and `lines` stays empty.
+        // SAFETY: every byte of the n lines is initialised (`head` by the parts or the zeroing
+        // above, `tail` just now, and `room` values are exactly the lines' bytes); any bytes
+        // make a valid `Line`. No part outlives `build`. If `build` panicked we never get here
+        // and `lines` stays empty.
         unsafe { lines.set_len(n) };
-        AlignedVec {
-            lines,
-            len,
-            _t: PhantomData,
-        }
+        (
+            AlignedVec {
+                lines,
+                len,
+                _t: PhantomData,
+            },
+            r,
+        )
     }
 }
 
