@@ -320,24 +320,47 @@ pub fn vec_built_by<T: Pod, R>(
     len: usize,
     build: impl FnOnce(Fresh<'_, T>) -> R,
 ) -> (Vec<T>, R) {
-    let mut v = storage;
-    v.clear();
-    v.reserve_exact(len);
-    let zeroed = AtomicUsize::new(0);
-    let r = build(Fresh {
-        part: &mut v.spare_capacity_mut()[..len],
-        zeroed: &zeroed,
-    });
-    // Parts are disjoint and each is counted once, when it is zeroed (consuming it), so a
-    // count of `len` means that every value was.
-    if zeroed.into_inner() != len {
-        zero_uninit(&mut v.spare_capacity_mut()[..len]);
-    }
-    // SAFETY: the first `len` values of the spare capacity are initialised: every part was
-    // zeroed (and then possibly written) by `build`, or all were zeroed just above. No part
-    // outlives `build` (its lifetime is local to this call).
-    unsafe { v.set_len(len) };
+    let ([v], r) = vecs_built_by([storage], [len], |[part]| build(part));
     (v, r)
+}
+
+/// [`vec_built_by`] for several vectors at once: `build` gets one [`Fresh`] part per vector.
+pub fn vecs_built_by<T: Pod, R, const N: usize>(
+    storage: [Vec<T>; N],
+    lens: [usize; N],
+    build: impl FnOnce([Fresh<'_, T>; N]) -> R,
+) -> ([Vec<T>; N], R) {
+    let mut vecs = storage;
+    for (v, &len) in vecs.iter_mut().zip(&lens) {
+        v.clear();
+        v.reserve_exact(len);
+    }
+    let zeroed: [AtomicUsize; N] = std::array::from_fn(|_| AtomicUsize::new(0));
+    let r = {
+        let mut parts = vecs
+            .iter_mut()
+            .zip(&lens)
+            .zip(&zeroed)
+            .map(|((v, &len), z)| Fresh {
+                part: &mut v.spare_capacity_mut()[..len],
+                zeroed: z,
+            });
+        build(std::array::from_fn(|_| {
+            parts.next().expect("one part per vector")
+        }))
+    };
+    for ((v, &len), z) in vecs.iter_mut().zip(&lens).zip(zeroed) {
+        // Parts are disjoint and each is counted once, when it is zeroed (consuming it), so a
+        // count of `len` means that every value was.
+        if z.into_inner() != len {
+            zero_uninit(&mut v.spare_capacity_mut()[..len]);
+        }
+        // SAFETY: the first `len` values of the spare capacity are initialised: every part
+        // was zeroed (and then possibly written) by `build`, or all were zeroed just above.
+        // No part outlives `build` (its lifetime is local to this call).
+        unsafe { v.set_len(len) };
+    }
+    (vecs, r)
 }
 
 /// Zeroes `s` and returns it as initialised values.

@@ -1,5 +1,6 @@
 //! Symmetric per-tensor int8 quantization (SPEC section 1).
 
+use crate::aligned::Fresh;
 use crate::error::{Error, Result};
 
 /// An int8 tensor with its per-tensor scale: the real value of `data[i]` is `data[i] * scale`.
@@ -192,24 +193,44 @@ impl QTensor {
 
     /// [`QTensor::quantize_all_parallel`] into the given vectors (cleared first, reallocated
     /// only when too small), so that a caller can reuse their memory.
+    ///
+    /// Both passes read every input once, from memory when the inputs are not in cache. So
+    /// the chunks of the first pass (maxima) go one at a time to whichever worker asks next
+    /// (faster cores take more), each worker notes its chunks, and in the second pass every
+    /// worker quantizes its own chunks first, whose inputs are still in its L2, before helping
+    /// with the others'. Device Xeon, L = 4096, d = 128, caches flushed between runs: 0.13-0.15
+    /// against 0.20-0.22 ms on 16 threads, 0.21 against 0.31 ms on 8, with each pass split
+    /// by rayon's work stealing (which hands a chunk to any worker).
     pub fn quantize_all_parallel_in<const N: usize>(
         storage: [Vec<i8>; N],
         xs: [&[f32]; N],
     ) -> Result<[Self; N]> {
-        use rayon::prelude::*;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Mutex;
         const CHUNK: usize = 1 << 14;
         let chunks: Vec<(usize, &[f32])> = xs
             .iter()
             .enumerate()
             .flat_map(|(t, x)| x.chunks(CHUNK).map(move |c| (t, c)))
             .collect();
-        let maxima: Vec<(usize, u32)> = chunks
-            .par_iter()
-            .map(|&(t, c)| (t, max_abs_bits(c)))
-            .collect();
+        // Pass 1, on every worker of the current pool: (its chunks, its maxima per tensor).
+        let next = AtomicUsize::new(0);
+        let taken: Vec<(Vec<usize>, [u32; N])> = rayon::broadcast(|_| {
+            let mut mine = Vec::new();
+            let mut max_bits = [0u32; N];
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(t, c)) = chunks.get(i) else { break };
+                max_bits[t] = max_bits[t].max(max_abs_bits(c));
+                mine.push(i);
+            }
+            (mine, max_bits)
+        });
         let mut max_bits = [0u32; N];
-        for (t, m) in maxima {
-            max_bits[t] = max_bits[t].max(m);
+        for (_, m) in &taken {
+            for t in 0..N {
+                max_bits[t] = max_bits[t].max(m[t]);
+            }
         }
         let mut scales = [0f32; N];
         for t in 0..N {
@@ -218,11 +239,31 @@ impl QTensor {
             }
             scales[t] = f32::from_bits(max_bits[t]) / 127.0;
         }
-        // Made in place by the workers: no serial zeroing of fresh buffers on this thread.
-        let data: [Vec<i8>; N] =
-            crate::aligned::par_vecs_in(storage, xs.map(|x| x.len()), CHUNK, |t, i, o| {
-                quantize_with_scale(&xs[t][i * CHUNK..i * CHUNK + o.len()], scales[t], o)
+        // Pass 2: the output chunk of input chunk i is `pieces[i]`, taken by whoever claims i
+        // (each index is claimed once through its owner's cursor). Made in place by the
+        // workers: no serial zeroing of fresh buffers on this thread.
+        let (data, ()) = crate::aligned::vecs_built_by(storage, xs.map(|x| x.len()), |parts| {
+            let pieces: Vec<Mutex<Option<Fresh<i8>>>> = parts
+                .into_iter()
+                .flat_map(|p| p.chunks(CHUNK))
+                .map(|p| Mutex::new(Some(p)))
+                .collect();
+            debug_assert_eq!(pieces.len(), chunks.len());
+            let cursors: Vec<AtomicUsize> = taken.iter().map(|_| AtomicUsize::new(0)).collect();
+            rayon::broadcast(|ctx| {
+                let workers = taken.len();
+                for owner in (0..workers).map(|k| (ctx.index() + k) % workers) {
+                    let list = &taken[owner].0;
+                    while let Some(&i) = list.get(cursors[owner].fetch_add(1, Ordering::Relaxed)) {
+                        let piece = pieces[i].lock().unwrap_or_else(|p| p.into_inner()).take();
+                        if let Some(piece) = piece {
+                            let (t, c) = chunks[i];
+                            quantize_with_scale(c, scales[t], piece.zeroed());
+                        }
+                    }
+                }
             });
+        });
         let mut data = data.into_iter();
         Ok(std::array::from_fn(|t| QTensor {
             data: data.next().expect("one buffer per tensor"),
@@ -349,6 +390,21 @@ mod tests {
             QTensor::quantize_all_parallel([&x[..], &y[..]]),
             Err(Error::NonFinite { index: 200_000, .. })
         ));
+        // Into dirty storage, larger or smaller than needed, on pools of several sizes (the
+        // chunks a worker takes in one pass are the ones it starts with in the next).
+        for threads in [1, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let storage = [vec![77i8; 400_000], vec![-5i8; 10], Vec::with_capacity(3)];
+            let all = pool
+                .install(|| QTensor::quantize_all_parallel_in(storage, [&x[..], &z[..], &[]]))
+                .unwrap();
+            assert_eq!(all[0], QTensor::quantize(&x).unwrap(), "{threads} threads");
+            assert_eq!(all[1], QTensor::quantize(&z).unwrap(), "{threads} threads");
+            assert!(all[2].data.is_empty());
+        }
     }
 
     #[test]
