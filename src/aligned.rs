@@ -203,54 +203,22 @@ pub fn par_vecs<T: Pod, const N: usize>(
     piece: usize,
     fill: impl Fn(usize, usize, &mut [T]) + Sync,
 ) -> [Vec<T>; N] {
-    par_vecs_in(std::array::from_fn(|_| Vec::new()), lens, piece, fill)
-}
-
-/// [`par_vecs`] into given vectors (cleared first; each reallocated, on the calling worker,
-/// only when its capacity is below its length), so that the caller can choose where the
-/// memory comes from.
-pub fn par_vecs_in<T: Pod, const N: usize>(
-    mut vecs: [Vec<T>; N],
-    lens: [usize; N],
-    piece: usize,
-    fill: impl Fn(usize, usize, &mut [T]) + Sync,
-) -> [Vec<T>; N] {
-    for (v, n) in vecs.iter_mut().zip(lens) {
-        v.clear();
-        v.reserve_exact(n);
-    }
-    {
-        let mut parts: Vec<&mut [MaybeUninit<T>]> = vecs
-            .iter_mut()
-            .zip(lens)
-            .map(|(v, n)| &mut v.spare_capacity_mut()[..n])
-            .collect();
-        fill_pieces(&mut parts, piece, &fill);
-    }
-    for (v, n) in vecs.iter_mut().zip(lens) {
-        // SAFETY: `fill_pieces` initialised the first `n` values of the spare capacity (every
-        // piece is zeroed before `fill` sees it); if it panicked we never get here and the
-        // vectors stay empty.
-        unsafe { v.set_len(n) };
-    }
-    vecs
-}
-
-/// Zeroes every piece of every part (pieces of `piece` values) and runs `fill(part, index,
-/// piece)` on it, all in one parallel pass.
-fn fill_pieces<T: Pod>(
-    parts: &mut [&mut [MaybeUninit<T>]],
-    piece: usize,
-    fill: &(dyn Fn(usize, usize, &mut [T]) + Sync),
-) {
     let piece = piece.max(1);
-    let jobs: Vec<(usize, usize, &mut [MaybeUninit<T>])> = parts
-        .iter_mut()
-        .enumerate()
-        .flat_map(|(b, s)| s.chunks_mut(piece).enumerate().map(move |(i, c)| (b, i, c)))
-        .collect();
-    jobs.into_par_iter()
-        .for_each(|(b, i, c)| fill(b, i, zero_uninit(c)));
+    let (vecs, ()) = vecs_built_by(std::array::from_fn(|_| Vec::new()), lens, |parts| {
+        let jobs: Vec<(usize, usize, Fresh<'_, T>)> = parts
+            .into_iter()
+            .enumerate()
+            .flat_map(|(t, p)| {
+                p.chunks(piece)
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(i, c)| (t, i, c))
+            })
+            .collect();
+        jobs.into_par_iter()
+            .for_each(|(t, i, c)| fill(t, i, c.zeroed()));
+    });
+    vecs
 }
 
 /// A part of a vector under construction ([`vec_built_by`]) that nobody has touched yet. Its
@@ -322,6 +290,30 @@ pub fn vec_built_by<T: Pod, R>(
 ) -> (Vec<T>, R) {
     let ([v], r) = vecs_built_by([storage], [len], |[part]| build(part));
     (v, r)
+}
+
+/// [`vec_built_by`] over values the caller already has: `build` gets one [`Fresh`] part
+/// covering `out`, whose current values it never sees (each part is zeroed before it can be
+/// read or written). If `build` did not zero every part, all of `out` is zeroed afterwards,
+/// so no old value survives either way.
+pub fn built_in<T: Pod, R>(out: &mut [T], build: impl FnOnce(Fresh<'_, T>) -> R) -> R {
+    let len = out.len();
+    let zeroed = AtomicUsize::new(0);
+    let r = {
+        // SAFETY: `MaybeUninit<T>` has `T`'s layout. The view lives only inside this block,
+        // and the only write a `Fresh` makes through it is all-zero bytes (`zero_uninit`),
+        // a valid `T` (`Pod`), before it hands the values out as `&mut [T]`; so every value
+        // of `out` is initialised whenever `out` is used again.
+        let part = unsafe { &mut *(out as *mut [T] as *mut [MaybeUninit<T>]) };
+        build(Fresh {
+            part,
+            zeroed: &zeroed,
+        })
+    };
+    if zeroed.into_inner() != len {
+        out.fill_zero();
+    }
+    r
 }
 
 /// [`vec_built_by`] for several vectors at once: `build` gets one [`Fresh`] part per vector.

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use half::f16;
 use rayon::prelude::*;
 
+use crate::aligned::Fresh;
 use crate::error::{param_err, shape_err, Error, Result};
 use crate::float::{matmul_f16, matmul_f32, Rhs};
 use crate::fused;
@@ -315,18 +316,62 @@ impl Attention {
     pub fn run(&self, shape: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
         self.check(shape)?;
         check_lens(shape, q.len(), k.len(), v.len())?;
+        self.new_output(shape, |o| self.run_fresh(shape, q, k, v, o))
+    }
+
+    /// [`Attention::run`] into `out` (shaped like Q; every value is overwritten), so that a
+    /// loop of calls need not allocate its output every time. Same results bit for bit.
+    pub fn run_into(
+        &self,
+        shape: &AttnShape,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.check(shape)?;
+        check_lens(shape, q.len(), k.len(), v.len())?;
+        check_out(shape, out.len())?;
+        threads::install(self.threads, || {
+            crate::aligned::built_in(out, |o| self.run_fresh(shape, q, k, v, o))
+        })?
+    }
+
+    /// A new output vector, built by `build` on the call's pool. Where its memory comes from
+    /// is [`output_storage`]'s choice.
+    fn new_output(
+        &self,
+        shape: &AttnShape,
+        build: impl FnOnce(Fresh<'_, f32>) -> Result<()> + Send,
+    ) -> Result<Vec<f32>> {
+        let storage = output_storage(shape, self.threads);
+        let (out, done) = threads::install(self.threads, || {
+            crate::aligned::vec_built_by(storage, shape.q_elems(), build)
+        })?;
+        done.map(|()| out)
+    }
+
+    /// The work of [`Attention::run`] once shapes are checked, into `out`.
+    fn run_fresh(
+        &self,
+        shape: &AttnShape,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: Fresh<'_, f32>,
+    ) -> Result<()> {
         match self.pipeline {
             Pipeline::Fp32 => {
                 check_finite("Q", q)?;
                 check_finite("K", k)?;
                 check_finite("V", v)?;
-                self.run_float::<f32>(shape, q, k, v)
+                self.run_float::<f32>(shape, q, k, v, out)
             }
             Pipeline::Fp16 => {
                 let q16 = to_f16("Q", q)?;
                 let k16 = to_f16("K", k)?;
                 let v16 = to_f16("V", v)?;
-                self.run_float::<f16>(shape, &q16, &k16, &v16)
+                self.run_float::<f16>(shape, &q16, &k16, &v16, out)
             }
             Pipeline::Int8 | Pipeline::IntAttention => {
                 // The int8 copies live only for this call: their memory is kept for the next.
@@ -335,11 +380,11 @@ impl Attention {
                 let [q, k, v] = threads::install(self.threads, || {
                     QTensor::quantize_all_parallel_in(storage, [q, k, v])
                 })??;
-                let out = self.run_quantized(shape, &q, &k, &v);
+                let done = self.quantized_fresh(kernels::active()?, shape, &q, &k, &v, out);
                 for t in [q, k, v] {
                     kept.give(t.data);
                 }
-                out
+                done
             }
         }
     }
@@ -356,6 +401,23 @@ impl Attention {
         self.run_quantized_with(kernels::active()?, shape, q, k, v)
     }
 
+    /// [`Attention::run_quantized`] into `out` (shaped like Q; every value is overwritten).
+    pub fn run_quantized_into(
+        &self,
+        shape: &AttnShape,
+        q: &QTensor,
+        k: &QTensor,
+        v: &QTensor,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let kernel = kernels::active()?;
+        self.check_quantized(shape, q, k, v)?;
+        check_out(shape, out.len())?;
+        threads::install(self.threads, || {
+            crate::aligned::built_in(out, |o| self.quantized_fresh(kernel, shape, q, k, v, o))
+        })?
+    }
+
     /// [`Attention::run_quantized`] on a given kernel rather than the process-wide one, so that
     /// tests can run every kernel of [`kernels::available`] in one process.
     pub fn run_quantized_with(
@@ -366,6 +428,17 @@ impl Attention {
         k: &QTensor,
         v: &QTensor,
     ) -> Result<Vec<f32>> {
+        self.check_quantized(shape, q, k, v)?;
+        self.new_output(shape, |o| self.quantized_fresh(kernel, shape, q, k, v, o))
+    }
+
+    fn check_quantized(
+        &self,
+        shape: &AttnShape,
+        q: &QTensor,
+        k: &QTensor,
+        v: &QTensor,
+    ) -> Result<()> {
         self.check(shape)?;
         check_lens(shape, q.data.len(), k.data.len(), v.data.len())?;
         for (name, t) in [("Q", q), ("K", k), ("V", v)] {
@@ -379,6 +452,19 @@ impl Attention {
                 self.pipeline
             ));
         }
+        Ok(())
+    }
+
+    /// The integer pipelines once the inputs are checked, into `out`.
+    fn quantized_fresh(
+        &self,
+        kernel: &dyn Kernel,
+        shape: &AttnShape,
+        q: &QTensor,
+        k: &QTensor,
+        v: &QTensor,
+        out: Fresh<'_, f32>,
+    ) -> Result<()> {
         let scale = self.softmax_scale(shape.head_dim);
         let softmax = match self.pipeline {
             Pipeline::IntAttention => IntSoftmax::Index {
@@ -399,21 +485,18 @@ impl Attention {
             IntSoftmax::Index { params } => params.lut(),
             IntSoftmax::Float { .. } => Lut::new(DEFAULT_TABLE_BITS, DEFAULT_CLIP)?,
         };
-        let storage = output_storage(shape, self.threads);
         if self.schedule != Schedule::Unfused {
             return threads::install(self.threads, || {
-                let (out, done) = crate::aligned::vec_built_by(storage, shape.q_elems(), |o| {
-                    fused::run(self, kernel, shape, &softmax, &lut, q, k, v, o)
-                });
-                done.map(|()| out)
+                fused::run(self, kernel, shape, &softmax, &lut, q, k, v, out)
             })?;
         }
         let per_head = shape.q_len * shape.head_dim;
         threads::install(self.threads, || {
-            let mut out = output_buffer(shape, storage);
-            out.par_chunks_mut(per_head)
+            out.chunks(per_head)
+                .into_par_iter()
                 .enumerate()
                 .for_each(|(bh, o)| {
+                    let o = o.zeroed();
                     let (qh, kh, vh) = head_slices(shape, bh, &q.data, &k.data, &v.data);
                     let ctx = HeadCtx {
                         shape,
@@ -422,7 +505,6 @@ impl Attention {
                     };
                     ctx.int_head(kernel, &softmax, &lut, qh, kh, vh, v.scale, o);
                 });
-            out
         })
     }
 
@@ -432,17 +514,18 @@ impl Attention {
         q: &[T],
         k: &[T],
         v: &[T],
-    ) -> Result<Vec<f32>> {
+        out: Fresh<'_, f32>,
+    ) -> Result<()> {
         let kernel = kernels::active()?;
         let per_head = shape.q_len * shape.head_dim;
         let scale = self.softmax_scale(shape.head_dim);
         let overflow = std::sync::atomic::AtomicBool::new(false);
-        let storage = output_storage(shape, self.threads);
-        let out = threads::install(self.threads, || {
-            let mut out = output_buffer(shape, storage);
-            out.par_chunks_mut(per_head)
+        threads::install(self.threads, || {
+            out.chunks(per_head)
+                .into_par_iter()
                 .enumerate()
                 .for_each(|(bh, o)| {
+                    let o = o.zeroed();
                     let (qh, kh, vh) = head_slices(shape, bh, q, k, v);
                     let ctx = HeadCtx {
                         shape,
@@ -453,7 +536,6 @@ impl Attention {
                         overflow.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                 });
-            out
         })?;
         if overflow.into_inner() {
             return Err(Error::Unsupported(
@@ -461,16 +543,16 @@ impl Attention {
                     .into(),
             ));
         }
-        Ok(out)
+        Ok(())
     }
 }
 
-/// Room for the output of a call on `threads` workers, to be zeroed by them with
-/// [`output_buffer`]. Where it is allocated was measured (device Xeon, glibc 2.39):
+/// Room for the output of a call on `threads` workers, to be zeroed by them as they write it
+/// ([`crate::aligned::vec_built_by`]). Where it is allocated was measured (device Xeon, glibc 2.39):
 /// - one worker: here, on the calling thread, which also frees it. Allocated on the worker,
 ///   its arena gave the pages back after every call (L = 1024: 265 page faults per call,
 ///   1.3-2.0 ms instead of 1.0-1.1 ms).
-/// - several: on a worker ([`crate::aligned::par_vecs_in`] allocates an empty `Vec`). The
+/// - several: on a worker (`vec_built_by` reserves room in an empty `Vec` there). The
 ///   caller's arena hands back the same block every call, whose lines the previous call's
 ///   workers still hold modified in their own caches, and the blocks then pull them over
 ///   one by one (L = 4096, 16 threads: 1.57-1.63 ms against 1.32-1.49 ms, rotated order).
@@ -482,12 +564,19 @@ fn output_storage(shape: &AttnShape, threads: usize) -> Vec<f32> {
     }
 }
 
-/// The zeroed output in `storage`, made by the current pool's workers (`vec![0.0; n]` would
-/// zero it on one thread).
-fn output_buffer(shape: &AttnShape, storage: Vec<f32>) -> Vec<f32> {
-    const PIECE: usize = 1 << 14;
-    let [out] = crate::aligned::par_vecs_in([storage], [shape.q_elems()], PIECE, |_, _, _| {});
-    out
+/// `out` must hold exactly the output's values.
+fn check_out(shape: &AttnShape, len: usize) -> Result<()> {
+    if len != shape.q_elems() {
+        return shape_err(format!(
+            "the output has {len} elements, shape {}x{}x{}x{} needs {}",
+            shape.batch,
+            shape.heads,
+            shape.q_len,
+            shape.head_dim,
+            shape.q_elems()
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_lens(shape: &AttnShape, q: usize, k: usize, v: usize) -> Result<()> {

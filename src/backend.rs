@@ -41,6 +41,20 @@ pub trait AttentionRunner {
     fn backend(&self) -> Backend;
     /// Q, K, V as for [`Attention::run`]; returns the f32 output shaped like Q.
     fn run(&mut self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>>;
+    /// [`AttentionRunner::run`] into `out` (shaped like Q). By default a copy of `run`'s
+    /// result; backends that can write in place do.
+    fn run_into(&mut self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) -> Result<()> {
+        let o = self.run(q, k, v)?;
+        if o.len() != out.len() {
+            return Err(Error::Shape(format!(
+                "the output has {} elements, the result {}",
+                out.len(),
+                o.len()
+            )));
+        }
+        out.copy_from_slice(&o);
+        Ok(())
+    }
 }
 
 struct NativeRunner {
@@ -54,6 +68,9 @@ impl AttentionRunner for NativeRunner {
     }
     fn run(&mut self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
         self.attn.run(&self.shape, q, k, v)
+    }
+    fn run_into(&mut self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) -> Result<()> {
+        self.attn.run_into(&self.shape, q, k, v, out)
     }
 }
 

@@ -988,3 +988,80 @@ fn zero_dims_and_wrong_lengths_are_errors() {
         .run(&good, &q, &k, &k)
         .is_err());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Writing into a caller's buffer
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn run_into_a_dirty_buffer_equals_run() {
+    // Causal GQA with a padded batch row, large enough for several row blocks and packing.
+    let s = shape(2, 4, 2, 70, 90, 16);
+    let (q, k, v) = (
+        data(11, s.q_elems()),
+        data(12, s.kv_elems()),
+        data(13, s.kv_elems()),
+    );
+    let (qq, kq, vq) = qtensors(&s, 14);
+    for pipeline in Pipeline::ALL {
+        for schedule in ALL_SCHEDULES {
+            for threads in [1, 3] {
+                let a = Attention::new(pipeline)
+                    .causal(true)
+                    .key_lens(vec![90, 37])
+                    .schedule(schedule)
+                    .threads(threads)
+                    .block_rows(16);
+                let what = format!("{pipeline} {schedule:?} {threads} threads");
+                let want = a.run(&s, &q, &k, &v).unwrap();
+                let mut out = vec![f32::NAN; s.q_elems()];
+                a.run_into(&s, &q, &k, &v, &mut out).unwrap();
+                assert_bits_eq(&out, &want, &what);
+                // Again into the same buffer, now holding the previous results.
+                out.iter_mut().for_each(|x| *x = -*x + 1.0);
+                a.run_into(&s, &q, &k, &v, &mut out).unwrap();
+                assert_bits_eq(&out, &want, &what);
+                if pipeline.is_integer() {
+                    let want = a.run_quantized(&s, &qq, &kq, &vq).unwrap();
+                    let mut out = vec![f32::INFINITY; s.q_elems()];
+                    a.run_quantized_into(&s, &qq, &kq, &vq, &mut out).unwrap();
+                    assert_bits_eq(&out, &want, &format!("quantized, {what}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn run_into_rejects_a_wrong_output_and_leaves_no_stale_values_on_error() {
+    let s = shape(1, 2, 1, 3, 4, 2);
+    let (q, k) = (data(1, s.q_elems()), data(2, s.kv_elems()));
+    let (qq, kq, vq) = qtensors(&s, 3);
+    for pipeline in Pipeline::ALL {
+        let a = Attention::new(pipeline);
+        for len in [0, s.q_elems() - 1, s.q_elems() + 1] {
+            let mut out = vec![7.0; len];
+            let e = a.run_into(&s, &q, &k, &k, &mut out).unwrap_err();
+            assert!(matches!(e, Error::Shape(_)), "{pipeline} {len}: {e}");
+            assert!(out.iter().all(|&x| x == 7.0), "checked before any write");
+            if pipeline.is_integer() {
+                let e = a
+                    .run_quantized_into(&s, &qq, &kq, &vq, &mut out)
+                    .unwrap_err();
+                assert!(matches!(e, Error::Shape(_)), "{pipeline} {len}: {e}");
+            }
+        }
+        // Bad data is found while the output is being made: it comes back zeroed.
+        let mut bad = q.clone();
+        bad[2] = f32::NAN;
+        let mut out = vec![7.0; s.q_elems()];
+        assert!(
+            a.run_into(&s, &bad, &k, &k, &mut out).is_err(),
+            "{pipeline}"
+        );
+        assert!(out.iter().all(|&x| x == 0.0), "{pipeline}: {out:?}");
+    }
+    assert!(Attention::new(Pipeline::Fp32)
+        .run_quantized_into(&s, &qq, &kq, &vq, &mut vec![0.0; s.q_elems()])
+        .is_err());
+}

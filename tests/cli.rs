@@ -376,6 +376,7 @@ fn bench_text_and_json() {
     assert_eq!(v["kv_heads"], 2);
     assert_eq!(v["threads"], 2);
     assert_eq!(v["runs"], 2);
+    assert_eq!(v["reuse_output"], false);
     let (min, med, max) = (
         v["min_ms"].as_f64().unwrap(),
         v["median_ms"].as_f64().unwrap(),
@@ -388,6 +389,44 @@ fn bench_text_and_json() {
         (v["gmacs"].as_f64().unwrap() - gmacs).abs() < 1e-6 * gmacs,
         "{json}"
     );
+}
+
+#[test]
+fn bench_reusing_one_output_buffer() {
+    for pipe in ["fp32", "fp16", "int8", "intattn"] {
+        let json = assert_ok(&run(&[
+            "bench",
+            "--pipe",
+            pipe,
+            "--L",
+            "40",
+            "--d",
+            "16",
+            "--heads",
+            "2",
+            "--causal",
+            "--threads",
+            "2",
+            "--runs",
+            "2",
+            "--reuse-output",
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON object");
+        assert_eq!(v["reuse_output"], true, "{json}");
+        assert!(v["median_ms"].as_f64().unwrap() > 0.0, "{json}");
+    }
+    let text = assert_ok(&run(&[
+        "bench",
+        "--L",
+        "16",
+        "--d",
+        "8",
+        "--runs",
+        "1",
+        "--reuse-output",
+    ]));
+    assert!(text.contains("output reused"), "{text}");
 }
 
 #[test]
