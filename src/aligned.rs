@@ -53,7 +53,13 @@ fn zeroed_lines(n: usize) -> Vec<Line> {
     }
     let mut kept = LINES.take(n);
     if kept.capacity() >= n {
-        kept.resize(n, Line([0; 64]));
+        // One memset (`resize` would copy a zero line at a time).
+        // SAFETY: the capacity holds at least n lines, which the write covers exactly; after
+        // it they are initialised (all-zero bytes are a valid `Line`), so the length may be n.
+        unsafe {
+            std::ptr::write_bytes(kept.as_mut_ptr(), 0, n);
+            kept.set_len(n);
+        }
         return kept;
     }
     let layout = std::alloc::Layout::array::<Line>(n).expect("AlignedVec: size overflows");
