@@ -405,6 +405,20 @@ mod tests {
             assert_eq!(all[1], QTensor::quantize(&z).unwrap(), "{threads} threads");
             assert!(all[2].data.is_empty());
         }
+        // Called from inside the pool's own tasks, many at once (each pass is a broadcast to
+        // every worker, which the callers' workers run while they wait).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let want = QTensor::quantize(&z).unwrap();
+        pool.install(|| {
+            use rayon::prelude::*;
+            (0..12).into_par_iter().for_each(|_| {
+                let [a] = QTensor::quantize_all_parallel([&z[..]]).unwrap();
+                assert_eq!(a, want);
+            })
+        });
     }
 
     #[test]

@@ -1065,3 +1065,34 @@ fn run_into_rejects_a_wrong_output_and_leaves_no_stale_values_on_error() {
         .run_quantized_into(&s, &qq, &kq, &vq, &mut vec![0.0; s.q_elems()])
         .is_err());
 }
+
+#[test]
+fn concurrent_calls_from_several_threads_agree() {
+    // Callers sharing one worker pool (same thread count) and the kept buffers, all at once.
+    let s = shape(1, 2, 1, 300, 300, 32);
+    let (q, k, v) = (
+        data(21, s.q_elems()),
+        data(22, s.kv_elems()),
+        data(23, s.kv_elems()),
+    );
+    for pipeline in [Pipeline::IntAttention, Pipeline::Int8, Pipeline::Fp32] {
+        let a = Attention::new(pipeline).threads(2);
+        let want = a.run(&s, &q, &k, &v).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let (a, want, q, k, v) = (&a, &want, &q, &k, &v);
+                scope.spawn(move || {
+                    let mut out = vec![f32::NAN; s.q_elems()];
+                    for i in 0..5 {
+                        if (t + i) % 2 == 0 {
+                            assert_bits_eq(&a.run(&s, q, k, v).unwrap(), want, "run");
+                        } else {
+                            a.run_into(&s, q, k, v, &mut out).unwrap();
+                            assert_bits_eq(&out, want, "run_into");
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
