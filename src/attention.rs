@@ -9,6 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::aligned::Fresh;
@@ -613,7 +614,9 @@ fn to_f16(what: &'static str, x: &[f32]) -> Result<Vec<f16>> {
             x[i]
         )));
     }
-    Ok(x.iter().map(|&v| f16::from_f32(v)).collect())
+    let mut h = vec![f16::ZERO; x.len()];
+    h.convert_from_f32_slice(x);
+    Ok(h)
 }
 
 /// The flat key/value head index `b * kv_heads + kvh` that query head `bh = b * heads + h` reads.
@@ -776,8 +779,10 @@ struct HeadCtx<'a> {
 
 /// f32 and f16 through one code path: the element type of the GEMMs.
 trait FloatElem: Copy + Send + Sync + Default + 'static {
-    fn to_f32(self) -> f32;
-    fn from_f32(v: f32) -> Self;
+    /// `dst[i] = src[i]` as f32 (exact), for slices of equal length.
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]);
+    /// `dst[i] = src[i]` rounded to nearest even, for slices of equal length.
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]);
     fn matmul(
         a: &[Self],
         b: &[Self],
@@ -791,11 +796,11 @@ trait FloatElem: Copy + Send + Sync + Default + 'static {
 }
 
 impl FloatElem for f32 {
-    fn to_f32(self) -> f32 {
-        self
+    fn to_f32_slice(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
-    fn from_f32(v: f32) -> Self {
-        v
+    fn from_f32_slice(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
     }
     fn matmul(
         a: &[f32],
@@ -811,12 +816,14 @@ impl FloatElem for f32 {
     }
 }
 
+/// The conversions of `half`'s slice methods: F16C on x86-64 and FCVT on aarch64 where the
+/// CPU has them (checked at run time), the same IEEE rounding as one value at a time.
 impl FloatElem for f16 {
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
+    fn to_f32_slice(src: &[f16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
     }
-    fn from_f32(v: f32) -> Self {
-        f16::from_f32(v)
+    fn from_f32_slice(src: &[f32], dst: &mut [f16]) {
+        dst.convert_from_f32_slice(src);
     }
     fn matmul(
         a: &[f16],
@@ -849,22 +856,16 @@ impl HeadCtx<'_> {
         let mut row = vec![0f32; lk];
         for i in 0..lq {
             let srow = &mut s[i * lk..(i + 1) * lk];
-            for (r, x) in row.iter_mut().zip(srow.iter()) {
-                *r = x.to_f32();
-            }
+            T::to_f32_slice(srow, &mut row);
             if row.iter().any(|x| !x.is_finite()) {
                 return false;
             }
             kernel.softmax_f32_row(&mut row, self.attn.valid_keys(self.shape, self.batch, i));
-            for (x, r) in srow.iter_mut().zip(row.iter()) {
-                *x = T::from_f32(*r);
-            }
+            T::from_f32_slice(&row, srow);
         }
         let mut o = vec![T::default(); lq * d];
         T::matmul(&s, v, lq, d, lk, Rhs::Plain, 1.0, &mut o);
-        for (dst, src) in out.iter_mut().zip(o) {
-            *dst = src.to_f32();
-        }
+        T::to_f32_slice(&o, out);
         true
     }
 
