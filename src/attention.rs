@@ -491,20 +491,32 @@ impl Attention {
                 fused::run(self, kernel, shape, &softmax, &lut, q, k, v, out)
             })?;
         }
+        self.per_head(shape, out, |ctx, bh, o| {
+            let (qh, kh, vh) = head_slices(shape, bh, &q.data, &k.data, &v.data);
+            ctx.int_head(kernel, &softmax, &lut, qh, kh, vh, v.scale, o);
+        })
+    }
+
+    /// `head(ctx, bh, rows)` for every flat head `bh` on the call's pool, each on its own
+    /// output rows, zeroed first (the unfused schedules).
+    fn per_head(
+        &self,
+        shape: &AttnShape,
+        out: Fresh<'_, f32>,
+        head: impl Fn(&HeadCtx, usize, &mut [f32]) + Sync,
+    ) -> Result<()> {
         let per_head = shape.q_len * shape.head_dim;
         threads::install(self.threads, || {
             out.chunks(per_head)
                 .into_par_iter()
                 .enumerate()
                 .for_each(|(bh, o)| {
-                    let o = o.zeroed();
-                    let (qh, kh, vh) = head_slices(shape, bh, &q.data, &k.data, &v.data);
                     let ctx = HeadCtx {
                         shape,
                         attn: self,
                         batch: bh / shape.heads,
                     };
-                    ctx.int_head(kernel, &softmax, &lut, qh, kh, vh, v.scale, o);
+                    head(&ctx, bh, o.zeroed());
                 });
         })
     }
@@ -518,25 +530,13 @@ impl Attention {
         out: Fresh<'_, f32>,
     ) -> Result<()> {
         let kernel = kernels::active()?;
-        let per_head = shape.q_len * shape.head_dim;
         let scale = self.softmax_scale(shape.head_dim);
         let overflow = std::sync::atomic::AtomicBool::new(false);
-        threads::install(self.threads, || {
-            out.chunks(per_head)
-                .into_par_iter()
-                .enumerate()
-                .for_each(|(bh, o)| {
-                    let o = o.zeroed();
-                    let (qh, kh, vh) = head_slices(shape, bh, q, k, v);
-                    let ctx = HeadCtx {
-                        shape,
-                        attn: self,
-                        batch: bh / shape.heads,
-                    };
-                    if !ctx.float_head(kernel, scale, qh, kh, vh, o) {
-                        overflow.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                });
+        self.per_head(shape, out, |ctx, bh, o| {
+            let (qh, kh, vh) = head_slices(shape, bh, q, k, v);
+            if !ctx.float_head(kernel, scale, qh, kh, vh, o) {
+                overflow.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         })?;
         if overflow.into_inner() {
             return Err(Error::Unsupported(
