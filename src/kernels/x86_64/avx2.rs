@@ -168,7 +168,7 @@ fn lane_mask(lanes: usize) -> __m256i {
 /// AVX2 must be available and those `lanes` values readable.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn load_lanes(p: *const i32, lanes: usize) -> __m256i {
+unsafe fn load_lanes(p: *const i32, lanes: usize) -> __m256i {
     // SAFETY: only the first `lanes` values are read (the caller's guarantee).
     unsafe {
         match lanes {
@@ -185,7 +185,7 @@ pub(super) unsafe fn load_lanes(p: *const i32, lanes: usize) -> __m256i {
 /// AVX2 must be available and those `lanes` values writable.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn store_lanes(p: *mut i32, lanes: usize, v: __m256i) {
+unsafe fn store_lanes(p: *mut i32, lanes: usize, v: __m256i) {
     // SAFETY: only the first `lanes` values are written (the caller's guarantee).
     unsafe {
         match lanes {
@@ -196,24 +196,64 @@ pub(super) unsafe fn store_lanes(p: *mut i32, lanes: usize, v: __m256i) {
     }
 }
 
+/// The accumulators an `R x 16` tile of ymm registers starts from (two vectors of 8 i32 per
+/// row): C itself when accumulating over depth blocks, else the row values, else zeros; and
+/// how many lanes of each vector lie inside C.
+///
+/// # Safety
+/// AVX2 must be available (call it from AVX2 code only); the tile's C rows (when accumulating) and row values must be
+/// readable as [`Tile`] says.
+// Always inlined (a call would pass the accumulators through memory), and without a
+// target feature of its own: `#[inline(always)]` cannot carry one; it runs inside the AVX2
+// micro-kernels.
+#[inline(always)]
+pub(super) unsafe fn tile_start<const R: usize>(t: &Tile) -> ([[__m256i; 2]; R], [usize; 2]) {
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    let lanes = [t.cols.min(8), t.cols.saturating_sub(8).min(8)];
+    // SAFETY: the reads stay in the tile's C rows (`cols` lanes) and its R row values.
+    unsafe {
+        if t.accumulate {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                for (v, acc_rv) in acc_r.iter_mut().enumerate() {
+                    *acc_rv = load_lanes(t.c.wrapping_add(r * t.ldc + 8 * v), lanes[v]);
+                }
+            }
+        } else if !t.row_init.is_null() {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                *acc_r = [_mm256_set1_epi32(*t.row_init.add(r)); 2];
+            }
+        }
+    }
+    (acc, lanes)
+}
+
+/// Stores the accumulators of [`tile_start`]'s tile into its C rows, `lanes` of each vector.
+///
+/// # Safety
+/// AVX2 must be available (call it from AVX2 code only); the tile's C rows must be writable
+/// as [`Tile`] says.
+// Always inlined (a call would pass the accumulators through memory), and without a
+// target feature of its own: `#[inline(always)]` cannot carry one; it runs inside the AVX2
+// micro-kernels.
+#[inline(always)]
+pub(super) unsafe fn tile_store<const R: usize>(
+    t: &Tile,
+    acc: &[[__m256i; 2]; R],
+    lanes: [usize; 2],
+) {
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (v, acc_rv) in acc_r.iter().enumerate() {
+            // SAFETY: `lanes[v]` values of row r lie inside C (the caller's guarantee).
+            unsafe { store_lanes(t.c.wrapping_add(r * t.ldc + 8 * v), lanes[v], *acc_rv) };
+        }
+    }
+}
+
 /// One `R x 16` tile: `R` rows of i16 pairs against one B panel (see [`Tile`]).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro<const R: usize>(t: &Tile) {
-    let mut acc = [[_mm256_setzero_si256(); 2]; R];
-    let lanes = [t.cols.min(8), t.cols.saturating_sub(8).min(8)];
-    // Starting values: C itself when accumulating over depth blocks, else the row values.
-    if t.accumulate {
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            for (v, acc_rv) in acc_r.iter_mut().enumerate() {
-                *acc_rv = load_lanes(t.c.wrapping_add(r * t.ldc + 8 * v), lanes[v]);
-            }
-        }
-    } else if !t.row_init.is_null() {
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            *acc_r = [_mm256_set1_epi32(*t.row_init.add(r)); 2];
-        }
-    }
+    let (mut acc, lanes) = tile_start::<R>(t);
     let mut a = t.a;
     let mut b = t.b;
     for _ in 0..t.groups {
@@ -227,11 +267,7 @@ unsafe fn micro<const R: usize>(t: &Tile) {
         a = a.add(GROUP_BYTES);
         b = b.add(64);
     }
-    for (r, acc_r) in acc.iter().enumerate() {
-        for (v, acc_rv) in acc_r.iter().enumerate() {
-            store_lanes(t.c.wrapping_add(r * t.ldc + 8 * v), lanes[v], *acc_rv);
-        }
-    }
+    tile_store(t, &acc, lanes);
 }
 
 /// Largest of `row` (not empty).

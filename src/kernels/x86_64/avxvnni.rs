@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::avx2::{load_lanes, store_lanes, Avx2};
+use super::avx2::{tile_start, tile_store, Avx2};
 use super::{run_groups, Blocking, Tile, GROUP_BYTES};
 use crate::kernels::{Kernel, PackedB};
 
@@ -93,23 +93,11 @@ unsafe fn micro_dispatch<const A_U8: bool>(t: &Tile) {
 #[inline]
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn micro<const R: usize, const A_U8: bool>(t: &Tile) {
-    let mut acc = [[_mm256_setzero_si256(); NV]; R];
-    let lanes: [usize; NV] = std::array::from_fn(|v| t.cols.saturating_sub(8 * v).min(8));
     // SAFETY (whole body): loads and stores stay inside the tile's C rows (`cols` lanes, via
     // lane masks at a ragged edge), its A rows (`groups` groups of 4 bytes each) and its B
     // panel (`groups` groups of 64 bytes), as `run_tiles` guarantees.
     unsafe {
-        if t.accumulate {
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                for (v, acc_rv) in acc_r.iter_mut().enumerate() {
-                    *acc_rv = load_lanes(t.c.wrapping_add(r * t.ldc + 8 * v), lanes[v]);
-                }
-            }
-        } else if !t.row_init.is_null() {
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                *acc_r = [_mm256_set1_epi32(*t.row_init.add(r)); NV];
-            }
-        }
+        let (mut acc, lanes) = tile_start::<R>(t);
         let mut a = t.a;
         let mut b = t.b;
         for _ in 0..t.groups {
@@ -128,10 +116,6 @@ unsafe fn micro<const R: usize, const A_U8: bool>(t: &Tile) {
             a = a.add(GROUP_BYTES);
             b = b.add(8 * NV * GROUP_BYTES);
         }
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (v, acc_rv) in acc_r.iter().enumerate() {
-                store_lanes(t.c.wrapping_add(r * t.ldc + 8 * v), lanes[v], *acc_rv);
-            }
-        }
+        tile_store(t, &acc, lanes);
     }
 }
