@@ -1,18 +1,21 @@
-//! Where attention runs: the native kernels of this crate, or ARM ComputeLibrary.
-//!
-//! Front ends (the CLI, benchmarks) go through [`prepare`] so that one-time set-up (ACL's
-//! configure, weight packing) is not timed with every run.
+//! Where attention runs: the native kernels of this crate, or ARM ComputeLibrary. Front ends
+//! (the CLI, benchmarks) go through [`prepare`] so that one-time set-up (ACL's configure and
+//! memory, the native workspace) is not timed with every run.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::attention::{Attention, AttnShape};
-use crate::error::{param_err, Error, Result};
+use crate::attention::{Attention, AttnShape, Workspace};
+use crate::error::{check_len, invalid, Error, Result};
+use crate::tensor::TensorView;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// An attention implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Backend {
+    /// This crate's kernels.
     Native,
+    /// ARM ComputeLibrary (aarch64 builds with the `acl` feature).
     Acl,
 }
 
@@ -31,59 +34,112 @@ impl FromStr for Backend {
         match s.to_ascii_lowercase().as_str() {
             "native" => Ok(Backend::Native),
             "acl" => Ok(Backend::Acl),
-            _ => param_err(format!("unknown backend '{s}' (expected native or acl)")),
+            _ => invalid("backend", s, "native or acl"),
         }
     }
 }
 
 /// Attention prepared for one shape and configuration, run many times on new inputs.
 pub trait AttentionRunner {
+    /// The backend this runner uses.
     fn backend(&self) -> Backend;
-    /// Q, K, V as for [`Attention::run`]; returns the f32 output shaped like Q.
+
+    /// Q, K, V contiguous as for [`Attention::run`]; returns the f32 output shaped like Q.
+    ///
+    /// # Errors
+    /// As [`Attention::run`], and the backend's own errors.
     fn run(&mut self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>>;
+
     /// [`AttentionRunner::run`] into `out` (shaped like Q). By default a copy of `run`'s
     /// result; backends that can write in place do.
+    ///
+    /// # Errors
+    /// As [`AttentionRunner::run`], and [`Error::LengthMismatch`] for a wrong output length.
     fn run_into(&mut self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) -> Result<()> {
         let o = self.run(q, k, v)?;
-        if o.len() != out.len() {
-            return Err(Error::Shape(format!(
-                "the output has {} elements, the result {}",
-                out.len(),
-                o.len()
-            )));
-        }
+        check_len("output", o.len(), out.len())?;
         out.copy_from_slice(&o);
         Ok(())
     }
 }
 
+/// The native backend: the configuration, the shape and a workspace kept between runs.
 struct NativeRunner {
     attn: Attention,
     shape: AttnShape,
+    ws: Workspace,
+}
+
+impl NativeRunner {
+    fn views<'a>(
+        &self,
+        q: &'a [f32],
+        k: &'a [f32],
+        v: &'a [f32],
+    ) -> Result<(TensorView<'a, f32>, TensorView<'a, f32>, TensorView<'a, f32>)> {
+        let s = &self.shape;
+        let qd = [s.batch, s.heads, s.q_len, s.head_dim];
+        let kd = [s.batch, s.kv_heads, s.kv_len, s.head_dim];
+        Ok((
+            TensorView::new(q, qd).map_err(|e| rename(e, "Q"))?,
+            TensorView::new(k, kd).map_err(|e| rename(e, "K"))?,
+            TensorView::new(v, kd).map_err(|e| rename(e, "V"))?,
+        ))
+    }
+}
+
+fn rename(e: Error, tensor: &'static str) -> Error {
+    match e {
+        Error::LengthMismatch {
+            expected, found, ..
+        } => Error::LengthMismatch {
+            tensor,
+            expected,
+            found,
+        },
+        e => e,
+    }
 }
 
 impl AttentionRunner for NativeRunner {
     fn backend(&self) -> Backend {
         Backend::Native
     }
+
     fn run(&mut self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
-        self.attn.run(&self.shape, q, k, v)
+        let mut out = Vec::new();
+        out.try_reserve_exact(self.shape.q_elems())
+            .map_err(|_| Error::Allocation {
+                what: "the output",
+                bytes: self.shape.q_elems().saturating_mul(4),
+            })?;
+        out.resize(self.shape.q_elems(), 0.0);
+        self.run_into(q, k, v, &mut out)?;
+        Ok(out)
     }
+
     fn run_into(&mut self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) -> Result<()> {
-        self.attn.run_into(&self.shape, q, k, v, out)
+        let (q, k, v) = self.views(q, k, v)?;
+        self.attn.run_into(&mut self.ws, q, k, v, out)
     }
 }
 
 /// Prepares attention on a backend.
+///
+/// # Errors
+/// Bad shapes or parameters ([`Attention::run`]'s checks); [`Error::AclUnavailable`] for ACL
+/// in a build without it; ACL's own errors.
 pub fn prepare(
     backend: Backend,
     attn: &Attention,
     shape: &AttnShape,
 ) -> Result<Box<dyn AttentionRunner>> {
+    attn.check(shape)?;
     match backend {
         Backend::Native => Ok(Box::new(NativeRunner {
             attn: attn.clone(),
             shape: *shape,
+            ws: Workspace::new(),
         })),
         Backend::Acl => prepare_acl(attn, shape),
     }

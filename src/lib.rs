@@ -1,41 +1,59 @@
 //! # intattention
 //!
 //! Fully integer attention (IntAttention, Zhong et al., MLSys 2026) for CPUs: int8 Q K^T into
-//! i32 scores, IndexSoftmax into u8 probabilities, u8 P times int8 V, plus the three baselines
-//! (fp32, fp16, int8 with a float softmax). The numbers follow the project's SPEC exactly.
+//! i32 scores, IndexSoftmax into u8 probabilities, u8 P times int8 V, and the three baselines
+//! (fp32, fp16, int8 with a float softmax). Every integer result is exact against a scalar
+//! reference of the numerical contract (docs/numerics.md).
 //!
-//! - [`reference`]: scalar code that reads like the SPEC; every kernel is tested against it.
-//! - [`kernels`]: the kernel trait, runtime dispatch, and the SIMD kernels.
-//! - [`quant`], [`softmax`], [`gemm`]: the standalone operations.
-//! - [`attention`]: the four pipelines.
-//! - [`fused`]: the row-block schedule of the integer pipelines (no `Lq x Lk` buffer).
+//! ```
+//! use intattention::{Attention, AttnShape, Pipeline, SoftmaxVariant};
+//!
+//! let shape = AttnShape::new(1, 8, 64, 64).with_kv_heads(2);
+//! let q = vec![0.1f32; shape.q_elems()];
+//! let (k, v) = (vec![0.2f32; shape.kv_elems()], vec![0.3f32; shape.kv_elems()]);
+//! let out = Attention::new(Pipeline::IntAttention)
+//!     .with_variant(SoftmaxVariant::Deferred)
+//!     .with_causal(true)
+//!     .run(&shape, &q, &k, &v)?;
+//! assert_eq!(out.len(), shape.q_elems());
+//! # Ok::<(), intattention::Error>(())
+//! ```
+//!
+//! - [`Attention`]: the configuration and its calls (`run`, `run_into` on strided
+//!   [`TensorView`]s with a caller's [`Workspace`], `run_quantized`, `run_cached` over a
+//!   [`KvCache`]); [`Executor`] says where the work runs.
+//! - [`ops`]: the standalone operations (quantization, IndexSoftmax, the integer GEMMs).
+//! - [`kernels`]: the compute kernels ([`Kernel`]); every SIMD kernel is checked against
+//!   [`reference`], the scalar code that reads like the contract.
+//! - `acl` (feature `acl`, aarch64): ARM ComputeLibrary's operators and pipelines.
 
-pub mod accuracy;
+#![deny(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
 #[cfg(intattention_acl)]
 pub mod acl;
-#[doc(hidden)]
-pub mod aligned;
-pub mod attention;
+mod attention;
 pub mod backend;
-pub mod data;
-pub mod error;
-pub mod float;
-pub mod fused;
-pub mod gemm;
+mod cache;
+mod error;
+mod exec;
+pub mod interop;
 pub mod kernels;
-pub mod npy;
-pub mod quant;
+pub mod lut;
+mod memory;
+pub mod ops;
+mod pipeline;
 pub mod reference;
+mod rounding;
 mod simd;
-pub mod softmax;
-pub mod threads;
+mod tensor;
 
-pub use attention::{Attention, AttnShape, Pipeline, Schedule};
+pub use attention::{Attention, AttnShape, Granularity, Quantization, Schedule, Workspace};
 pub use backend::Backend;
+pub use cache::{KvCache, MAX_EXP, PAGE};
 pub use error::{Error, Result};
-pub use gemm::{gemm_s8s8_nt, gemm_u8s8};
-pub use quant::{quantize_symmetric, QTensor};
-pub use softmax::{
-    index_softmax, threshold_exact, threshold_paper_sim, IndexSoftmaxParams, Lut, RowSums,
-    ScoreMask, SoftmaxVariant,
-};
+pub use exec::Executor;
+pub use kernels::Kernel;
+pub use ops::quant::{quantize_symmetric, QTensor};
+pub use ops::softmax::{index_softmax, IndexSoftmaxParams, RowSums, ScoreMask, SoftmaxVariant};
+pub use pipeline::Pipeline;
+pub use tensor::TensorView;

@@ -5,20 +5,32 @@
 //! compute the same bits as the baseline: they are the same Rust code, and none of it depends
 //! on FMA contraction or other feature-dependent float behaviour (Rust never contracts).
 //!
-//! On other architectures [`level`] is always [`Level::Base`].
+//! On other architectures [`level`] is always the base tier.
 
 use std::sync::OnceLock;
 
-/// A feature level, lowest first.
+/// A feature tier, lowest first.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Level {
+pub(crate) enum Tier {
     /// Whatever the target enables by default.
     Base,
     /// AVX2 + FMA (x86-64 only).
     Avx2,
     /// AVX-512 F, BW, DQ, VL (x86-64 only).
     Avx512,
+}
+
+/// A tier this CPU has. Only [`levels`] and [`level`] make one (the field is private to this
+/// module), which is what makes calling the feature-enabled copies of [`dispatch!`] sound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Level(Tier);
+
+impl Level {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn tier(self) -> Tier {
+        self.0
+    }
 }
 
 /// The best level this CPU has, detected once.
@@ -30,25 +42,25 @@ pub(crate) fn level() -> Level {
 /// Every level this CPU has, lowest first (tests run each one).
 pub(crate) fn levels() -> Vec<Level> {
     #[allow(unused_mut)]
-    let mut v = vec![Level::Base];
+    let mut v = vec![Level(Tier::Base)];
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            v.push(Level::Avx2);
+            v.push(Level(Tier::Avx2));
             if is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512dq")
                 && is_x86_feature_detected!("avx512vl")
             {
-                v.push(Level::Avx512);
+                v.push(Level(Tier::Avx512));
             }
         }
     }
     v
 }
 
-/// Defines `$name(level, args..)`: calls `$body(args..)` compiled for `level`. `level` must
-/// come from [`levels`] (or [`level`]): that is what makes the feature-enabled copies sound.
+/// Defines `$name(level, args..)`: calls `$body(args..)` compiled for `level`, a [`Level`] of
+/// this CPU (the only kind there is).
 macro_rules! dispatch {
     (
         $(#[$meta:meta])*
@@ -69,13 +81,13 @@ macro_rules! dispatch {
                 unsafe fn avx512 $(<$($g: $bound),*>)? ($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
-                match level {
-                    // SAFETY: `level` comes from `simd::levels`, which reports AVX2 + FMA only
-                    // when the CPU has them.
-                    $crate::simd::Level::Avx2 => return unsafe { avx2($($arg),*) },
+                match level.tier() {
+                    // SAFETY: a `Level` is only made by `simd::levels`, which reports AVX2 +
+                    // FMA only when the CPU has them.
+                    $crate::simd::Tier::Avx2 => return unsafe { avx2($($arg),*) },
                     // SAFETY: as above, for AVX-512 F/BW/DQ/VL.
-                    $crate::simd::Level::Avx512 => return unsafe { avx512($($arg),*) },
-                    $crate::simd::Level::Base => {}
+                    $crate::simd::Tier::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::simd::Tier::Base => {}
                 }
             }
             let _ = level;

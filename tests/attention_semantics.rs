@@ -4,7 +4,10 @@
 //! straight from SPEC sections 2-4, one composed from the public operations (gemm_s8s8_nt,
 //! index_softmax, gemm_u8s8). Every kernel this CPU can run and every schedule is checked.
 
-use intattention::kernels::{self, MAX_K_U8S8};
+mod support;
+
+use intattention::kernels::MAX_K_U8S8;
+use intattention::lut::{threshold_exact, threshold_paper_sim, Lut};
 use intattention::*;
 use proptest::prelude::*;
 
@@ -86,13 +89,13 @@ struct Case {
 impl Case {
     fn attention(&self, pipeline: Pipeline) -> Attention {
         let mut a = Attention::new(pipeline)
-            .variant(self.variant)
-            .causal(self.causal);
+            .with_variant(self.variant)
+            .with_causal(self.causal);
         if let Some(l) = &self.key_lens {
-            a = a.key_lens(l.clone());
+            a = a.with_key_lens(l.clone());
         }
         if let Some(s) = self.scale {
-            a = a.scale(s);
+            a = a.with_scale(s);
         }
         a
     }
@@ -121,7 +124,7 @@ impl Case {
 fn direct_i64(c: &Case, q: &QTensor, k: &QTensor, v: &QTensor) -> Vec<f32> {
     let s = c.shape;
     let (lq, lk, d) = (s.q_len, s.kv_len, s.head_dim);
-    let t = c.threshold(q.scale, k.scale) as i64;
+    let t = c.threshold(q.scale(), k.scale()) as i64;
     let lut = Lut::new(5, 6.6).unwrap();
     let lut = lut.entries();
     let n1 = (lut.len() - 1) as i64;
@@ -138,7 +141,9 @@ fn direct_i64(c: &Case, q: &QTensor, k: &QTensor, v: &QTensor) -> Vec<f32> {
                 let scores: Vec<i64> = (0..lk)
                     .map(|j| {
                         (0..d)
-                            .map(|x| q.data[qb + i * d + x] as i64 * k.data[kb + j * d + x] as i64)
+                            .map(|x| {
+                                q.data()[qb + i * d + x] as i64 * k.data()[kb + j * d + x] as i64
+                            })
                             .sum()
                     })
                     .collect();
@@ -165,12 +170,14 @@ fn direct_i64(c: &Case, q: &QTensor, k: &QTensor, v: &QTensor) -> Vec<f32> {
                         255,
                     ),
                     SoftmaxVariant::Deferred => (e, sum),
-                    SoftmaxVariant::PaperSim => unreachable!("covered by the composed reference"),
+                    _ => unreachable!("PaperSim is covered by the composed reference"),
                 };
                 for x in 0..d {
-                    let o32: i64 = (0..lk).map(|j| p[j] * v.data[kb + j * d + x] as i64).sum();
+                    let o32: i64 = (0..lk)
+                        .map(|j| p[j] * v.data()[kb + j * d + x] as i64)
+                        .sum();
                     let div = if sum == 0 { 0 } else { div as u64 };
-                    out[qb + i * d + x] = spec_output(o32, v.scale, div);
+                    out[qb + i * d + x] = spec_output(o32, v.scale(), div);
                 }
             }
         }
@@ -185,7 +192,7 @@ fn composed(c: &Case, q: &QTensor, k: &QTensor, v: &QTensor) -> Vec<f32> {
     let s = c.shape;
     let (lq, lk, d) = (s.q_len, s.kv_len, s.head_dim);
     assert!(lk <= MAX_K_U8S8);
-    let params = IndexSoftmaxParams::new(c.threshold(q.scale, k.scale), c.variant).unwrap();
+    let params = IndexSoftmaxParams::new(c.threshold(q.scale(), k.scale()), c.variant).unwrap();
     let mut out = vec![f32::NAN; s.q_elems()];
     for b in 0..s.batch {
         let keep: Vec<bool> = (0..lq * lk)
@@ -193,16 +200,16 @@ fn composed(c: &Case, q: &QTensor, k: &QTensor, v: &QTensor) -> Vec<f32> {
             .collect();
         for h in 0..s.heads {
             let kvh = h / (s.heads / s.kv_heads);
-            let qh = &q.data[(b * s.heads + h) * lq * d..][..lq * d];
-            let kh = &k.data[(b * s.kv_heads + kvh) * lk * d..][..lk * d];
-            let vh = &v.data[(b * s.kv_heads + kvh) * lk * d..][..lk * d];
+            let qh = &q.data()[(b * s.heads + h) * lq * d..][..lq * d];
+            let kh = &k.data()[(b * s.kv_heads + kvh) * lk * d..][..lk * d];
+            let vh = &v.data()[(b * s.kv_heads + kvh) * lk * d..][..lk * d];
             let mut scores = vec![0i32; lq * lk];
-            gemm_s8s8_nt(qh, kh, lq, lk, d, &mut scores).unwrap();
+            intattention::ops::gemm::gemm_s8s8_nt(qh, kh, lq, lk, d, &mut scores).unwrap();
             let mut p = vec![0u8; lq * lk];
             let sums =
                 index_softmax(&scores, lq, lk, &params, ScoreMask::Dense(&keep), &mut p).unwrap();
             let mut o32 = vec![0i32; lq * d];
-            gemm_u8s8(&p, vh, lq, d, lk, &mut o32).unwrap();
+            intattention::ops::gemm::gemm_u8s8(&p, vh, lq, d, lk, &mut o32).unwrap();
             let o = &mut out[(b * s.heads + h) * lq * d..][..lq * d];
             for i in 0..lq {
                 let row_sum = sums.as_slice()[i] as u64;
@@ -212,7 +219,7 @@ fn composed(c: &Case, q: &QTensor, k: &QTensor, v: &QTensor) -> Vec<f32> {
                     _ => 255,
                 };
                 for x in 0..d {
-                    o[i * d + x] = spec_output(o32[i * d + x] as i64, v.scale, div);
+                    o[i * d + x] = spec_output(o32[i * d + x] as i64, v.scale(), div);
                 }
             }
         }
@@ -295,14 +302,17 @@ fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
 /// Runs the integer pipeline on every kernel, schedule and two thread counts; all must give
 /// exactly `want`.
 fn check_int_everywhere(c: &Case, q: &QTensor, k: &QTensor, v: &QTensor, want: &[f32]) {
-    for kernel in kernels::available() {
+    for kernel in Kernel::available() {
         for schedule in ALL_SCHEDULES {
             for threads in [1, 2] {
                 let a = c
                     .attention(Pipeline::IntAttention)
-                    .schedule(schedule)
-                    .threads(threads);
-                let got = a.run_quantized_with(kernel, &c.shape, q, k, v).unwrap();
+                    .with_schedule(schedule)
+                    .with_executor(support::threads(threads));
+                let got = a
+                    .with_kernel(kernel)
+                    .run_quantized(&c.shape, q, k, v)
+                    .unwrap();
                 let what = format!(
                     "{} {:?} {} threads, kernel {}: {:?}",
                     c.variant,
@@ -324,14 +334,7 @@ fn check_int_everywhere(c: &Case, q: &QTensor, k: &QTensor, v: &QTensor, want: &
 }
 
 fn shape(batch: usize, heads: usize, kv_heads: usize, lq: usize, lk: usize, d: usize) -> AttnShape {
-    AttnShape {
-        batch,
-        heads,
-        kv_heads,
-        q_len: lq,
-        kv_len: lk,
-        head_dim: d,
-    }
+    support::shape(batch, heads, kv_heads, lq, lk, d)
 }
 
 fn qtensors(s: &AttnShape, seed: u64) -> (QTensor, QTensor, QTensor) {
@@ -429,7 +432,7 @@ fn intattention_every_variant_equals_the_public_ops_composition() {
         for schedule in ALL_SCHEDULES {
             let got = c
                 .attention(Pipeline::IntAttention)
-                .schedule(schedule)
+                .with_schedule(schedule)
                 .run(&c.shape, &qf, &kf, &vf)
                 .unwrap();
             assert_bits_eq(&got, &want, &format!("run {schedule:?} {c:?}"));
@@ -465,7 +468,7 @@ proptest! {
         let want = direct_i64(&c, &q, &k, &v);
         let got = c.attention(Pipeline::IntAttention).run_quantized(&c.shape, &q, &k, &v).unwrap();
         prop_assert!(got.iter().zip(&want).all(|(a, b)| a == b), "{:?}", c);
-        let fused = c.attention(Pipeline::IntAttention).schedule(Schedule::Fused)
+        let fused = c.attention(Pipeline::IntAttention).with_schedule(Schedule::Fused)
             .run_quantized(&c.shape, &q, &k, &v).unwrap();
         prop_assert!(fused.iter().zip(&want).all(|(a, b)| a == b), "fused {:?}", c);
     }
@@ -519,16 +522,10 @@ proptest! {
         ],
         div in prop_oneof![Just(255u32), 0u32..100_000, any::<u32>()],
     ) {
-        use intattention::reference::{
-            dequantize_output, dequantize_output_exact, dequantize_output_fast, row_factor,
-        };
+        // The pipelines' output conversion (its f64 fast path included) is checked against
+        // this function bit for bit by the crate's unit tests (ops::output).
+        use intattention::reference::dequantize_output;
         let want = spec_output(o32, s_v, div as u64);
-        let exact = dequantize_output_exact(o32, s_v, div);
-        prop_assert!(exact == want, "exact path: {} * {:e} / {}: got {:e}, want {:e}", o32, s_v, div, exact, want);
-        // The fast path may decline (None) but must never answer wrongly.
-        if let Some(fast) = dequantize_output_fast(o32, row_factor(s_v, div)) {
-            prop_assert!(fast == want, "fast path: {} * {:e} / {}: got {:e}, want {:e}", o32, s_v, div, fast, want);
-        }
         let got = dequantize_output(o32, s_v, div);
         prop_assert!(got == want, "{} * {:e} / {}: got {:e}, want {:e}", o32, s_v, div, got, want);
     }
@@ -611,7 +608,7 @@ fn zero_q_gives_uniform_weights_over_the_visible_keys_in_every_pipeline() {
                                 Pipeline::Fp32 => 1e-6,
                                 Pipeline::Fp16 => 2e-3,
                                 Pipeline::Int8 => vs as f64 / 2.0 + n * 0.5 / 255.0 + 1e-6,
-                                Pipeline::IntAttention => vs as f64 / 2.0 + 1e-6,
+                                _ => vs as f64 / 2.0 + 1e-6,
                             };
                             assert!(
                                 (got as f64 - mean).abs() <= tol,
@@ -641,7 +638,7 @@ fn zero_k_also_gives_uniform_weights_and_every_variant_agrees_on_them() {
     // V quantizes exactly: s_v = 0.9 / 127 and q_v = [42.33..] -> check against the means.
     for variant in SoftmaxVariant::ALL {
         let out = Attention::new(Pipeline::IntAttention)
-            .variant(variant)
+            .with_variant(variant)
             .run(&s, &q, &k, &v)
             .unwrap();
         // n = 3: Normalized P = round_half_up(255 / 3) = 85 = 255 / 3 exactly, so all three
@@ -699,13 +696,13 @@ fn decode_row_equals_the_last_row_of_causal_self_attention() {
     let d = full.head_dim;
     let mut qlast = Vec::new();
     for h in 0..2 {
-        qlast.extend_from_slice(&q.data[(h * 10 + 9) * d..(h * 10 + 10) * d]);
+        qlast.extend_from_slice(&q.data()[(h * 10 + 9) * d..(h * 10 + 10) * d]);
     }
-    let qdec = QTensor::from_parts(qlast, q.scale).unwrap();
+    let qdec = QTensor::from_parts(qlast, q.scale()).unwrap();
     for variant in SoftmaxVariant::ALL {
         let a = Attention::new(Pipeline::IntAttention)
-            .variant(variant)
-            .causal(true);
+            .with_variant(variant)
+            .with_causal(true);
         let o_full = a.run_quantized(&full, &q, &k, &v).unwrap();
         let o_dec = a.run_quantized(&dec, &qdec, &k, &v).unwrap();
         for h in 0..2 {
@@ -724,7 +721,7 @@ fn decode_row_equals_the_last_row_of_causal_self_attention() {
     for h in 0..2 {
         qd.extend_from_slice(&qf[(h * 10 + 9) * d..(h * 10 + 10) * d]);
     }
-    let a = Attention::new(Pipeline::Fp32).causal(true);
+    let a = Attention::new(Pipeline::Fp32).with_causal(true);
     let o_full = a.run(&full, &qf, &kf, &vf).unwrap();
     let o_dec = a.run(&dec, &qd, &kf, &vf).unwrap();
     for h in 0..2 {
@@ -757,7 +754,7 @@ fn gqa_equals_attention_over_repeated_kv_heads() {
     };
     let (k6, v6) = (repeat(&k), repeat(&v));
     for pipeline in Pipeline::ALL {
-        let a = Attention::new(pipeline).causal(true);
+        let a = Attention::new(pipeline).with_causal(true);
         let og = a.run(&g, &q, &k, &v).unwrap();
         let om = a.run(&m, &q, &k6, &v6).unwrap();
         if pipeline.is_integer() {
@@ -799,9 +796,9 @@ fn fully_masked_rows_give_zero_output_in_all_four_pipelines() {
     for pipeline in Pipeline::ALL {
         for variant in SoftmaxVariant::ALL {
             let a = Attention::new(pipeline)
-                .variant(variant)
-                .causal(true)
-                .key_lens(vec![3, 0]);
+                .with_variant(variant)
+                .with_causal(true)
+                .with_key_lens(vec![3, 0]);
             let out = a.run(&s, &q, &k, &v).unwrap();
             assert!(out.iter().all(|x| x.is_finite()), "{pipeline} {variant}");
             for h in 0..2 {
@@ -868,7 +865,7 @@ fn decode_over_65800_keys_does_not_overflow_the_pv_accumulator() {
         for schedule in ALL_SCHEDULES {
             let got = c
                 .attention(Pipeline::IntAttention)
-                .schedule(schedule)
+                .with_schedule(schedule)
                 .run_quantized(&s, &q, &k, &v)
                 .unwrap();
             assert_bits_eq(&got, &want, &format!("{variant} {schedule:?}"));
@@ -902,24 +899,21 @@ fn nan_or_infinite_input_is_an_error_in_every_pipeline() {
     // Bad scales for callers holding int8 data.
     let (q, k, v) = qtensors(&s, 9);
     for bad in [f32::NAN, f32::INFINITY, -1.0] {
-        let mut q2 = q.clone();
-        q2.scale = bad;
-        let mut v2 = v.clone();
-        v2.scale = bad;
-        let a = Attention::new(Pipeline::IntAttention);
-        assert!(a.run_quantized(&s, &q2, &k, &v).is_err(), "s_q = {bad}");
-        assert!(a.run_quantized(&s, &q, &k, &v2).is_err(), "s_v = {bad}");
-        assert!(Attention::new(Pipeline::Int8)
-            .run_quantized(&s, &q2, &k, &v)
-            .is_err());
+        // A tensor with such a scale cannot even be made.
+        assert!(
+            QTensor::from_parts(q.data().to_vec(), bad).is_err(),
+            "s_q = {bad}"
+        );
     }
+    let a = Attention::new(Pipeline::IntAttention);
+    assert!(a.run_quantized(&s, &q, &k, &v).is_ok());
     // A bad logit scale.
     for bad in [0.0f32, -1.0, f32::NAN, f32::INFINITY] {
         let q = data(1, s.q_elems());
         let k = data(2, s.kv_elems());
         for pipeline in Pipeline::ALL {
             assert!(Attention::new(pipeline)
-                .scale(bad)
+                .with_scale(bad)
                 .run(&s, &q, &k, &k)
                 .is_err());
         }
@@ -963,11 +957,19 @@ fn zero_dims_and_wrong_lengths_are_errors() {
         // key_lens: one per batch row, none past kv_len.
         assert!(a
             .clone()
-            .key_lens(vec![4, 4])
+            .with_key_lens(vec![4, 4])
             .run(&good, &q, &k, &k)
             .is_err());
-        assert!(a.clone().key_lens(vec![5]).run(&good, &q, &k, &k).is_err());
-        assert!(a.clone().key_lens(vec![4]).run(&good, &q, &k, &k).is_ok());
+        assert!(a
+            .clone()
+            .with_key_lens(vec![5])
+            .run(&good, &q, &k, &k)
+            .is_err());
+        assert!(a
+            .clone()
+            .with_key_lens(vec![4])
+            .run(&good, &q, &k, &k)
+            .is_ok());
     }
     // run_quantized needs an integer pipeline.
     let qq = QTensor::from_parts(vec![1; good.q_elems()], 0.1).unwrap();
@@ -980,11 +982,11 @@ fn zero_dims_and_wrong_lengths_are_errors() {
         .is_err());
     // Bad IndexSoftmax parameters.
     assert!(Attention::new(Pipeline::IntAttention)
-        .table_bits(9)
+        .with_table_bits(9)
         .run(&good, &q, &k, &k)
         .is_err());
     assert!(Attention::new(Pipeline::IntAttention)
-        .clip(-1.0)
+        .with_clip(-1.0)
         .run(&good, &q, &k, &k)
         .is_err());
 }
@@ -1007,24 +1009,25 @@ fn run_into_a_dirty_buffer_equals_run() {
         for schedule in ALL_SCHEDULES {
             for threads in [1, 3] {
                 let a = Attention::new(pipeline)
-                    .causal(true)
-                    .key_lens(vec![90, 37])
-                    .schedule(schedule)
-                    .threads(threads)
-                    .block_rows(16);
+                    .with_causal(true)
+                    .with_key_lens(vec![90, 37])
+                    .with_schedule(schedule)
+                    .with_executor(support::threads(threads))
+                    .with_block_rows(16);
                 let what = format!("{pipeline} {schedule:?} {threads} threads");
                 let want = a.run(&s, &q, &k, &v).unwrap();
                 let mut out = vec![f32::NAN; s.q_elems()];
-                a.run_into(&s, &q, &k, &v, &mut out).unwrap();
+                support::run_into(&a, &s, &q, &k, &v, &mut out).unwrap();
                 assert_bits_eq(&out, &want, &what);
                 // Again into the same buffer, now holding the previous results.
                 out.iter_mut().for_each(|x| *x = -*x + 1.0);
-                a.run_into(&s, &q, &k, &v, &mut out).unwrap();
+                support::run_into(&a, &s, &q, &k, &v, &mut out).unwrap();
                 assert_bits_eq(&out, &want, &what);
                 if pipeline.is_integer() {
                     let want = a.run_quantized(&s, &qq, &kq, &vq).unwrap();
                     let mut out = vec![f32::INFINITY; s.q_elems()];
-                    a.run_quantized_into(&s, &qq, &kq, &vq, &mut out).unwrap();
+                    a.run_quantized_into(&mut Workspace::new(), &s, &qq, &kq, &vq, &mut out)
+                        .unwrap();
                     assert_bits_eq(&out, &want, &format!("quantized, {what}"));
                 }
             }
@@ -1041,14 +1044,20 @@ fn run_into_rejects_a_wrong_output_and_leaves_no_stale_values_on_error() {
         let a = Attention::new(pipeline);
         for len in [0, s.q_elems() - 1, s.q_elems() + 1] {
             let mut out = vec![7.0; len];
-            let e = a.run_into(&s, &q, &k, &k, &mut out).unwrap_err();
-            assert!(matches!(e, Error::Shape(_)), "{pipeline} {len}: {e}");
+            let e = support::run_into(&a, &s, &q, &k, &k, &mut out).unwrap_err();
+            assert!(
+                matches!(e, Error::LengthMismatch { .. }),
+                "{pipeline} {len}: {e}"
+            );
             assert!(out.iter().all(|&x| x == 7.0), "checked before any write");
             if pipeline.is_integer() {
                 let e = a
-                    .run_quantized_into(&s, &qq, &kq, &vq, &mut out)
+                    .run_quantized_into(&mut Workspace::new(), &s, &qq, &kq, &vq, &mut out)
                     .unwrap_err();
-                assert!(matches!(e, Error::Shape(_)), "{pipeline} {len}: {e}");
+                assert!(
+                    matches!(e, Error::LengthMismatch { .. }),
+                    "{pipeline} {len}: {e}"
+                );
             }
         }
         // Bad data is found while the output is being made: it comes back zeroed.
@@ -1056,13 +1065,20 @@ fn run_into_rejects_a_wrong_output_and_leaves_no_stale_values_on_error() {
         bad[2] = f32::NAN;
         let mut out = vec![7.0; s.q_elems()];
         assert!(
-            a.run_into(&s, &bad, &k, &k, &mut out).is_err(),
+            support::run_into(&a, &s, &bad, &k, &k, &mut out).is_err(),
             "{pipeline}"
         );
         assert!(out.iter().all(|&x| x == 0.0), "{pipeline}: {out:?}");
     }
     assert!(Attention::new(Pipeline::Fp32)
-        .run_quantized_into(&s, &qq, &kq, &vq, &mut vec![0.0; s.q_elems()])
+        .run_quantized_into(
+            &mut Workspace::new(),
+            &s,
+            &qq,
+            &kq,
+            &vq,
+            &mut vec![0.0; s.q_elems()]
+        )
         .is_err());
 }
 
@@ -1076,7 +1092,7 @@ fn concurrent_calls_from_several_threads_agree() {
         data(23, s.kv_elems()),
     );
     for pipeline in [Pipeline::IntAttention, Pipeline::Int8, Pipeline::Fp32] {
-        let a = Attention::new(pipeline).threads(2);
+        let a = Attention::new(pipeline).with_executor(support::threads(2));
         let want = a.run(&s, &q, &k, &v).unwrap();
         std::thread::scope(|scope| {
             for t in 0..4 {
@@ -1087,7 +1103,7 @@ fn concurrent_calls_from_several_threads_agree() {
                         if (t + i) % 2 == 0 {
                             assert_bits_eq(&a.run(&s, q, k, v).unwrap(), want, "run");
                         } else {
-                            a.run_into(&s, q, k, v, &mut out).unwrap();
+                            support::run_into(&a, &s, q, k, v, &mut out).unwrap();
                             assert_bits_eq(&out, want, "run_into");
                         }
                     }

@@ -1091,7 +1091,7 @@ fn patched_index_softmax_kernel_matches_the_reference_under_qemu() {
                     output_uninitialised 0\nshape_mismatch 0\noutput_s32 0\ninput_f32 0\nrow_too_long 0\n";
     assert_eq!(verdicts, expected);
 
-    let lut = intattention::Lut::new(5, 6.6).unwrap();
+    let lut = intattention::lut::Lut::new(5, 6.6).unwrap();
     assert_eq!(
         lut.entries(),
         [

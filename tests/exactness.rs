@@ -3,8 +3,12 @@
 //! independent implementation written here from the SPEC text), the integer GEMMs and the
 //! quantizer. Every kernel this CPU can run is checked, not only the dispatched one.
 
-use intattention::kernels::{self, MAX_K_S8S8, MAX_K_U8S8};
-use intattention::softmax::MAX_ROW_LEN;
+mod support;
+
+use intattention::kernels::{MAX_K_S8S8, MAX_K_U8S8};
+use intattention::lut::MAX_ROW_LEN;
+use intattention::lut::{threshold_exact, threshold_paper_sim, Lut};
+use intattention::ops::gemm::{gemm_s8s8_nt, gemm_u8s8};
 use intattention::*;
 use proptest::prelude::*;
 use std::cmp::Ordering;
@@ -109,6 +113,7 @@ fn spec_row(
             (spec_normalized(&e, sum), sum)
         }
         SoftmaxVariant::PaperSim => spec_paper_sim(row, keep, t, lut),
+        v => unreachable!("no test case uses {v}"),
     }
 }
 
@@ -137,11 +142,13 @@ fn softmax_row(variant: SoftmaxVariant, row: &[i32], t: i32) -> (Vec<u8>, u32) {
     );
     if variant != SoftmaxVariant::PaperSim {
         let lut = params.lut();
-        for kernel in kernels::available() {
+        for kernel in Kernel::available() {
             let mut e = vec![0xAAu8; row.len()];
-            let sum = kernel.index_softmax_row(row, row.len(), &lut, t, &mut e);
+            let sum = kernel
+                .index_softmax_row(row, row.len(), &lut, t, &mut e)
+                .unwrap();
             if variant == SoftmaxVariant::Normalized {
-                kernel.normalize_row(&mut e, sum);
+                kernel.normalize_row(&mut e, sum).unwrap();
             }
             assert!(
                 first == (e, sum),
@@ -209,15 +216,11 @@ fn lut_rejects_bits_outside_4_to_8_and_bad_clips() {
         assert!(threshold_exact(c, 1.0, 1.0, 1.0).is_err(), "clip={c}");
         assert!(threshold_paper_sim(c, 1.0, 1.0, 1.0).is_err(), "clip={c}");
     }
-    // Parameters built by hand are validated by the operation itself.
-    let bad = IndexSoftmaxParams {
-        threshold: 10,
-        table_bits: 9,
-        clip: 6.6,
-        variant: SoftmaxVariant::Normalized,
-    };
-    let mut out = [0u8; 2];
-    assert!(index_softmax(&[1, 2], 1, 2, &bad, ScoreMask::None, &mut out).is_err());
+    // Parameters cannot be built by hand (private fields): every constructor checks them.
+    assert!(IndexSoftmaxParams::new(10, SoftmaxVariant::Normalized)
+        .unwrap()
+        .with_table_bits(9)
+        .is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -373,17 +376,18 @@ fn threshold_outside_1_to_2_pow_30_is_an_error() {
     for t in [0, -1, -62, i32::MIN, T_MAX + 1, i32::MAX] {
         for v in SoftmaxVariant::ALL {
             assert!(IndexSoftmaxParams::new(t, v).is_err(), "T={t}");
-            let bad = IndexSoftmaxParams {
-                threshold: t,
-                table_bits: 5,
-                clip: 6.6,
-                variant: v,
-            };
+            // The kernels' own entry point checks the threshold too.
+            let lut = Lut::new(5, 6.6).unwrap();
             let mut out = [0u8; 3];
-            assert!(
-                index_softmax(&[1, 2, 3], 1, 3, &bad, ScoreMask::None, &mut out).is_err(),
-                "T={t} {v}"
-            );
+            for kernel in Kernel::available() {
+                assert!(
+                    kernel
+                        .index_softmax_row(&[1, 2, 3], 3, &lut, t, &mut out)
+                        .is_err(),
+                    "T={t} {v} {}",
+                    kernel.name()
+                );
+            }
         }
     }
     assert!(IndexSoftmaxParams::new(1, SoftmaxVariant::Deferred).is_ok());
@@ -434,6 +438,7 @@ fn check_flat_row(len: usize, value: i32) {
             // round_half_up(255 * 255 / (255 len)) = (2 * 255 + len) / (2 len)
             SoftmaxVariant::Normalized => ((2 * 255 + len) / (2 * len)) as u8,
             SoftmaxVariant::PaperSim => (65025.0f32 / sum as f32).round_ties_even() as u8,
+            v => unreachable!("no test case uses {v}"),
         };
         assert!(
             p.iter().all(|&x| x == expect),
@@ -653,12 +658,12 @@ proptest! {
         let keep: Vec<bool> = (0..row.len()).map(|j| j < valid).collect();
         let (want, want_sum) = spec_exponents(&row, &keep, t, lut.entries());
         let want_p = spec_normalized(&want, want_sum);
-        for kernel in kernels::available() {
+        for kernel in Kernel::available() {
             let mut e = vec![0xAAu8; row.len()];
-            let sum = kernel.index_softmax_row(&row, valid, &lut, t, &mut e);
+            let sum = kernel.index_softmax_row(&row, valid, &lut, t, &mut e).unwrap();
             prop_assert_eq!(&e, &want, "kernel {}", kernel.name());
             prop_assert_eq!(sum as u64, want_sum, "kernel {}", kernel.name());
-            kernel.normalize_row(&mut e, sum);
+            kernel.normalize_row(&mut e, sum).unwrap();
             prop_assert_eq!(&e, &want_p, "kernel {}", kernel.name());
         }
     }
@@ -860,9 +865,9 @@ fn threshold_paper_sim_truncates_in_f32_where_exact_rounds() {
         (SoftmaxVariant::PaperSim, 10),
     ] {
         let p = IndexSoftmaxParams::from_scales(1.0, 1.0, 1.0, 5, 10.75, v).unwrap();
-        assert_eq!(p.threshold, want, "{v}");
-        assert_eq!(p.table_bits, 5);
-        assert_eq!(p.clip, 10.75);
+        assert_eq!(p.threshold(), want, "{v}");
+        assert_eq!(p.table_bits(), 5);
+        assert_eq!(p.clip(), 10.75);
     }
 }
 
@@ -985,9 +990,9 @@ proptest! {
         let mut c = vec![i32::MIN; m * n];
         gemm_s8s8_nt(&a, &b, m, n, k, &mut c).unwrap();
         prop_assert!(c.iter().zip(&want).all(|(&x, &y)| x as i64 == y));
-        for kernel in kernels::available() {
+        for kernel in Kernel::available() {
             let mut c = vec![i32::MIN; m * n];
-            kernel.gemm_s8s8_nt(&a, &b, m, n, k, &mut c);
+            kernel.gemm_s8s8_nt(&a, &b, m, n, k, &mut c).unwrap();
             prop_assert!(c.iter().zip(&want).all(|(&x, &y)| x as i64 == y), "kernel {}", kernel.name());
         }
     }
@@ -1002,9 +1007,9 @@ proptest! {
         let mut c = vec![i32::MIN; m * n];
         gemm_u8s8(&a, &b, m, n, k, &mut c).unwrap();
         prop_assert!(c.iter().zip(&want).all(|(&x, &y)| x as i64 == y));
-        for kernel in kernels::available() {
+        for kernel in Kernel::available() {
             let mut c = vec![i32::MIN; m * n];
-            kernel.gemm_u8s8(&a, &b, m, n, k, &mut c);
+            kernel.gemm_u8s8(&a, &b, m, n, k, &mut c).unwrap();
             prop_assert!(c.iter().zip(&want).all(|(&x, &y)| x as i64 == y), "kernel {}", kernel.name());
         }
     }

@@ -2,7 +2,8 @@
 //! for INT8 and IntAttention with every softmax finish, under every kernel this CPU can run,
 //! over edge shapes, masks, GQA, several thread counts, and the split P x V of > 65,793 keys.
 
-use intattention::kernels::{self, Kernel};
+mod support;
+
 use intattention::*;
 
 const LENS: [usize; 6] = [1, 7, 64, 65, 300, 1000];
@@ -19,7 +20,7 @@ fn qtensor(seed: u64, n: usize, scale: f32) -> QTensor {
             (x >> 56) as u8 as i8
         })
         .collect();
-    QTensor { data, scale }
+    QTensor::from_parts(data, scale).unwrap()
 }
 
 /// The four integer softmax configurations: INT8 (float softmax) and the three IndexSoftmax
@@ -27,20 +28,20 @@ fn qtensor(seed: u64, n: usize, scale: f32) -> QTensor {
 fn configs() -> Vec<Attention> {
     let mut v = vec![Attention::new(Pipeline::Int8)];
     for variant in SoftmaxVariant::ALL {
-        v.push(Attention::new(Pipeline::IntAttention).variant(variant));
+        v.push(Attention::new(Pipeline::IntAttention).with_variant(variant));
     }
     v
 }
 
-fn describe(attn: &Attention, shape: &AttnShape, kernel: &dyn Kernel) -> String {
+fn describe(attn: &Attention, shape: &AttnShape, kernel: Kernel) -> String {
     format!(
         "{} {} kernel={} threads={} causal={} key_lens={:?} shape={shape:?}",
-        attn.pipeline,
-        attn.variant,
+        attn.pipeline(),
+        attn.variant(),
         kernel.name(),
-        attn.threads,
-        attn.causal,
-        attn.key_lens
+        attn.executor().workers(),
+        attn.causal(),
+        attn.key_lens()
     )
 }
 
@@ -48,7 +49,7 @@ fn describe(attn: &Attention, shape: &AttnShape, kernel: &dyn Kernel) -> String 
 /// output.
 fn check(
     attn: &Attention,
-    kernel: &dyn Kernel,
+    kernel: Kernel,
     shape: &AttnShape,
     q: &QTensor,
     k: &QTensor,
@@ -56,8 +57,9 @@ fn check(
 ) -> Vec<f32> {
     let run = |s: Schedule| {
         attn.clone()
-            .schedule(s)
-            .run_quantized_with(kernel, shape, q, k, v)
+            .with_schedule(s)
+            .with_kernel(kernel)
+            .run_quantized(shape, q, k, v)
             .unwrap_or_else(|e| panic!("{s:?} failed: {e} ({})", describe(attn, shape, kernel)))
     };
     let unfused = run(Schedule::Unfused);
@@ -85,7 +87,7 @@ fn inputs(shape: &AttnShape, seed: u64, s: f32) -> (QTensor, QTensor, QTensor) {
 #[test]
 fn fused_matches_unfused_over_shapes() {
     let mut case = 0u64;
-    for kernel in kernels::available() {
+    for kernel in Kernel::available() {
         for lq in LENS {
             for lk in LENS {
                 for d in DIMS {
@@ -95,22 +97,20 @@ fn fused_matches_unfused_over_shapes() {
                         continue;
                     }
                     case += 1;
-                    let shape = AttnShape {
-                        batch: 1,
-                        heads: 1,
-                        kv_heads: 1,
-                        q_len: lq,
-                        kv_len: lk,
-                        head_dim: d,
-                    };
+                    let shape = support::shape(1, 1, 1, lq, lk, d);
                     // Logits of a few units either way: neither flat nor one-hot.
                     let (q, k, v) = inputs(&shape, case, 0.012);
                     for attn in configs() {
-                        let attn = attn.threads(if case.is_multiple_of(2) { 1 } else { 3 });
+                        let attn =
+                            attn.with_executor(support::threads(if case.is_multiple_of(2) {
+                                1
+                            } else {
+                                3
+                            }));
                         let out = check(&attn, kernel, &shape, &q, &k, &v);
                         // Deferred has no 8-bit probability floor, so its rows cannot vanish.
-                        let deferred = attn.pipeline == Pipeline::IntAttention
-                            && attn.variant == SoftmaxVariant::Deferred;
+                        let deferred = attn.pipeline() == Pipeline::IntAttention
+                            && attn.variant() == SoftmaxVariant::Deferred;
                         assert!(
                             !deferred || out.iter().any(|&x| x != 0.0),
                             "all-zero output ({})",
@@ -126,18 +126,11 @@ fn fused_matches_unfused_over_shapes() {
 #[test]
 fn fused_matches_unfused_with_masks_and_gqa() {
     let mut case = 100u64;
-    for kernel in kernels::available() {
+    for kernel in Kernel::available() {
         // Small d: the masks do not depend on it, and debug builds are slow.
         for (lq, lk) in [(1, 300), (7, 7), (64, 65), (65, 64), (100, 67), (67, 100)] {
             for (heads, kv_heads) in [(2, 2), (4, 2), (3, 1)] {
-                let shape = AttnShape {
-                    batch: 2,
-                    heads,
-                    kv_heads,
-                    q_len: lq,
-                    kv_len: lk,
-                    head_dim: 4,
-                };
+                let shape = support::shape(2, heads, kv_heads, lq, lk, 4);
                 case += 1;
                 let (q, k, v) = inputs(&shape, case, 0.012);
                 let pads = [
@@ -151,8 +144,10 @@ fn fused_matches_unfused_with_masks_and_gqa() {
                         for attn in configs() {
                             case += 1;
                             let threads = if case.is_multiple_of(2) { 1 } else { 3 };
-                            let mut attn = attn.causal(causal).threads(threads);
-                            attn.key_lens = pad.clone();
+                            let mut attn = attn
+                                .with_causal(causal)
+                                .with_executor(support::threads(threads));
+                            attn = attn.with_key_lens(pad.clone());
                             check(&attn, kernel, &shape, &q, &k, &v);
                         }
                     }
@@ -164,23 +159,16 @@ fn fused_matches_unfused_with_masks_and_gqa() {
 
 #[test]
 fn fused_matches_unfused_decode() {
-    for kernel in kernels::available() {
+    for kernel in Kernel::available() {
         for (lk, d) in [(1, 128), (7, 3), (1000, 128), (4097, 16)] {
-            let shape = AttnShape {
-                batch: 2,
-                heads: 8,
-                kv_heads: 2,
-                q_len: 1,
-                kv_len: lk,
-                head_dim: d,
-            };
+            let shape = support::shape(2, 8, 2, 1, lk, d);
             let (q, k, v) = inputs(&shape, lk as u64, 0.012);
             for causal in [false, true] {
                 for attn in configs() {
                     let attn = attn
-                        .causal(causal)
-                        .threads(3)
-                        .key_lens(vec![lk, lk.div_ceil(3)]);
+                        .with_causal(causal)
+                        .with_executor(support::threads(3))
+                        .with_key_lens(vec![lk, lk.div_ceil(3)]);
                     check(&attn, kernel, &shape, &q, &k, &v);
                 }
             }
@@ -191,14 +179,14 @@ fn fused_matches_unfused_decode() {
 #[test]
 fn fused_matches_unfused_on_zero_scales_and_sharp_rows() {
     // Scale 0 (an all-zero Q): uniform attention. Large scales: nearly one-hot rows.
-    for kernel in kernels::available() {
+    for kernel in Kernel::available() {
         let shape = AttnShape::new(1, 2, 130, 32);
         for (sq, sk) in [(0.0, 0.012), (0.012, 0.0), (0.2, 0.2)] {
             let q = qtensor(7, shape.q_elems(), sq);
             let k = qtensor(8, shape.kv_elems(), sk);
             let v = qtensor(9, shape.kv_elems(), 0.02);
             for attn in configs() {
-                check(&attn.causal(sq == 0.2), kernel, &shape, &q, &k, &v);
+                check(&attn.with_causal(sq == 0.2), kernel, &shape, &q, &k, &v);
             }
         }
     }
@@ -208,33 +196,25 @@ fn fused_matches_unfused_on_zero_scales_and_sharp_rows() {
 fn fused_matches_unfused_past_i32_pv_depth() {
     // 70,000 keys: P x V must be split (u8 x s8 over > 65,793 keys can overflow i32).
     let lk = 70_000;
-    for kernel in kernels::available() {
-        let shape = AttnShape {
-            batch: 1,
-            heads: 1,
-            kv_heads: 1,
-            q_len: 2,
-            kv_len: lk,
-            head_dim: 2,
-        };
+    for kernel in Kernel::available() {
+        let shape = support::shape(1, 1, 1, 2, lk, 2);
         let q = qtensor(11, shape.q_elems(), 0.001);
         let k = qtensor(12, shape.kv_elems(), 0.001);
         // V all +127 where P is largest would overflow i32 without the split.
-        let v = QTensor {
-            data: vec![127; shape.kv_elems()],
-            scale: 0.01,
-        };
+        let v = QTensor::from_parts(vec![127; shape.kv_elems()], 0.01).unwrap();
         for (causal, pad) in [(false, None), (true, None), (false, Some(vec![66_000]))] {
             for threads in [1, 3] {
                 for attn in configs() {
-                    let mut attn = attn.causal(causal).threads(threads);
-                    attn.key_lens = pad.clone();
+                    let mut attn = attn
+                        .with_causal(causal)
+                        .with_executor(support::threads(threads));
+                    attn = attn.with_key_lens(pad.clone());
                     let out = check(&attn, kernel, &shape, &q, &k, &v);
                     // Every V row is 127 * 0.01 and Deferred divides by the exact row sum, so
                     // the output is exactly that (an i32 overflow would wrap it far away). The
                     // 8-bit P of the other finishes rounds these near-uniform rows to 0.
-                    if attn.variant == SoftmaxVariant::Deferred
-                        && attn.pipeline == Pipeline::IntAttention
+                    if attn.variant() == SoftmaxVariant::Deferred
+                        && attn.pipeline() == Pipeline::IntAttention
                     {
                         for &o in &out {
                             assert!(
@@ -253,14 +233,7 @@ fn fused_matches_unfused_past_i32_pv_depth() {
 #[test]
 fn fused_from_f32_inputs_matches_unfused() {
     // The public f32 entry point goes through the same dispatch.
-    let shape = AttnShape {
-        batch: 1,
-        heads: 4,
-        kv_heads: 2,
-        q_len: 65,
-        kv_len: 300,
-        head_dim: 64,
-    };
+    let shape = support::shape(1, 4, 2, 65, 300, 64);
     let gen = |seed: u32, n: usize| -> Vec<f32> {
         (0..n)
             .map(|i| {
@@ -275,19 +248,23 @@ fn fused_from_f32_inputs_matches_unfused() {
         gen(3, shape.kv_elems()),
     );
     for attn in configs() {
-        let attn = attn.causal(true).threads(2);
+        let attn = attn.with_causal(true).with_executor(support::threads(2));
         let u = attn
             .clone()
-            .schedule(Schedule::Unfused)
+            .with_schedule(Schedule::Unfused)
             .run(&shape, &q, &k, &v)
             .unwrap();
         for s in [Schedule::Fused, Schedule::Auto] {
-            let f = attn.clone().schedule(s).run(&shape, &q, &k, &v).unwrap();
+            let f = attn
+                .clone()
+                .with_schedule(s)
+                .run(&shape, &q, &k, &v)
+                .unwrap();
             assert!(
                 u.iter().zip(&f).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{s:?} {} {}",
-                attn.pipeline,
-                attn.variant
+                attn.pipeline(),
+                attn.variant()
             );
         }
     }
@@ -299,13 +276,16 @@ fn every_block_size_gives_the_same_bits() {
     // one row, more rows than the head has, with and without a causal mask and over threads.
     let shape = AttnShape::new(1, 2, 77, 24);
     let (q, k, v) = inputs(&shape, 900, 0.03);
-    for kernel in kernels::available() {
+    for kernel in Kernel::available() {
         for causal in [false, true] {
-            let base = Attention::new(Pipeline::IntAttention).causal(causal);
+            let base = Attention::new(Pipeline::IntAttention).with_causal(causal);
             let want = check(&base, kernel, &shape, &q, &k, &v);
             for rows in [1, 5, 16, 17, 33, 77, 500] {
                 for threads in [1, 3] {
-                    let attn = base.clone().threads(threads).block_rows(rows);
+                    let attn = base
+                        .clone()
+                        .with_executor(support::threads(threads))
+                        .with_block_rows(rows);
                     let got = check(&attn, kernel, &shape, &q, &k, &v);
                     assert!(
                         got.iter()
@@ -318,7 +298,7 @@ fn every_block_size_gives_the_same_bits() {
             }
         }
     }
-    let zero = Attention::new(Pipeline::IntAttention).block_rows(0);
+    let zero = Attention::new(Pipeline::IntAttention).with_block_rows(0);
     let err = zero.run_quantized(&shape, &q, &k, &v).unwrap_err();
     assert!(err.to_string().contains("block_rows"), "{err}");
 }

@@ -3,8 +3,8 @@
 //! stated tolerance of an f64 evaluation. Architecture-neutral: on aarch64 (also run under
 //! qemu in CI, hence fewer cases there) it tests that architecture's kernels.
 
-use intattention::kernels::{self, generic::Generic, Kernel, PackedB, MAX_K_S8S8, MAX_K_U8S8};
-use intattention::softmax::{Lut, MAX_THRESHOLD};
+use intattention::kernels::{Kernel, PackedB, MAX_K_S8S8, MAX_K_U8S8};
+use intattention::lut::{Lut, MAX_THRESHOLD};
 use proptest::prelude::*;
 
 /// Scales case counts down under emulation.
@@ -79,10 +79,10 @@ const EDGES: [usize; 19] = [
 
 /// The kernels under test: every available one except the portable kernel, which is the
 /// reference itself.
-fn under_test() -> Vec<&'static dyn Kernel> {
-    kernels::available()
+fn under_test() -> Vec<Kernel> {
+    Kernel::available()
         .into_iter()
-        .filter(|k| k.name() != Generic.name())
+        .filter(|k| *k != Kernel::generic())
         .collect()
 }
 
@@ -90,23 +90,28 @@ fn under_test() -> Vec<&'static dyn Kernel> {
 /// two blocks of rows as the fused pipeline does), plus a plain `PackedB`.
 fn check_s8s8(a: &[i8], b: &[i8], m: usize, n: usize, k: usize) {
     let mut want = vec![0i32; m * n];
-    Generic.gemm_s8s8_nt(a, b, m, n, k, &mut want);
+    Kernel::generic()
+        .gemm_s8s8_nt(a, b, m, n, k, &mut want)
+        .unwrap();
     for kern in under_test() {
         let name = kern.name();
         let mut got = vec![i32::MIN; m * n];
-        kern.gemm_s8s8_nt(a, b, m, n, k, &mut got);
+        kern.gemm_s8s8_nt(a, b, m, n, k, &mut got).unwrap();
         assert!(got == want, "{name}: gemm_s8s8_nt {m}x{n}x{k} differs");
 
-        let packed = kern.pack_k(b, n, k);
+        let packed = kern.pack_k(b, n, k).unwrap();
         let split = m / 2;
         let mut got = vec![i32::MIN; m * n];
         let (c0, c1) = got.split_at_mut(split * n);
-        kern.gemm_s8s8_packed(&a[..split * k], split, &packed, c0);
-        kern.gemm_s8s8_packed(&a[split * k..], m - split, &packed, c1);
+        kern.gemm_s8s8_packed(&a[..split * k], split, &packed, c0)
+            .unwrap();
+        kern.gemm_s8s8_packed(&a[split * k..], m - split, &packed, c1)
+            .unwrap();
         assert!(got == want, "{name}: gemm_s8s8_packed {m}x{n}x{k} differs");
 
         let mut got = vec![i32::MIN; m * n];
-        kern.gemm_s8s8_packed(a, m, &PackedB::plain(b, n, k), &mut got);
+        kern.gemm_s8s8_packed(a, m, &PackedB::plain(b, n, k).unwrap(), &mut got)
+            .unwrap();
         assert!(
             got == want,
             "{name}: gemm_s8s8_packed (plain B) {m}x{n}x{k} differs"
@@ -117,16 +122,17 @@ fn check_s8s8(a: &[i8], b: &[i8], m: usize, n: usize, k: usize) {
         const SENTINEL: i32 = 0x5A5A_5A5A;
         for ldc in [kern.s_row_stride(n), n, n + 5] {
             assert!(ldc >= n, "{name}: s_row_stride({n}) = {ldc}");
-            for bv in [&packed, &PackedB::plain(b, n, k)] {
+            for bv in [&packed, &PackedB::plain(b, n, k).unwrap()] {
                 let len = if m == 0 { 0 } else { (m - 1) * ldc + n };
                 let mut got = vec![SENTINEL; len];
-                kern.gemm_s8s8_packed_strided(a, m, bv, &mut got, ldc);
+                kern.gemm_s8s8_packed_strided(a, m, bv, &mut got, ldc)
+                    .unwrap();
                 for i in 0..m {
                     let row = &got[i * ldc..];
                     assert!(
                         row[..n] == want[i * n..(i + 1) * n],
                         "{name}: gemm_s8s8_packed_strided ldc {ldc} ({}) {m}x{n}x{k} row {i} differs",
-                        bv.packed_by
+                        bv.packed_by()
                     );
                     if i + 1 < m {
                         assert!(
@@ -143,23 +149,28 @@ fn check_s8s8(a: &[i8], b: &[i8], m: usize, n: usize, k: usize) {
 /// Same for u8 x s8 (P x V).
 fn check_u8s8(a: &[u8], b: &[i8], m: usize, n: usize, k: usize) {
     let mut want = vec![0i32; m * n];
-    Generic.gemm_u8s8(a, b, m, n, k, &mut want);
+    Kernel::generic()
+        .gemm_u8s8(a, b, m, n, k, &mut want)
+        .unwrap();
     for kern in under_test() {
         let name = kern.name();
         let mut got = vec![i32::MIN; m * n];
-        kern.gemm_u8s8(a, b, m, n, k, &mut got);
+        kern.gemm_u8s8(a, b, m, n, k, &mut got).unwrap();
         assert!(got == want, "{name}: gemm_u8s8 {m}x{n}x{k} differs");
 
-        let packed = kern.pack_v(b, k, n);
+        let packed = kern.pack_v(b, k, n).unwrap();
         let split = m / 2;
         let mut got = vec![i32::MIN; m * n];
         let (c0, c1) = got.split_at_mut(split * n);
-        kern.gemm_u8s8_packed(&a[..split * k], split, &packed, c0);
-        kern.gemm_u8s8_packed(&a[split * k..], m - split, &packed, c1);
+        kern.gemm_u8s8_packed(&a[..split * k], split, &packed, c0)
+            .unwrap();
+        kern.gemm_u8s8_packed(&a[split * k..], m - split, &packed, c1)
+            .unwrap();
         assert!(got == want, "{name}: gemm_u8s8_packed {m}x{n}x{k} differs");
 
         let mut got = vec![i32::MIN; m * n];
-        kern.gemm_u8s8_packed(a, m, &PackedB::plain(b, n, k), &mut got);
+        kern.gemm_u8s8_packed(a, m, &PackedB::plain(b, n, k).unwrap(), &mut got)
+            .unwrap();
         assert!(
             got == want,
             "{name}: gemm_u8s8_packed (plain B) {m}x{n}x{k} differs"
@@ -177,13 +188,14 @@ fn check_u8s8(a: &[u8], b: &[i8], m: usize, n: usize, k: usize) {
                 {
                     dst[..k].copy_from_slice(src);
                 }
-                for bv in [&packed, &PackedB::plain(b, n, k)] {
+                for bv in [&packed, &PackedB::plain(b, n, k).unwrap()] {
                     let mut got = vec![i32::MIN; m * n];
-                    kern.gemm_u8s8_packed_strided(&sa, lda, m, bv, &mut got);
+                    kern.gemm_u8s8_packed_strided(&sa, lda, m, bv, &mut got)
+                        .unwrap();
                     assert!(
                         got == want,
                         "{name}: gemm_u8s8_packed_strided lda {lda} ({}) {m}x{n}x{k} differs",
-                        bv.packed_by
+                        bv.packed_by()
                     );
                 }
             }
@@ -267,7 +279,9 @@ fn gemm_largest_depths_are_exact() {
     let b = vec![-128i8; n * k];
     check_s8s8(&a, &b, m, n, k);
     let mut want = vec![0i32; m * n];
-    Generic.gemm_s8s8_nt(&a, &b, m, n, k, &mut want);
+    Kernel::generic()
+        .gemm_s8s8_nt(&a, &b, m, n, k, &mut want)
+        .unwrap();
     assert_eq!(want[0], 128 * 128 * k as i32);
 
     let k = MAX_K_U8S8;
@@ -303,13 +317,19 @@ proptest! {
 /// Runs IndexSoftmax (and the Normalized finish) on one row with every kernel.
 fn check_index_softmax(row: &[i32], valid: usize, lut: &Lut, threshold: i32) {
     let mut want = vec![0xaau8; row.len()];
-    let want_sum = Generic.index_softmax_row(row, valid, lut, threshold, &mut want);
+    let want_sum = Kernel::generic()
+        .index_softmax_row(row, valid, lut, threshold, &mut want)
+        .unwrap();
     let mut want_norm = want.clone();
-    Generic.normalize_row(&mut want_norm, want_sum);
+    Kernel::generic()
+        .normalize_row(&mut want_norm, want_sum)
+        .unwrap();
     for kern in under_test() {
         let name = kern.name();
         let mut got = vec![0x55u8; row.len()];
-        let sum = kern.index_softmax_row(row, valid, lut, threshold, &mut got);
+        let sum = kern
+            .index_softmax_row(row, valid, lut, threshold, &mut got)
+            .unwrap();
         let n = lut.entries().len();
         let len = row.len();
         assert_eq!(
@@ -323,7 +343,7 @@ fn check_index_softmax(row: &[i32], valid: usize, lut: &Lut, threshold: i32) {
                 got[j], want[j], row[j]
             );
         }
-        kern.normalize_row(&mut got, sum);
+        kern.normalize_row(&mut got, sum).unwrap();
         assert!(
             got == want_norm,
             "{name}: normalize_row, sum {sum}, len {len}"
@@ -441,10 +461,10 @@ fn normalize_row_small_and_large_sums() {
             let p: Vec<u8> = (0..len).map(|_| rng.below(cap) as u8).collect();
             let sum: u32 = p.iter().map(|&x| x as u32).sum();
             let mut want = p.clone();
-            Generic.normalize_row(&mut want, sum);
+            Kernel::generic().normalize_row(&mut want, sum).unwrap();
             for kern in under_test() {
                 let mut got = p.clone();
-                kern.normalize_row(&mut got, sum);
+                kern.normalize_row(&mut got, sum).unwrap();
                 assert!(
                     got == want,
                     "{}: normalize_row len {len} sum {sum}",
@@ -478,10 +498,10 @@ fn normalize_row_every_value_many_sums() {
         ]);
     for sum in sums {
         let mut want = p.clone();
-        Generic.normalize_row(&mut want, sum);
+        Kernel::generic().normalize_row(&mut want, sum).unwrap();
         for kern in under_test() {
             let mut got = p.clone();
-            kern.normalize_row(&mut got, sum);
+            kern.normalize_row(&mut got, sum).unwrap();
             assert!(got == want, "{}: normalize_row with sum {sum}", kern.name());
         }
     }
@@ -521,7 +541,9 @@ const SOFTMAX_ABS_TOL: f64 = 1e-43;
 fn check_softmax(row: &[f32], valid: usize) {
     let truth = softmax_f64(row, valid);
     let mut reference = row.to_vec();
-    Generic.softmax_f32_row(&mut reference, valid);
+    Kernel::generic()
+        .softmax_f32_row(&mut reference, valid)
+        .unwrap();
     let ref_rel = (0..valid)
         .filter(|&j| truth[j] > 1e-30)
         .map(|j| (reference[j] as f64 - truth[j]).abs() / truth[j])
@@ -534,7 +556,7 @@ fn check_softmax(row: &[f32], valid: usize) {
     for kern in under_test() {
         let name = kern.name();
         let mut got = row.to_vec();
-        kern.softmax_f32_row(&mut got, valid);
+        kern.softmax_f32_row(&mut got, valid).unwrap();
         for j in 0..row.len() {
             if j >= valid {
                 assert_eq!(got[j].to_bits(), 0, "{name}: masked entry {j} not +0");
@@ -576,93 +598,25 @@ fn softmax_f32_rows() {
     }
 }
 
-/// A subprocess with `INTATTENTION_KERNEL` set runs `active_kernel_follows_env` below.
+/// Every available kernel is found by name, an unknown or unsupported name is an error that
+/// names it and the available ones, and the default is the fastest (the last) one.
 #[test]
-fn env_var_forces_each_kernel() {
-    let mut names: Vec<&str> = kernels::available().iter().map(|k| k.name()).collect();
-    names.push("no-such-kernel");
-    let exe = std::env::current_exe().unwrap();
-    for name in names {
-        let args = [
-            "active_kernel_follows_env",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ];
-        let run = |cmd: &mut std::process::Command| {
-            cmd.args(args)
-                .env(kernels::KERNEL_ENV, name)
-                .env("INTATTENTION_EXPECT_KERNEL", name)
-                .output()
-        };
-        let direct = run(&mut std::process::Command::new(&exe));
-        // Under user-mode emulation without binfmt_misc the test binary cannot be executed
-        // directly (spawn fails with ENOEXEC, or, where qemu turns glibc's vfork-based spawn
-        // into a fork, the child exits 127 without output): run it under qemu again. The CPU
-        // model comes through QEMU_CPU, which the child inherits.
-        let cannot_exec = match &direct {
-            Err(e) => e.raw_os_error() == Some(8),
-            Ok(o) => o.status.code() == Some(127) && o.stdout.is_empty(),
-        };
-        let out = if cannot_exec && cfg!(target_arch = "aarch64") {
-            let mut qemu = std::process::Command::new("qemu-aarch64");
-            match run(qemu.args(["-L", "/"]).arg(&exe)) {
-                Ok(o) => o,
-                Err(e) => {
-                    eprintln!("cannot re-run the test binary under qemu ({e}); not checked");
-                    return;
-                }
-            }
-        } else {
-            direct.unwrap()
-        };
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && text.contains("1 passed"),
-            "forcing {name}: {} {text}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+fn kernels_by_name_and_the_default() {
+    let avail = Kernel::available();
+    for k in &avail {
+        assert_eq!(Kernel::by_name(k.name()).unwrap(), *k);
     }
-}
-
-/// With `INTATTENTION_KERNEL` set (by the test above, or by whoever runs the suite), the
-/// active kernel must be the forced one, or an error for a name that is not available;
-/// without it, the fastest available.
-#[test]
-fn active_kernel_follows_env() {
-    let avail = kernels::available();
-    match std::env::var(kernels::KERNEL_ENV) {
-        Ok(name) if !name.is_empty() => match kernels::by_name(&name) {
-            Ok(k) => {
-                assert_eq!(k.name(), name);
-                assert_eq!(kernels::active().unwrap().name(), name);
-            }
-            Err(_) => {
-                assert!(avail.iter().all(|k| k.name() != name));
-                let err = kernels::active()
-                    .err()
-                    .expect("unknown kernel must be an error");
-                assert!(err.to_string().contains(&name), "{err}");
-            }
-        },
-        _ => {
-            let last = avail.last().unwrap().name();
-            assert_eq!(kernels::active().unwrap().name(), last);
-        }
-    }
-    if let Ok(expect) = std::env::var("INTATTENTION_EXPECT_KERNEL") {
-        assert_eq!(
-            std::env::var(kernels::KERNEL_ENV).as_deref(),
-            Ok(expect.as_str())
-        );
-    }
+    let err = Kernel::by_name("no-such-kernel").unwrap_err();
+    assert!(err.to_string().contains("no-such-kernel"), "{err}");
+    assert!(err.to_string().contains("generic"), "{err}");
+    assert_eq!(Kernel::best(), *avail.last().unwrap());
+    assert_eq!(avail[0], Kernel::generic());
 }
 
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn x86_kernels_follow_cpu_features() {
-    let names: Vec<&str> = kernels::available().iter().map(|k| k.name()).collect();
+    let names: Vec<&str> = Kernel::available().iter().map(|k| k.name()).collect();
     let has = |f: bool, name: &str| assert_eq!(f, names.contains(&name), "{name} in {names:?}");
     has(
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),

@@ -1,13 +1,13 @@
-//! The portable kernel: the scalar references themselves. Always available.
+//! The portable kernel: the scalar reference itself. Always available, and the slowest.
 
-use super::Kernel;
+use super::KernelImpl;
+use crate::lut::Lut;
 use crate::reference;
-use crate::softmax::Lut;
 
 /// Portable scalar code, identical to [`crate::reference`].
-pub struct Generic;
+pub(crate) struct Generic;
 
-impl Kernel for Generic {
+impl KernelImpl for Generic {
     fn name(&self) -> &'static str {
         "generic"
     }
@@ -37,5 +37,29 @@ impl Kernel for Generic {
 
     fn softmax_f32_row(&self, row: &mut [f32], valid: usize) {
         reference::softmax_f32_row(row, valid)
+    }
+}
+
+impl Generic {
+    /// [`KernelImpl::index_softmax_row_masked`]: the reference row.
+    pub(crate) fn masked_row(
+        row: &[i32],
+        keep: &[bool],
+        lut: &Lut,
+        threshold: i32,
+        e: &mut [u8],
+    ) -> u32 {
+        reference::index_softmax_row(row, |j| keep[j], lut, threshold, e)
+    }
+
+    /// [`KernelImpl::paper_sim_row`]: the reference row.
+    pub(crate) fn paper_sim(
+        row: &[i32],
+        keep: &[bool],
+        lut: &Lut,
+        threshold: i32,
+        p: &mut [u8],
+    ) -> u32 {
+        reference::index_softmax_paper_sim_row(row, |j| keep[j], lut, threshold, p)
     }
 }

@@ -17,7 +17,7 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use super::{drive, own_layout, pack_rows, Layout, MR, NR};
-use crate::kernels::{Kernel, PackedB};
+use crate::kernels::{KernelImpl, LayoutId, PackedB};
 
 /// Proof that the CPU has NEON and the dot-product instructions.
 pub struct Dotprod {
@@ -37,19 +37,20 @@ impl Dotprod {
 
 const NAME: &str = "dotprod";
 const LAYOUT: Layout = Layout { kr: 4, k_step: 16 };
+const LAYOUT_ID: LayoutId = LayoutId::Dotprod;
 
-impl Kernel for Dotprod {
+impl KernelImpl for Dotprod {
     shared_kernel_methods!();
 
-    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        LAYOUT.pack_k(b, n, k, 0, NAME)
+    fn pack_k_into(&self, b: &[i8], n: usize, k: usize, out: &mut [i8]) {
+        LAYOUT.pack_k(b, n, k, 0, out)
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if !own_layout(b, NAME, LAYOUT) {
-            return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+        if !own_layout(b, LAYOUT_ID, LAYOUT) {
+            return self.gemm_s8s8_nt(a, b.data(), m, b.n(), b.k(), c);
         }
-        let (k, kp) = (b.k, LAYOUT.padded_k(b.k));
+        let (k, kp) = (b.k(), LAYOUT.padded_k(b.k()));
         let strip = |i0, rows, s: &mut [i8]| {
             pack_rows(a, k, kp, i0, rows, s);
             [0; MR]
@@ -59,15 +60,15 @@ impl Kernel for Dotprod {
         unsafe { drive(LAYOUT, m, b, c, strip, tile_sdot) }
     }
 
-    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        LAYOUT.pack_v(b, k, n, 0x80, NAME)
+    fn pack_v_into(&self, b: &[i8], k: usize, n: usize, out: &mut [i8]) {
+        LAYOUT.pack_v(b, k, n, 0x80, out)
     }
 
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if !own_layout(b, NAME, LAYOUT) {
-            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+        if !own_layout(b, LAYOUT_ID, LAYOUT) {
+            return self.gemm_u8s8(a, b.data(), m, b.n(), b.k(), c);
         }
-        let (k, kp) = (b.k, LAYOUT.padded_k(b.k));
+        let (k, kp) = (b.k(), LAYOUT.padded_k(b.k()));
         let strip = |i0, rows, s: &mut [u8]| {
             pack_rows(a, k, kp, i0, rows, s);
             let mut corr = [0i32; MR];

@@ -16,7 +16,7 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 
 use super::{drive, own_layout, Layout, MR, NR};
-use crate::kernels::{Kernel, PackedB};
+use crate::kernels::{KernelImpl, LayoutId, PackedB};
 
 /// Proof that the CPU has NEON and the int8 matrix-multiply instructions.
 pub struct I8mm {
@@ -36,27 +36,27 @@ impl I8mm {
 
 const NAME: &str = "i8mm";
 const LAYOUT: Layout = Layout { kr: 8, k_step: 8 };
+const LAYOUT_ID: LayoutId = LayoutId::I8mm;
 
-impl Kernel for I8mm {
+impl KernelImpl for I8mm {
     shared_kernel_methods!();
 
-    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
+    fn pack_k_into(&self, b: &[i8], n: usize, k: usize, out: &mut [i8]) {
         if k == 0 || !k.is_multiple_of(16) {
-            return LAYOUT.pack_k(b, n, k, 0, NAME);
+            return LAYOUT.pack_k(b, n, k, 0, out);
         }
         assert_eq!(b.len(), n * k);
-        let mut data = vec![0i8; LAYOUT.packed_len(n, k)];
-        for (p, panel) in data.chunks_exact_mut(NR * k).enumerate() {
+        assert_eq!(out.len(), LAYOUT.packed_len(n, k), "packed K length");
+        for (p, panel) in out.chunks_exact_mut(NR * k).enumerate() {
             pack_pairs(b, k, p * NR, NR.min(n - p * NR), panel);
         }
-        PackedB::new(data, n, k, NAME)
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if !own_layout(b, NAME, LAYOUT) {
-            return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+        if !own_layout(b, LAYOUT_ID, LAYOUT) {
+            return self.gemm_s8s8_nt(a, b.data(), m, b.n(), b.k(), c);
         }
-        let k = b.k;
+        let k = b.k();
         let strip = |i0, rows, s: &mut [i8]| {
             pack_pairs(a, k, i0, rows, s);
             [0; MR]
@@ -66,15 +66,15 @@ impl Kernel for I8mm {
         unsafe { drive(LAYOUT, m, b, c, strip, tile_smmla) }
     }
 
-    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        pack_v_i8mm(b, k, n)
+    fn pack_v_into(&self, b: &[i8], k: usize, n: usize, out: &mut [i8]) {
+        pack_v_i8mm(b, k, n, out)
     }
 
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if !own_layout(b, NAME, LAYOUT) {
-            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+        if !own_layout(b, LAYOUT_ID, LAYOUT) {
+            return self.gemm_u8s8(a, b.data(), m, b.n(), b.k(), c);
         }
-        let k = b.k;
+        let k = b.k();
         let strip = |i0, rows, s: &mut [u8]| {
             pack_pairs(a, k, i0, rows, s);
             [0; MR]
@@ -134,13 +134,13 @@ unsafe fn pack_pairs_neon(a: *const u8, k: usize, strip: *mut u8) {
 
 /// Packs V (`k x n` row-major) for this kernel: column `j`'s depth chunk `c` is bytes `8 c ..
 /// 8 c + 8` of column `j`, so every 8 x 8 block of V is stored transposed.
-fn pack_v_i8mm(b: &[i8], k: usize, n: usize) -> PackedB {
+fn pack_v_i8mm(b: &[i8], k: usize, n: usize, out: &mut [i8]) {
     if k == 0 || !k.is_multiple_of(8) || !n.is_multiple_of(NR) {
-        return LAYOUT.pack_v(b, k, n, 0, NAME);
+        return LAYOUT.pack_v(b, k, n, 0, out);
     }
     assert_eq!(b.len(), k * n);
-    let mut data = vec![0i8; LAYOUT.packed_len(n, k)];
-    for (p, panel) in data.chunks_exact_mut(NR * k).enumerate() {
+    assert_eq!(out.len(), LAYOUT.packed_len(n, k), "packed V length");
+    for (p, panel) in out.chunks_exact_mut(NR * k).enumerate() {
         for (c, chunk) in panel.chunks_exact_mut(64).enumerate() {
             // SAFETY: NEON is part of the aarch64 target; the block's rows 8c..8c + 8 and
             // columns 8p..8p + 8 lie inside the k x n matrix (k and n multiples of 8), and the
@@ -154,7 +154,6 @@ fn pack_v_i8mm(b: &[i8], k: usize, n: usize) -> PackedB {
             };
         }
     }
-    PackedB::new(data, n, k, NAME)
 }
 
 /// Writes the transpose of the 8 x 8 byte block at `src` (row stride `stride`) to the 64

@@ -16,14 +16,18 @@
 //! A (queries or probabilities) is repacked one 8-row strip at a time inside the GEMM call;
 //! that costs `8 * k` bytes per strip against `8 * n * k` multiply-adds.
 
-/// The `Kernel` methods that the three aarch64 kernels share word for word: the unpacked
+/// The `KernelImpl` methods that the three aarch64 kernels share word for word: the unpacked
 /// GEMMs (pack, then the kernel's packed product), the name (the calling module's `NAME`) and
 /// the row operations, which need nothing past NEON and live in [`neon`]. Used inside each
-/// `impl Kernel` block; every kernel value exists only after its constructor detected NEON.
+/// `impl KernelImpl` block; every kernel value exists only after its constructor detected NEON.
 macro_rules! shared_kernel_methods {
     () => {
         fn name(&self) -> &'static str {
             NAME
+        }
+
+        fn layout(&self) -> $crate::kernels::LayoutId {
+            LAYOUT_ID
         }
 
         gemms_via_packing!();
@@ -32,7 +36,7 @@ macro_rules! shared_kernel_methods {
             &self,
             row: &[i32],
             valid: usize,
-            lut: &$crate::softmax::Lut,
+            lut: &$crate::lut::Lut,
             threshold: i32,
             e: &mut [u8],
         ) -> u32 {
@@ -58,11 +62,11 @@ pub mod dotprod;
 pub mod i8mm;
 pub mod neon;
 
-use super::{Kernel, PackedB};
+use super::{KernelImpl, LayoutId, PackedB};
 
 /// Every aarch64 kernel this CPU can run, slowest first.
-pub fn kernels() -> Vec<&'static dyn Kernel> {
-    let mut v: Vec<&'static dyn Kernel> = Vec::new();
+pub(crate) fn kernels() -> Vec<&'static dyn KernelImpl> {
+    let mut v: Vec<&'static dyn KernelImpl> = Vec::new();
     if let Some(k) = neon::Neon::new() {
         v.push(k);
     }
@@ -101,31 +105,31 @@ impl Layout {
 
     /// Packs K (`n x k` row-major, so column `j` of B is row `j` of K) into the layout of the
     /// module docs, XOR-ing every byte with `flip` (0x80 turns s8 `v` into u8 `v + 128`).
-    /// Padding stays 0 (not 0 ^ flip): the matching A entries are 0 too.
-    pub fn pack_k(&self, b: &[i8], n: usize, k: usize, flip: u8, name: &'static str) -> PackedB {
+    /// Padding stays 0 (not 0 ^ flip): the matching A entries are 0 too. `out` is zeroed and
+    /// [`Layout::packed_len`] long.
+    pub fn pack_k(&self, b: &[i8], n: usize, k: usize, flip: u8, out: &mut [i8]) {
         assert_eq!(b.len(), n * k, "pack_k: {} bytes for {n} x {k}", b.len());
-        let mut data = vec![0i8; self.packed_len(n, k)];
+        assert_eq!(out.len(), self.packed_len(n, k), "packed K length");
         match self.kr {
-            1 => pack_k_kr::<1>(&mut data, b, n, k, self.padded_k(k), flip),
-            4 => pack_k_kr::<4>(&mut data, b, n, k, self.padded_k(k), flip),
-            8 => pack_k_kr::<8>(&mut data, b, n, k, self.padded_k(k), flip),
+            1 => pack_k_kr::<1>(out, b, n, k, self.padded_k(k), flip),
+            4 => pack_k_kr::<4>(out, b, n, k, self.padded_k(k), flip),
+            8 => pack_k_kr::<8>(out, b, n, k, self.padded_k(k), flip),
             kr => unreachable!("no aarch64 layout has kr = {kr}"),
         }
-        PackedB::new(data, n, k, name)
     }
 
     /// Packs V (`k x n` row-major, so column `j` of B is column `j` of V: a transpose) into
-    /// the layout of the module docs, XOR-ing every byte with `flip`; padding stays 0.
-    pub fn pack_v(&self, b: &[i8], k: usize, n: usize, flip: u8, name: &'static str) -> PackedB {
+    /// the layout of the module docs, XOR-ing every byte with `flip`; padding stays 0. `out`
+    /// is zeroed and [`Layout::packed_len`] long.
+    pub fn pack_v(&self, b: &[i8], k: usize, n: usize, flip: u8, out: &mut [i8]) {
         assert_eq!(b.len(), n * k, "pack_v: {} bytes for {k} x {n}", b.len());
-        let mut data = vec![0i8; self.packed_len(n, k)];
+        assert_eq!(out.len(), self.packed_len(n, k), "packed V length");
         match self.kr {
-            1 => pack_v_kr::<1>(&mut data, b, n, k, self.padded_k(k), flip),
-            4 => pack_v_kr::<4>(&mut data, b, n, k, self.padded_k(k), flip),
-            8 => pack_v_kr::<8>(&mut data, b, n, k, self.padded_k(k), flip),
+            1 => pack_v_kr::<1>(out, b, n, k, self.padded_k(k), flip),
+            4 => pack_v_kr::<4>(out, b, n, k, self.padded_k(k), flip),
+            8 => pack_v_kr::<8>(out, b, n, k, self.padded_k(k), flip),
             kr => unreachable!("no aarch64 layout has kr = {kr}"),
         }
-        PackedB::new(data, n, k, name)
     }
 }
 
@@ -203,21 +207,22 @@ fn pack_v_kr<const KR: usize>(data: &mut [i8], b: &[i8], n: usize, k: usize, kp:
     }
 }
 
-/// True if `b` is in `name`'s own layout, false if it is [`PackedB::plain`] (the caller then
-/// runs the unpacked product on `b.data`). Panics for any other buffer: reading another
-/// kernel's layout would go out of bounds in the micro-kernels, and passing one is a bug in the
-/// caller (the trait requires the same kernel), never a consequence of user input.
-pub(crate) fn own_layout(b: &PackedB, name: &'static str, layout: Layout) -> bool {
-    if b.packed_by == "plain" && b.data.len() == b.n * b.k {
+/// True if `b` is in `id`'s own layout, false if it is the plain layout (the caller then runs
+/// the unpacked product on `b.data()`). Panics for any other buffer: reading another kernel's
+/// layout would go out of bounds in the micro-kernels; the public [`super::Kernel`] handle
+/// reports a mismatch as an error before a kernel sees it.
+pub(crate) fn own_layout(b: &PackedB, id: LayoutId, layout: Layout) -> bool {
+    if b.layout() == LayoutId::Plain && b.data().len() == b.n() * b.k() {
         return false;
     }
     assert!(
-        b.packed_by == name && b.data.len() == layout.packed_len(b.n, b.k),
-        "PackedB from '{}' ({} bytes for {} x {}) passed to kernel '{name}'",
-        b.packed_by,
-        b.data.len(),
-        b.n,
-        b.k
+        b.layout() == id && b.data().len() == layout.packed_len(b.n(), b.k()),
+        "PackedB from '{}' ({} bytes for {} x {}) passed to kernel '{}'",
+        b.packed_by(),
+        b.data().len(),
+        b.n(),
+        b.k(),
+        id.name()
     );
     true
 }
@@ -243,7 +248,7 @@ pub(crate) unsafe fn drive<A: Copy + Default>(
     mut pack_strip: impl FnMut(usize, usize, &mut [A]) -> [i32; MR],
     kernel: MicroKernel<A>,
 ) {
-    let (n, k) = (b.n, b.k);
+    let (n, k) = (b.n(), b.k());
     debug_assert_eq!(c.len(), m * n);
     if m == 0 || n == 0 {
         return;
@@ -258,7 +263,7 @@ pub(crate) unsafe fn drive<A: Copy + Default>(
     for i0 in (0..m).step_by(MR) {
         let rows = MR.min(m - i0);
         let corr = pack_strip(i0, rows, &mut strip);
-        for (p, panel) in b.data.chunks_exact(NR * kp).enumerate() {
+        for (p, panel) in b.data().chunks_exact(NR * kp).enumerate() {
             let j0 = p * NR;
             let cols = NR.min(n - j0);
             let panel_ptr = panel.as_ptr();

@@ -19,9 +19,9 @@
 use core::arch::aarch64::*;
 
 use super::{drive, own_layout, pack_rows, Layout, MR, NR};
-use crate::kernels::{Kernel, PackedB};
+use crate::kernels::{KernelImpl, LayoutId, PackedB};
 use crate::reference;
-use crate::softmax::Lut;
+use crate::lut::Lut;
 
 /// Proof that the CPU has Advanced SIMD (every Linux aarch64 CPU does, but we still ask).
 pub struct Neon {
@@ -39,19 +39,20 @@ impl Neon {
 
 const NAME: &str = "neon";
 const LAYOUT: Layout = Layout { kr: 1, k_step: 8 };
+const LAYOUT_ID: LayoutId = LayoutId::Neon;
 
-impl Kernel for Neon {
+impl KernelImpl for Neon {
     shared_kernel_methods!();
 
-    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        LAYOUT.pack_k(b, n, k, 0, NAME)
+    fn pack_k_into(&self, b: &[i8], n: usize, k: usize, out: &mut [i8]) {
+        LAYOUT.pack_k(b, n, k, 0, out)
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if !own_layout(b, NAME, LAYOUT) {
-            return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+        if !own_layout(b, LAYOUT_ID, LAYOUT) {
+            return self.gemm_s8s8_nt(a, b.data(), m, b.n(), b.k(), c);
         }
-        let (k, kp) = (b.k, LAYOUT.padded_k(b.k));
+        let (k, kp) = (b.k(), LAYOUT.padded_k(b.k()));
         let strip = |i0, rows, s: &mut [i8]| {
             pack_rows(a, k, kp, i0, rows, s);
             [0; MR]
@@ -61,15 +62,15 @@ impl Kernel for Neon {
         unsafe { drive(LAYOUT, m, b, c, strip, tile::<i8>) }
     }
 
-    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        LAYOUT.pack_v(b, k, n, 0, NAME)
+    fn pack_v_into(&self, b: &[i8], k: usize, n: usize, out: &mut [i8]) {
+        LAYOUT.pack_v(b, k, n, 0, out)
     }
 
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if !own_layout(b, NAME, LAYOUT) {
-            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+        if !own_layout(b, LAYOUT_ID, LAYOUT) {
+            return self.gemm_u8s8(a, b.data(), m, b.n(), b.k(), c);
         }
-        let (k, kp) = (b.k, LAYOUT.padded_k(b.k));
+        let (k, kp) = (b.k(), LAYOUT.padded_k(b.k()));
         let strip = |i0, rows, s: &mut [u8]| {
             pack_rows(a, k, kp, i0, rows, s);
             [0; MR]
@@ -89,6 +90,8 @@ trait WidenA: Copy + Default {
 }
 
 impl WidenA for i8 {
+    /// # Safety
+    /// NEON must be available and the 8 elements at `p` readable.
     #[inline(always)]
     unsafe fn load8(p: *const i8) -> int16x8_t {
         // SAFETY: the caller guarantees 8 readable bytes and NEON.
@@ -97,6 +100,8 @@ impl WidenA for i8 {
 }
 
 impl WidenA for u8 {
+    /// # Safety
+    /// NEON must be available and the 8 elements at `p` readable.
     #[inline(always)]
     unsafe fn load8(p: *const u8) -> int16x8_t {
         // SAFETY: as above; u8 values fit i16, so the reinterpretation keeps them.
@@ -106,6 +111,10 @@ impl WidenA for u8 {
 
 /// The 8 x 8 micro-kernel: 8 depth values per step, each multiplies one widened B row (8
 /// columns) by one lane of each of the 8 widened A rows.
+///
+/// # Safety
+/// NEON must be available; `a` must hold `MR * kp` readable elements, `b` `NR * kp` readable bytes,
+/// and `c` an 8 x 8 tile of writable values with row stride `ldc`.
 #[target_feature(enable = "neon")]
 unsafe fn tile<A: WidenA>(
     a: *const A,
@@ -171,6 +180,8 @@ struct Table256 {
 }
 
 impl Table256 {
+    /// # Safety
+    /// NEON must be available.
     #[inline(always)]
     unsafe fn load(t: &[u8; 256], entries: usize) -> Self {
         // SAFETY: each part reads 64 bytes inside the 256-byte array; NEON is present.
@@ -190,17 +201,26 @@ impl Table256 {
 
     /// `t[idx]` for 16 indices: TBL on the first part, then TBX on the others with the index
     /// shifted down by 64 each time (out-of-range lanes keep what the earlier parts gave).
+    ///
+    /// # Safety
+    /// NEON must be available.
     #[inline(always)]
     unsafe fn lookup(&self, idx: uint8x16_t) -> uint8x16_t {
-        let mut r = vqtbl4q_u8(self.parts[0], idx);
-        for q in 1..self.used {
-            r = vqtbx4q_u8(r, self.parts[q], vsubq_u8(idx, vdupq_n_u8(64 * q as u8)));
+        // SAFETY: NEON is available (this function's contract); only register operations follow.
+        unsafe {
+            let mut r = vqtbl4q_u8(self.parts[0], idx);
+            for q in 1..self.used {
+                r = vqtbx4q_u8(r, self.parts[q], vsubq_u8(idx, vdupq_n_u8(64 * q as u8)));
+            }
+            r
         }
-        r
     }
 }
 
 /// `max(row)` of a non-empty row.
+///
+/// # Safety
+/// NEON must be available; `row` must not be empty.
 #[target_feature(enable = "neon")]
 unsafe fn max_i32(row: &[i32]) -> i32 {
     let mut mv = [vdupq_n_s32(i32::MIN); 4];
@@ -222,17 +242,28 @@ unsafe fn max_i32(row: &[i32]) -> i32 {
 
 /// Exact table indices of 4 distances `0 <= D <= T` as the two f64 vectors `fcvtau` gives
 /// (module docs): element `i` of `d` ends up in the low byte of u64 lane `i`.
+///
+/// # Safety
+/// NEON must be available.
 #[inline(always)]
 unsafe fn index4(d: int32x4_t, c: float64x2_t) -> [uint64x2_t; 2] {
-    let lo = vcvtq_f64_s64(vmovl_s32(vget_low_s32(d)));
-    let hi = vcvtq_f64_s64(vmovl_high_s32(d));
-    [
-        vcvtaq_u64_f64(vmulq_f64(lo, c)),
-        vcvtaq_u64_f64(vmulq_f64(hi, c)),
-    ]
+    // SAFETY: NEON is available (this function's contract); only register operations follow.
+    unsafe {
+        let lo = vcvtq_f64_s64(vmovl_s32(vget_low_s32(d)));
+        let hi = vcvtq_f64_s64(vmovl_high_s32(d));
+        [
+            vcvtaq_u64_f64(vmulq_f64(lo, c)),
+            vcvtaq_u64_f64(vmulq_f64(hi, c)),
+        ]
+    }
 }
 
-/// IndexSoftmax exponent pass, see [`Kernel::index_softmax_row`].
+/// IndexSoftmax exponent pass, see [`KernelImpl::index_softmax_row`].
+///
+/// # Safety
+/// NEON must be available, and the preconditions of
+/// [`crate::kernels::KernelImpl::index_softmax_row`] must hold (`row.len() == e.len()`, `valid <=
+/// row.len()`).
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn index_softmax_row(
     row: &[i32],
@@ -308,8 +339,11 @@ pub(crate) unsafe fn index_softmax_row(
     sum
 }
 
-/// Normalized finish, see [`Kernel::normalize_row`]. Rows long enough to amortise it use a
+/// Normalized finish, see [`KernelImpl::normalize_row`]. Rows long enough to amortise it use a
 /// 256-entry table of `(510 e + sum) / (2 sum)` built without divisions.
+///
+/// # Safety
+/// NEON must be available, and `sum >= p[j]` for every `j`.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn normalize_row(p: &mut [u8], sum: u32) {
     if sum == 0 {
@@ -354,37 +388,46 @@ pub(crate) unsafe fn normalize_row(p: &mut [u8], sum: u32) {
 /// `exp(x)` for `x <= 0` (or NaN) within about 1 ulp, denormal results included: Cody-Waite
 /// reduction `x = n ln2 + r`, the Cephes degree-6 polynomial for `exp(r)`, and `2^n` applied as
 /// two normal factors so that only the final product rounds into the subnormal range.
+///
+/// # Safety
+/// NEON must be available.
 #[inline(always)]
 unsafe fn exp_nonpositive(x: float32x4_t) -> float32x4_t {
-    // Below this the result rounds to 0; clamping keeps n >= -150 (vmax/vmin keep NaN).
-    let lo = vdupq_n_f32(-104.0);
-    let xc = vminq_f32(vmaxq_f32(x, lo), vdupq_n_f32(0.0));
-    let n = vrndnq_f32(vmulq_f32(xc, vdupq_n_f32(std::f32::consts::LOG2_E)));
-    let r = vfmsq_f32(xc, n, vdupq_n_f32(0.693_359_4));
-    let r = vfmsq_f32(r, n, vdupq_n_f32(-2.121_944_4e-4));
-    let mut p = vdupq_n_f32(1.987_569_1e-4);
-    for c in [
-        1.398_2e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5.000_000_1e-1,
-    ] {
-        p = vfmaq_f32(vdupq_n_f32(c), p, r);
+    // SAFETY: NEON is available (this function's contract); only register operations follow.
+    unsafe {
+        // Below this the result rounds to 0; clamping keeps n >= -150 (vmax/vmin keep NaN).
+        let lo = vdupq_n_f32(-104.0);
+        let xc = vminq_f32(vmaxq_f32(x, lo), vdupq_n_f32(0.0));
+        let n = vrndnq_f32(vmulq_f32(xc, vdupq_n_f32(std::f32::consts::LOG2_E)));
+        let r = vfmsq_f32(xc, n, vdupq_n_f32(0.693_359_4));
+        let r = vfmsq_f32(r, n, vdupq_n_f32(-2.121_944_4e-4));
+        let mut p = vdupq_n_f32(1.987_569_1e-4);
+        for c in [
+            1.398_2e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5.000_000_1e-1,
+        ] {
+            p = vfmaq_f32(vdupq_n_f32(c), p, r);
+        }
+        let y = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0)), p, vmulq_f32(r, r));
+        let ni = vcvtq_s32_f32(n);
+        let n1 = vshrq_n_s32::<1>(ni);
+        let n2 = vsubq_s32(ni, n1);
+        let bias = vdupq_n_s32(127);
+        let s1 = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n1, bias)));
+        let s2 = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n2, bias)));
+        let y = vmulq_f32(vmulq_f32(y, s1), s2);
+        vbslq_f32(vcltq_f32(x, lo), vdupq_n_f32(0.0), y)
     }
-    let y = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0)), p, vmulq_f32(r, r));
-    let ni = vcvtq_s32_f32(n);
-    let n1 = vshrq_n_s32::<1>(ni);
-    let n2 = vsubq_s32(ni, n1);
-    let bias = vdupq_n_s32(127);
-    let s1 = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n1, bias)));
-    let s2 = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n2, bias)));
-    let y = vmulq_f32(vmulq_f32(y, s1), s2);
-    vbslq_f32(vcltq_f32(x, lo), vdupq_n_f32(0.0), y)
 }
 
-/// Float softmax, see [`Kernel::softmax_f32_row`]. Same steps as the reference (max with
+/// Float softmax, see [`KernelImpl::softmax_f32_row`]. Same steps as the reference (max with
 /// `f32::max`'s NaN rule, exp, sum, one reciprocal); the exp and the summation order differ.
+///
+/// # Safety
+/// NEON must be available and `valid <= row.len()`.
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn softmax_f32_row(row: &mut [f32], valid: usize) {
     let (kept, masked) = row.split_at_mut(valid);

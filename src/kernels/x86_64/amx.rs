@@ -13,7 +13,7 @@
 //! Sapphire Rapids core, L = 4096, 32-row blocks, alternated in one process): Q K^T 16.0 ms
 //! with K 16 bytes off a line, 7.4 ms on lines (AVX-512 VNNI: 14.1 ms either way); P x V 5.8
 //! against 4.3 ms (VNNI 14.0 ms). Score rows are stored an odd number of lines apart
-//! ([`Kernel::s_row_stride`]) and P read at such a stride ([`Kernel::p_row_stride`]), so the
+//! ([`KernelImpl::s_row_stride`]) and P read at such a stride ([`KernelImpl::p_row_stride`]), so the
 //! 16 rows of a tile do not all fall into one L1 set when L is a power of two.
 //!
 //! Layouts (all tiles are configured 16 rows x 64 bytes):
@@ -40,9 +40,9 @@ use std::arch::asm;
 use std::sync::OnceLock;
 
 use super::avx512::Avx512;
-use super::{as_bytes, interleave4, Blocking, ColGroups};
-use crate::aligned::AlignedVec;
-use crate::kernels::{Kernel, PackedB};
+use super::{interleave4, Blocking, ColGroups};
+use crate::kernels::{KernelImpl, LayoutId, PackedB};
+use crate::memory::AlignedVec;
 
 const NAME: &str = "amx";
 /// Depth bytes per tile step (64 bytes = 16 groups of 4).
@@ -173,7 +173,7 @@ unsafe fn tile_block<const SIGNED: bool>(
     kt: usize,
     c: [[(*mut i32, usize); 2]; 2],
 ) {
-    // SAFETY (whole function): register-only tile operations, or loads and stores within the
+    // SAFETY: (whole function) register-only tile operations, or loads and stores within the
     // ranges the caller guarantees; tiles are configured.
     unsafe {
         asm!(
@@ -249,8 +249,8 @@ unsafe fn dp<const SIGNED: bool, const C: u8>() {
 
 impl Amx {
     /// `c = A[m x k] * B`, C rows `ldc >= n` i32 apart (`c.len() >= (m - 1) ldc + n`; the
-    /// entries between rows are left alone), for A rows `lda >= k` bytes apart (`a.len() ==
-    /// m * lda`) and B packed by this kernel: A is u8 (`tdpbusd`) or, when `SIGNED`, the bytes
+    /// entries between rows are left alone), for A rows `lda >= k` bytes apart (`a.len() >=
+    /// (m - 1) lda + k`) and B packed by this kernel: A is u8 (`tdpbusd`) or, when `SIGNED`, the bytes
     /// of s8 values (`tdpbssd`); B is s8.
     fn run<const SIGNED: bool>(
         &self,
@@ -261,9 +261,9 @@ impl Amx {
         c: &mut [i32],
         ldc: usize,
     ) {
-        let (n, k) = (b.n, b.k);
+        let (n, k) = (b.n(), b.k());
         assert!(
-            lda >= k && a.len() == m * lda,
+            lda >= k && (m == 0 || a.len() >= (m - 1) * lda + k),
             "A must be m rows of stride lda >= k"
         );
         assert!(
@@ -283,19 +283,20 @@ impl Amx {
         let kt = kp / TK;
         let panels = n.div_ceil(TN);
         let panel_bytes = kp * TN;
-        debug_assert_eq!(b.data.len(), panels * panel_bytes);
+        debug_assert_eq!(b.data().len(), panels * panel_bytes);
         // A tile reads 64 kt = kp bytes per row. Bytes k..kp of a row meet zero rows of B,
         // so whatever they hold adds 0; they only have to be readable, which rows of stride
-        // lda >= kp are. Tile rows also have to start on 64-byte lines, or every row load is
-        // two (half the speed, measured). Otherwise copy A into aligned rows of kp bytes.
+        // lda >= kp are (up to the last row, whose kp bytes must lie inside `a`). Tile rows
+        // also have to start on 64-byte lines, or every row load is two (half the speed,
+        // measured). Otherwise copy A into aligned rows of kp bytes.
         let line_rows = (a.as_ptr() as usize).is_multiple_of(64) && lda.is_multiple_of(64);
         let padded;
-        let (a, lda) = if lda >= kp && line_rows {
+        let (a, lda) = if lda >= kp && line_rows && a.len() >= (m - 1) * lda + kp {
             (a, lda)
         } else {
             let mut v = AlignedVec::<u8>::zeroed(m * kp);
-            for (dst, src) in v.chunks_exact_mut(kp).zip(a.chunks_exact(lda)) {
-                dst[..k].copy_from_slice(&src[..k]);
+            for (r, dst) in v.chunks_exact_mut(kp).enumerate() {
+                dst[..k].copy_from_slice(&a[r * lda..r * lda + k]);
             }
             padded = v;
             (&padded[..], kp)
@@ -334,8 +335,8 @@ impl Amx {
             for p0 in (0..panels).step_by(2) {
                 let nb = 2.min(panels - p0);
                 let b_ptrs = [
-                    b.data[p0 * panel_bytes..].as_ptr() as *const u8,
-                    b.data[(p0 + nb - 1) * panel_bytes..].as_ptr() as *const u8,
+                    b.data()[p0 * panel_bytes..].as_ptr() as *const u8,
+                    b.data()[(p0 + nb - 1) * panel_bytes..].as_ptr() as *const u8,
                 ];
                 // Each C tile: in place when it lies inside C, else its scratch tile.
                 let inside = |i: usize, j: usize| (s0 + i + 1) * TM <= m && (p0 + j + 1) * TN <= n;
@@ -374,18 +375,23 @@ impl Amx {
     }
 }
 
-impl Kernel for Amx {
+impl KernelImpl for Amx {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn layout(&self) -> LayoutId {
+        LayoutId::Amx
     }
 
     gemms_via_packing!();
 
     rows_from_field!();
 
-    /// K as the B of `tdpbssd`: the layout of [`Amx::pack_v`] for K^T, made from K's rows
-    /// (each group 4 consecutive bytes of one key), depth padded with zeros to whole tiles.
-    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
+    /// K as the B of `tdpbssd`: the layout of [`Amx::pack_v_into`] for K^T, made from K's
+    /// rows (each group 4 consecutive bytes of one key), depth padded with zeros to whole
+    /// tiles.
+    fn pack_k_into(&self, b: &[i8], n: usize, k: usize, out: &mut [i8]) {
         assert_eq!(b.len(), n * k, "pack_k: K must be n x k");
         let kp = padded_k(k);
         let padded;
@@ -399,20 +405,15 @@ impl Kernel for Amx {
             padded = p;
             &padded[..]
         };
-        PackedB::new(
-            BL.pack_b_cols(rows, n, kp, ColGroups::Bytes { flip: false }),
-            n,
-            k,
-            NAME,
-        )
+        BL.pack_b_cols(rows, n, kp, ColGroups::Bytes { flip: false }, out)
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if b.packed_by == "plain" {
-            return self.rows.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+        if b.layout() == LayoutId::Plain {
+            return self.rows.gemm_s8s8_nt(a, b.data(), m, b.n(), b.k(), c);
         }
-        assert_eq!(c.len(), m * b.n, "C must be m x n");
-        self.gemm_s8s8_packed_strided(a, m, b, c, b.n)
+        assert_eq!(c.len(), m * b.n(), "C must be m x n");
+        self.gemm_s8s8_packed_strided(a, m, b, c, b.n())
     }
 
     /// Rows an odd number of 64-byte lines apart, so that the 16 rows of a stored C tile do
@@ -423,15 +424,16 @@ impl Kernel for Amx {
     }
 
     fn gemm_s8s8_packed_strided(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32], ldc: usize) {
-        if b.packed_by == "plain" {
+        if b.layout() == LayoutId::Plain {
             return crate::kernels::strided_s8s8_fallback(self, a, m, b, c, ldc);
         }
         self.check(b);
-        assert_eq!(a.len(), m * b.k, "gemm_s8s8_packed: A must be m x k");
-        self.run::<true>(as_bytes(a), b.k, m, b, c, ldc);
+        assert_eq!(a.len(), m * b.k(), "gemm_s8s8_packed: A must be m x k");
+        let a: &[u8] = bytemuck::cast_slice(a);
+        self.run::<true>(a, b.k(), m, b, c, ldc);
     }
 
-    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
+    fn pack_v_into(&self, b: &[i8], k: usize, n: usize, out: &mut [i8]) {
         assert_eq!(b.len(), n * k, "pack_v: V must be k x n");
         let kp = padded_k(k);
         // Extra depth rows of V are zeros.
@@ -444,12 +446,9 @@ impl Kernel for Amx {
             padded = p;
             &padded[..]
         };
-        PackedB::new(
-            BL.pack_b_rows(v, kp, n, |rows, j0, dst| interleave4(rows, j0, dst, false)),
-            n,
-            k,
-            NAME,
-        )
+        BL.pack_b_rows(v, kp, n, out, |rows, j0, dst| {
+            interleave4(rows, j0, dst, false)
+        })
     }
 
     /// Rows a multiple of 64 bytes (whole tile steps, read in place) and an odd number of
@@ -465,35 +464,35 @@ impl Kernel for Amx {
     }
 
     fn gemm_u8s8_packed_strided(&self, a: &[u8], lda: usize, m: usize, b: &PackedB, c: &mut [i32]) {
-        if b.packed_by == "plain" {
+        if b.layout() == LayoutId::Plain {
             return crate::kernels::strided_u8s8_fallback(self, a, lda, m, b, c);
         }
         self.check(b);
-        assert_eq!(c.len(), m * b.n, "C must be m x n");
-        self.run::<false>(a, lda, m, b, c, b.n);
+        assert_eq!(c.len(), m * b.n(), "C must be m x n");
+        self.run::<false>(a, lda, m, b, c, b.n());
     }
 
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if b.packed_by == "plain" {
-            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+        if b.layout() == LayoutId::Plain {
+            return self.gemm_u8s8(a, b.data(), m, b.n(), b.k(), c);
         }
         self.check(b);
-        assert_eq!(c.len(), m * b.n, "C must be m x n");
-        self.run::<false>(a, b.k, m, b, c, b.n);
+        assert_eq!(c.len(), m * b.n(), "C must be m x n");
+        self.run::<false>(a, b.k(), m, b, c, b.n());
     }
 }
 
 impl Amx {
     /// Panics unless `b` is in this kernel's layout (passing another kernel's is a caller bug,
-    /// and reading it would run past its end).
+    /// and reading it would run past its end; the public handle reports it as an error first).
     fn check(&self, b: &PackedB) {
         assert!(
-            b.packed_by == NAME && b.data.len() == packed_len(b.n, b.k),
+            b.layout() == LayoutId::Amx && b.data().len() == packed_len(b.n(), b.k()),
             "PackedB from '{}' ({} bytes for {} x {}) passed to kernel '{NAME}'",
-            b.packed_by,
-            b.data.len(),
-            b.n,
-            b.k
+            b.packed_by(),
+            b.data().len(),
+            b.n(),
+            b.k()
         );
     }
 }

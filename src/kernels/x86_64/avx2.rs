@@ -20,8 +20,8 @@ use super::{
     check_packed, index_consts, index_consts_f32, index_softmax_tail, interleave2_i16,
     normalize_table, run_tiles, ARows, Blocking, ColGroups, Tile, GROUP_BYTES,
 };
-use crate::kernels::{Kernel, PackedB};
-use crate::softmax::Lut;
+use crate::kernels::{KernelImpl, LayoutId, PackedB};
+use crate::lut::Lut;
 
 const NAME: &str = "avx2";
 
@@ -68,41 +68,43 @@ fn widen_rows<T: Copy>(a: &[T], m: usize, k: usize, widen: impl Fn(T) -> i16) ->
 }
 
 fn i16_bytes(w: &[i16]) -> &[u8] {
-    // SAFETY: any initialized i16 memory may be read as bytes (u8 has alignment 1), and the
-    // length covers exactly the same memory.
-    unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, 2 * w.len()) }
+    bytemuck::cast_slice(w)
 }
 
-impl Kernel for Avx2 {
+impl KernelImpl for Avx2 {
     fn name(&self) -> &'static str {
         NAME
     }
 
+    fn layout(&self) -> LayoutId {
+        LayoutId::Avx2
+    }
+
     gemms_via_packing!();
 
-    fn pack_k(&self, b: &[i8], n: usize, k: usize) -> PackedB {
-        PackedB::new(BL.pack_b_cols(b, n, k, ColGroups::PairsI16), n, k, NAME)
+    fn pack_k_into(&self, b: &[i8], n: usize, k: usize, out: &mut [i8]) {
+        BL.pack_b_cols(b, n, k, ColGroups::PairsI16, out)
     }
 
     fn gemm_s8s8_packed(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if b.packed_by == "plain" {
-            return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+        if b.layout() == LayoutId::Plain {
+            return self.gemm_s8s8_nt(a, b.data(), m, b.n(), b.k(), c);
         }
-        check_packed(b, &[NAME], &BL);
-        let (w, lda) = widen_rows(a, m, b.k, i16::from);
+        check_packed(b, LayoutId::Avx2, &BL);
+        let (w, lda) = widen_rows(a, m, b.k(), i16::from);
         self.run(i16_bytes(&w), lda, b, m, c);
     }
 
-    fn pack_v(&self, b: &[i8], k: usize, n: usize) -> PackedB {
-        PackedB::new(BL.pack_b_rows(b, k, n, interleave2_i16), n, k, NAME)
+    fn pack_v_into(&self, b: &[i8], k: usize, n: usize, out: &mut [i8]) {
+        BL.pack_b_rows(b, k, n, out, interleave2_i16)
     }
 
     fn gemm_u8s8_packed(&self, a: &[u8], m: usize, b: &PackedB, c: &mut [i32]) {
-        if b.packed_by == "plain" {
-            return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+        if b.layout() == LayoutId::Plain {
+            return self.gemm_u8s8(a, b.data(), m, b.n(), b.k(), c);
         }
-        check_packed(b, &[NAME], &BL);
-        let (w, lda) = widen_rows(a, m, b.k, i16::from);
+        check_packed(b, LayoutId::Avx2, &BL);
+        let (w, lda) = widen_rows(a, m, b.k(), i16::from);
         self.run(i16_bytes(&w), lda, b, m, c);
     }
 
@@ -139,9 +141,9 @@ impl Kernel for Avx2 {
 
 impl Avx2 {
     fn run(&self, a: &[u8], lda: usize, b: &PackedB, m: usize, c: &mut [i32]) {
-        assert_eq!(c.len(), m * b.n, "C must be m x n");
+        assert_eq!(c.len(), m * b.n(), "C must be m x n");
         let a = ARows { data: a, lda };
-        run_tiles(&BL, a, &b.data, None, m, b.n, b.k, c, |t| {
+        run_tiles(&BL, a, b.data(), None, m, b.n(), b.k(), c, |t| {
             // SAFETY: `self` proves AVX2 support; `run_tiles` guarantees the tile's pointer
             // ranges (see `Tile`), and `rows <= BL.mr`.
             unsafe { micro_dispatch(t) }
@@ -149,9 +151,15 @@ impl Avx2 {
     }
 }
 
+/// # Safety
+/// AVX2 and FMA must be available; the tile's pointers must cover what [`Tile`] says, with `t.rows
+/// <= 6`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro_dispatch(t: &Tile) {
-    micro_by_rows!(micro, t)
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        micro_by_rows!(micro, t)
+    }
 }
 
 /// Lane mask selecting the first `lanes` of 8 i32 lanes.
@@ -208,7 +216,8 @@ unsafe fn store_lanes(p: *mut i32, lanes: usize, v: __m256i) {
 // micro-kernels.
 #[inline(always)]
 pub(super) unsafe fn tile_start<const R: usize>(t: &Tile) -> ([[__m256i; 2]; R], [usize; 2]) {
-    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    // SAFETY: AVX2 is available (the caller's guarantee).
+    let mut acc = [[unsafe { _mm256_setzero_si256() }; 2]; R];
     let lanes = [t.cols.min(8), t.cols.saturating_sub(8).min(8)];
     // SAFETY: the reads stay in the tile's C rows (`cols` lanes) and its R row values.
     unsafe {
@@ -250,24 +259,30 @@ pub(super) unsafe fn tile_store<const R: usize>(
 }
 
 /// One `R x 16` tile: `R` rows of i16 pairs against one B panel (see [`Tile`]).
+///
+/// # Safety
+/// AVX2 and FMA must be available; the tile's pointers must cover what [`Tile`] says.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro<const R: usize>(t: &Tile) {
-    let (mut acc, lanes) = tile_start::<R>(t);
-    let mut a = t.a;
-    let mut b = t.b;
-    for _ in 0..t.groups {
-        let b0 = _mm256_loadu_si256(b as *const __m256i);
-        let b1 = _mm256_loadu_si256(b.add(32) as *const __m256i);
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = _mm256_set1_epi32((a.add(r * t.lda) as *const i32).read_unaligned());
-            acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(av, b0));
-            acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(av, b1));
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        let (mut acc, lanes) = tile_start::<R>(t);
+        let mut a = t.a;
+        let mut b = t.b;
+        for _ in 0..t.groups {
+            let b0 = _mm256_loadu_si256(b as *const __m256i);
+            let b1 = _mm256_loadu_si256(b.add(32) as *const __m256i);
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_epi32((a.add(r * t.lda) as *const i32).read_unaligned());
+                acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(av, b0));
+                acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(av, b1));
+            }
+            a = a.add(GROUP_BYTES);
+            b = b.add(64);
         }
-        a = a.add(GROUP_BYTES);
-        b = b.add(64);
+        tile_store(t, &acc, lanes);
     }
-    tile_store(t, &acc, lanes);
 }
 
 /// Largest of `row` (not empty).
@@ -288,6 +303,9 @@ fn row_max(row: &[i32]) -> i32 {
 }
 
 /// IndexSoftmax exponents for one row, 32 entries per step (trait preconditions hold).
+///
+/// # Safety
+/// AVX2 and FMA must be available; `row.len() == e.len()` and `valid <= row.len()`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn index_softmax_row(
     row: &[i32],
@@ -316,6 +334,9 @@ unsafe fn index_softmax_row(
 
 /// [`index_softmax_row`] for a table of at most `16 C` entries (`valid > 0`); slices past
 /// the table are zero and never selected.
+///
+/// # Safety
+/// As [`index_softmax_row`], and `0 < valid`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn index_softmax_body<const C: usize>(
@@ -353,7 +374,8 @@ unsafe fn index_softmax_body<const C: usize>(
             _mm256_cvttpd_epi32(_mm256_fmadd_pd(hi, sv, bv)),
         )
     };
-    let bytes16 = |p: *const i32| {
+    // SAFETY: called only with `p` at 16 readable scores (the loop below).
+    let bytes16 = |p: *const i32| unsafe {
         let (a0, a1) = index8(_mm256_loadu_si256(p as *const __m256i));
         let (b0, b1) = index8(_mm256_loadu_si256(p.add(8) as *const __m256i));
         _mm_packus_epi16(_mm_packs_epi32(a0, a1), _mm_packs_epi32(b0, b1))
@@ -378,7 +400,8 @@ unsafe fn index_softmax_body<const C: usize>(
     };
     // Dword order after the in-lane packs of four vectors: slot t holds dword 4 (t % 2) + t / 2.
     let unpack = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    let screen32 = |p: *const i32| {
+    // SAFETY: called only with `p` at 32 readable scores (the loop below).
+    let screen32 = |p: *const i32| unsafe {
         let v: [(__m256i, __m256); 4] =
             std::array::from_fn(|q| screen8(_mm256_loadu_si256(p.add(8 * q) as *const __m256i)));
         let decided = _mm256_and_ps(_mm256_and_ps(v[0].1, v[1].1), _mm256_and_ps(v[2].1, v[3].1));
@@ -391,23 +414,29 @@ unsafe fn index_softmax_body<const C: usize>(
     let mut sum = zero;
     let full = valid / 32 * 32;
     for base in (0..full).step_by(32) {
-        let p = row.as_ptr().add(base);
-        let idx = match screen32(p) {
-            (idx, true) => idx,
-            _ => _mm256_set_m128i(bytes16(p.add(16)), bytes16(p)),
-        };
-        let mut out = zero;
-        for (t, off) in tables.iter().zip(&offsets) {
-            // Bytes of this slice map to 0x70..=0x7f, all others to >= 0x80 (pshufb gives 0).
-            let local = _mm256_sub_epi8(idx, *off);
-            let sel = _mm256_adds_epu8(local, _mm256_set1_epi8(0x70));
-            out = _mm256_or_si256(out, _mm256_shuffle_epi8(*t, sel));
+        // SAFETY: base + 32 <= valid <= row.len() == e.len(): 32 scores are read from `row`
+        // and 32 bytes written to `e` at `base`.
+        unsafe {
+            let p = row.as_ptr().add(base);
+            let idx = match screen32(p) {
+                (idx, true) => idx,
+                _ => _mm256_set_m128i(bytes16(p.add(16)), bytes16(p)),
+            };
+            let mut out = zero;
+            for (t, off) in tables.iter().zip(&offsets) {
+                // Bytes of this slice map to 0x70..=0x7f, all others to >= 0x80 (pshufb
+                // gives 0).
+                let local = _mm256_sub_epi8(idx, *off);
+                let sel = _mm256_adds_epu8(local, _mm256_set1_epi8(0x70));
+                out = _mm256_or_si256(out, _mm256_shuffle_epi8(*t, sel));
+            }
+            _mm256_storeu_si256(e.as_mut_ptr().add(base) as *mut __m256i, out);
+            sum = _mm256_add_epi64(sum, _mm256_sad_epu8(out, zero));
         }
-        _mm256_storeu_si256(e.as_mut_ptr().add(base) as *mut __m256i, out);
-        sum = _mm256_add_epi64(sum, _mm256_sad_epu8(out, zero));
     }
     let mut lanes = [0u64; 4];
-    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+    // SAFETY: `lanes` holds 32 bytes.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum) };
     let vec_sum = lanes.iter().sum::<u64>() as u32;
     vec_sum + index_softmax_tail(row, full, valid, max, lut, threshold, e)
 }
@@ -445,53 +474,59 @@ fn exp_nonpositive(x: __m256) -> __m256 {
 }
 
 /// Float softmax over `row[..valid]`, zeros past it; the row sum is accumulated in f64.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `valid <= row.len()`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn softmax_f32_row(row: &mut [f32], valid: usize) {
-    let (kept, masked) = row.split_at_mut(valid);
-    masked.fill(0.0);
-    if kept.is_empty() {
-        return;
-    }
-    let full = kept.len() / 8 * 8;
-    let tail = kept.len() - full;
-    let tail_mask = lane_mask(tail);
-    let ptr = kept.as_mut_ptr();
-    let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
-    for i in (0..full).step_by(8) {
-        mx = _mm256_max_ps(mx, _mm256_loadu_ps(ptr.add(i)));
-    }
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), mx);
-    let m = lanes
-        .iter()
-        .chain(&kept[full..])
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mv = _mm256_set1_ps(m);
-    let mut sum = _mm256_setzero_pd();
-    let mut add = |v: __m256| {
-        sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-        sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)));
-    };
-    for i in (0..full).step_by(8) {
-        let v = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(ptr.add(i)), mv));
-        _mm256_storeu_ps(ptr.add(i), v);
-        add(v);
-    }
-    if tail > 0 {
-        let x = _mm256_maskload_ps(ptr.add(full), tail_mask);
-        let v = exp_nonpositive(_mm256_sub_ps(x, mv));
-        let v = _mm256_and_ps(v, _mm256_castsi256_ps(tail_mask));
-        _mm256_maskstore_ps(ptr.add(full), tail_mask, v);
-        add(v);
-    }
-    let mut s = [0f64; 4];
-    _mm256_storeu_pd(s.as_mut_ptr(), sum);
-    let inv = _mm256_set1_ps(1.0 / (s.iter().sum::<f64>() as f32));
-    for i in (0..full).step_by(8) {
-        _mm256_storeu_ps(ptr.add(i), _mm256_mul_ps(_mm256_loadu_ps(ptr.add(i)), inv));
-    }
-    if tail > 0 {
-        let v = _mm256_mul_ps(_mm256_maskload_ps(ptr.add(full), tail_mask), inv);
-        _mm256_maskstore_ps(ptr.add(full), tail_mask, v);
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        let (kept, masked) = row.split_at_mut(valid);
+        masked.fill(0.0);
+        if kept.is_empty() {
+            return;
+        }
+        let full = kept.len() / 8 * 8;
+        let tail = kept.len() - full;
+        let tail_mask = lane_mask(tail);
+        let ptr = kept.as_mut_ptr();
+        let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
+        for i in (0..full).step_by(8) {
+            mx = _mm256_max_ps(mx, _mm256_loadu_ps(ptr.add(i)));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), mx);
+        let m = lanes
+            .iter()
+            .chain(&kept[full..])
+            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mv = _mm256_set1_ps(m);
+        let mut sum = _mm256_setzero_pd();
+        let mut add = |v: __m256| {
+            sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+            sum = _mm256_add_pd(sum, _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)));
+        };
+        for i in (0..full).step_by(8) {
+            let v = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(ptr.add(i)), mv));
+            _mm256_storeu_ps(ptr.add(i), v);
+            add(v);
+        }
+        if tail > 0 {
+            let x = _mm256_maskload_ps(ptr.add(full), tail_mask);
+            let v = exp_nonpositive(_mm256_sub_ps(x, mv));
+            let v = _mm256_and_ps(v, _mm256_castsi256_ps(tail_mask));
+            _mm256_maskstore_ps(ptr.add(full), tail_mask, v);
+            add(v);
+        }
+        let mut s = [0f64; 4];
+        _mm256_storeu_pd(s.as_mut_ptr(), sum);
+        let inv = _mm256_set1_ps(1.0 / (s.iter().sum::<f64>() as f32));
+        for i in (0..full).step_by(8) {
+            _mm256_storeu_ps(ptr.add(i), _mm256_mul_ps(_mm256_loadu_ps(ptr.add(i)), inv));
+        }
+        if tail > 0 {
+            let v = _mm256_mul_ps(_mm256_maskload_ps(ptr.add(full), tail_mask), inv);
+            _mm256_maskstore_ps(ptr.add(full), tail_mask, v);
+        }
     }
 }

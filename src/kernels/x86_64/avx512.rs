@@ -21,13 +21,11 @@ use std::sync::OnceLock;
 use super::{
     index_consts, index_consts_f32, normalize_table, run_groups, Blocking, Tile, GROUP_BYTES,
 };
-use crate::kernels::{Kernel, PackedB};
-use crate::softmax::Lut;
+use crate::kernels::{KernelImpl, LayoutId, PackedB};
+use crate::lut::Lut;
 
 const VNNI: &str = "avx512vnni";
 const VBMI: &str = "avx512vbmi";
-/// Both kernels pack the same way, so either may read the other's operands.
-const LAYOUTS: [&str; 2] = [VNNI, VBMI];
 
 /// Zmm vectors per micro-tile row: 64 columns.
 const NV: usize = 4;
@@ -86,7 +84,7 @@ impl Avx512 {
     }
 }
 
-impl Kernel for Avx512 {
+impl KernelImpl for Avx512 {
     fn name(&self) -> &'static str {
         if self.vbmi {
             VBMI
@@ -97,7 +95,8 @@ impl Kernel for Avx512 {
 
     gemms_via_packing!();
 
-    vnni_packed_gemms!(BL, LAYOUTS);
+    // Both kernels pack the same way, so either reads the other's operands.
+    vnni_packed_gemms!(BL, LayoutId::Avx512);
 
     fn index_softmax_row(
         &self,
@@ -142,9 +141,15 @@ impl Kernel for Avx512 {
     }
 }
 
+/// # Safety
+/// AVX-512 F/BW and VNNI must be available; the tile's pointers must cover what [`Tile`] says, with
+/// `t.rows <= 6`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn micro_dispatch<const A_U8: bool>(t: &Tile) {
-    micro_by_rows!(micro, t, A_U8)
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        micro_by_rows!(micro, t, A_U8)
+    }
 }
 
 /// Mask of the first `lanes` (<= 16) of 16.
@@ -165,51 +170,57 @@ fn mask64(lanes: usize) -> __mmask64 {
 
 /// One `R x 64` tile: `R` rows of A's 4-byte groups against one B panel (see [`Tile`]);
 /// `A_U8` says which operand `vpdpbusd` takes as unsigned.
+///
+/// # Safety
+/// AVX-512 F/BW and VNNI must be available; the tile's pointers must cover what [`Tile`] says.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn micro<const R: usize, const A_U8: bool>(t: &Tile) {
-    let mut acc = [[_mm512_setzero_si512(); NV]; R];
-    let mut masks = [0 as __mmask16; NV];
-    for (v, m) in masks.iter_mut().enumerate() {
-        *m = mask16(t.cols.saturating_sub(16 * v).min(16));
-    }
-    if t.accumulate {
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            for (v, acc_rv) in acc_r.iter_mut().enumerate() {
-                // Masked-off lanes are not read, so a pointer past C's last column is fine.
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        let mut acc = [[_mm512_setzero_si512(); NV]; R];
+        let mut masks = [0 as __mmask16; NV];
+        for (v, m) in masks.iter_mut().enumerate() {
+            *m = mask16(t.cols.saturating_sub(16 * v).min(16));
+        }
+        if t.accumulate {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                for (v, acc_rv) in acc_r.iter_mut().enumerate() {
+                    // Masked-off lanes are not read, so a pointer past C's last column is fine.
+                    let p = t.c.wrapping_add(r * t.ldc + 16 * v);
+                    *acc_rv = _mm512_maskz_loadu_epi32(masks[v], p);
+                }
+            }
+        } else if !t.row_init.is_null() {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                *acc_r = [_mm512_set1_epi32(*t.row_init.add(r)); NV];
+            }
+        }
+        let mut a = t.a;
+        let mut b = t.b;
+        for _ in 0..t.groups {
+            let mut bv = [_mm512_setzero_si512(); NV];
+            for (v, bvv) in bv.iter_mut().enumerate() {
+                *bvv = _mm512_loadu_si512(b.add(64 * v) as *const __m512i);
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_epi32((a.add(r * t.lda) as *const i32).read_unaligned());
+                for v in 0..NV {
+                    acc_r[v] = if A_U8 {
+                        _mm512_dpbusd_epi32(acc_r[v], av, bv[v])
+                    } else {
+                        _mm512_dpbusd_epi32(acc_r[v], bv[v], av)
+                    };
+                }
+            }
+            a = a.add(GROUP_BYTES);
+            b = b.add(64 * NV);
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (v, acc_rv) in acc_r.iter().enumerate() {
                 let p = t.c.wrapping_add(r * t.ldc + 16 * v);
-                *acc_rv = _mm512_maskz_loadu_epi32(masks[v], p);
+                _mm512_mask_storeu_epi32(p, masks[v], *acc_rv);
             }
-        }
-    } else if !t.row_init.is_null() {
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            *acc_r = [_mm512_set1_epi32(*t.row_init.add(r)); NV];
-        }
-    }
-    let mut a = t.a;
-    let mut b = t.b;
-    for _ in 0..t.groups {
-        let mut bv = [_mm512_setzero_si512(); NV];
-        for (v, bvv) in bv.iter_mut().enumerate() {
-            *bvv = _mm512_loadu_si512(b.add(64 * v) as *const __m512i);
-        }
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32((a.add(r * t.lda) as *const i32).read_unaligned());
-            for v in 0..NV {
-                acc_r[v] = if A_U8 {
-                    _mm512_dpbusd_epi32(acc_r[v], av, bv[v])
-                } else {
-                    _mm512_dpbusd_epi32(acc_r[v], bv[v], av)
-                };
-            }
-        }
-        a = a.add(GROUP_BYTES);
-        b = b.add(64 * NV);
-    }
-    for (r, acc_r) in acc.iter().enumerate() {
-        for (v, acc_rv) in acc_r.iter().enumerate() {
-            let p = t.c.wrapping_add(r * t.ldc + 16 * v);
-            _mm512_mask_storeu_epi32(p, masks[v], *acc_rv);
         }
     }
 }
@@ -323,64 +334,86 @@ fn row_setup(
 /// the f32 screen of [`index_consts_f32`], and the f64 index of [`index_consts`] for the whole
 /// group when any lane is undecided.
 /// Safety: the first `min(rem, 64)` i32 at `src` must be readable.
+///
+/// # Safety
+/// AVX-512 F/BW/VL must be available and the first `min(rem, 64)` scores at `src` readable.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn index_bytes64(src: *const i32, rem: usize, k: &RowConsts) -> __m512i {
-    const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
-    let mut idx = [_mm512_setzero_si512(); 4];
-    let mut undecided = 0;
-    for (q, iq) in idx.iter_mut().enumerate() {
-        let m = mask16(rem.saturating_sub(16 * q).min(16));
-        // Masked-off lanes are neither read nor used (their bytes are zeroed by the caller).
-        let s = _mm512_maskz_loadu_epi32(m, src.wrapping_add(16 * q));
-        // m - S wraps in i32 but is exact read as u32 (0 <= m - S < 2^32); min with T.
-        let d = _mm512_cvtepi32_ps(_mm512_min_epu32(_mm512_sub_epi32(k.max, s), k.threshold));
-        let lo = _mm512_cvt_roundps_epi32::<FLOOR>(_mm512_fmadd_ps(d, k.scale_f, k.lo_f));
-        let hi = _mm512_cvt_roundps_epi32::<FLOOR>(_mm512_fmadd_ps(d, k.scale_f, k.hi_f));
-        undecided |= _mm512_mask_cmpneq_epi32_mask(m, lo, hi);
-        *iq = hi;
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        const FLOOR: i32 = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+        let mut idx = [_mm512_setzero_si512(); 4];
+        let mut undecided = 0;
+        for (q, iq) in idx.iter_mut().enumerate() {
+            let m = mask16(rem.saturating_sub(16 * q).min(16));
+            // Masked-off lanes are neither read nor used (their bytes are zeroed by the caller).
+            let s = _mm512_maskz_loadu_epi32(m, src.wrapping_add(16 * q));
+            // m - S wraps in i32 but is exact read as u32 (0 <= m - S < 2^32); min with T.
+            let d = _mm512_cvtepi32_ps(_mm512_min_epu32(_mm512_sub_epi32(k.max, s), k.threshold));
+            let lo = _mm512_cvt_roundps_epi32::<FLOOR>(_mm512_fmadd_ps(d, k.scale_f, k.lo_f));
+            let hi = _mm512_cvt_roundps_epi32::<FLOOR>(_mm512_fmadd_ps(d, k.scale_f, k.hi_f));
+            undecided |= _mm512_mask_cmpneq_epi32_mask(m, lo, hi);
+            *iq = hi;
+        }
+        if undecided != 0 {
+            idx = index_f64(src, rem, k);
+        }
+        let w01 = _mm512_packus_epi32(idx[0], idx[1]);
+        let w23 = _mm512_packus_epi32(idx[2], idx[3]);
+        _mm512_permutexvar_epi32(k.perm, _mm512_packus_epi16(w01, w23))
     }
-    if undecided != 0 {
-        idx = index_f64(src, rem, k);
-    }
-    let w01 = _mm512_packus_epi32(idx[0], idx[1]);
-    let w23 = _mm512_packus_epi32(idx[2], idx[3]);
-    _mm512_permutexvar_epi32(k.perm, _mm512_packus_epi16(w01, w23))
 }
 
 /// The exact f64 index of [`index_consts`] for the (up to) 64 scores at `src`, as four
 /// vectors of 16 i32. Safety: as [`index_bytes64`].
+///
+/// # Safety
+/// AVX-512 F/BW/VL must be available and the first `min(rem, 64)` scores at `src` readable.
 #[cold]
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn index_f64(src: *const i32, rem: usize, k: &RowConsts) -> [__m512i; 4] {
-    let mut idx = [_mm512_setzero_si512(); 4];
-    for (q, iq) in idx.iter_mut().enumerate() {
-        let m = mask16(rem.saturating_sub(16 * q).min(16));
-        let s = _mm512_maskz_loadu_epi32(m, src.wrapping_add(16 * q));
-        let d = _mm512_min_epu32(_mm512_sub_epi32(k.max, s), k.threshold);
-        let lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(d));
-        let hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(d));
-        let ilo = _mm512_cvttpd_epi32(_mm512_fmadd_pd(lo, k.scale, k.bias));
-        let ihi = _mm512_cvttpd_epi32(_mm512_fmadd_pd(hi, k.scale, k.bias));
-        *iq = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ilo), ihi);
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        let mut idx = [_mm512_setzero_si512(); 4];
+        for (q, iq) in idx.iter_mut().enumerate() {
+            let m = mask16(rem.saturating_sub(16 * q).min(16));
+            let s = _mm512_maskz_loadu_epi32(m, src.wrapping_add(16 * q));
+            let d = _mm512_min_epu32(_mm512_sub_epi32(k.max, s), k.threshold);
+            let lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(d));
+            let hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64::<1>(d));
+            let ilo = _mm512_cvttpd_epi32(_mm512_fmadd_pd(lo, k.scale, k.bias));
+            let ihi = _mm512_cvttpd_epi32(_mm512_fmadd_pd(hi, k.scale, k.bias));
+            *iq = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ilo), ihi);
+        }
+        idx
     }
-    idx
 }
 
 /// Stores the kept bytes of `e` (the first `min(rem, 64)`) at `dst` and adds them to the
 /// eight u64 lanes of `sum`. Safety: those bytes at `dst` must be writable.
+///
+/// # Safety
+/// AVX-512 F/BW must be available and the first `min(rem, 64)` bytes at `dst` writable.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn store_and_sum64(e: __m512i, rem: usize, dst: *mut u8, sum: __m512i) -> __m512i {
-    let keep = mask64(rem);
-    let e = _mm512_maskz_mov_epi8(keep, e);
-    _mm512_mask_storeu_epi8(dst as *mut i8, keep, e);
-    _mm512_add_epi64(sum, _mm512_sad_epu8(e, _mm512_setzero_si512()))
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        let keep = mask64(rem);
+        let e = _mm512_maskz_mov_epi8(keep, e);
+        _mm512_mask_storeu_epi8(dst as *mut i8, keep, e);
+        _mm512_add_epi64(sum, _mm512_sad_epu8(e, _mm512_setzero_si512()))
+    }
 }
 
 /// IndexSoftmax exponents for one row, 64 entries per step (the last one masked), with
 /// `vpermb`/`vpermi2b` lookups.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI and VBMI must be available; `row.len() == e.len()` and `valid <=
+/// row.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
 unsafe fn index_softmax_row_vbmi(
     row: &[i32],
@@ -389,29 +422,35 @@ unsafe fn index_softmax_row_vbmi(
     threshold: i32,
     e: &mut [u8],
 ) -> u32 {
-    let Some(k) = row_setup(row, valid, lut, threshold, e) else {
-        return 0;
-    };
-    let p = lut.padded();
-    let t = [load64(p, 0), load64(p, 64), load64(p, 128), load64(p, 192)];
-    let len = lut.entries().len();
-    let mut sum = _mm512_setzero_si512();
-    // Whole groups with the constant 64 (every mask folds away), then the masked rest.
-    let full = valid / 64 * 64;
-    for base in (0..full).step_by(64) {
-        let idx = index_bytes64(row.as_ptr().add(base), 64, &k);
-        let out = lookup_perm(&t, len, idx);
-        sum = store_and_sum64(out, 64, e.as_mut_ptr().add(base), sum);
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        let Some(k) = row_setup(row, valid, lut, threshold, e) else {
+            return 0;
+        };
+        let p = lut.padded();
+        let t = [load64(p, 0), load64(p, 64), load64(p, 128), load64(p, 192)];
+        let len = lut.entries().len();
+        let mut sum = _mm512_setzero_si512();
+        // Whole groups with the constant 64 (every mask folds away), then the masked rest.
+        let full = valid / 64 * 64;
+        for base in (0..full).step_by(64) {
+            let idx = index_bytes64(row.as_ptr().add(base), 64, &k);
+            let out = lookup_perm(&t, len, idx);
+            sum = store_and_sum64(out, 64, e.as_mut_ptr().add(base), sum);
+        }
+        if full < valid {
+            let idx = index_bytes64(row.as_ptr().add(full), valid - full, &k);
+            let out = lookup_perm(&t, len, idx);
+            sum = store_and_sum64(out, valid - full, e.as_mut_ptr().add(full), sum);
+        }
+        _mm512_reduce_add_epi64(sum) as u32
     }
-    if full < valid {
-        let idx = index_bytes64(row.as_ptr().add(full), valid - full, &k);
-        let out = lookup_perm(&t, len, idx);
-        sum = store_and_sum64(out, valid - full, e.as_mut_ptr().add(full), sum);
-    }
-    _mm512_reduce_add_epi64(sum) as u32
 }
 
 /// The same with `vpshufb` lookups (AVX-512 BW without VBMI).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI must be available; `row.len() == e.len()` and `valid <= row.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn index_softmax_row_bw(
     row: &[i32],
@@ -420,41 +459,50 @@ unsafe fn index_softmax_row_bw(
     threshold: i32,
     e: &mut [u8],
 ) -> u32 {
-    let Some(k) = row_setup(row, valid, lut, threshold, e) else {
-        return 0;
-    };
-    let chunks = lut.entries().len().div_ceil(16);
-    let mut t = [_mm512_setzero_si512(); 16];
-    for (c, tc) in t.iter_mut().enumerate().take(chunks) {
-        *tc = _mm512_broadcast_i32x4(_mm_loadu_si128(
-            lut.padded()[16 * c..].as_ptr() as *const __m128i
-        ));
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        let Some(k) = row_setup(row, valid, lut, threshold, e) else {
+            return 0;
+        };
+        let chunks = lut.entries().len().div_ceil(16);
+        let mut t = [_mm512_setzero_si512(); 16];
+        for (c, tc) in t.iter_mut().enumerate().take(chunks) {
+            *tc = _mm512_broadcast_i32x4(_mm_loadu_si128(
+                lut.padded()[16 * c..].as_ptr() as *const __m128i
+            ));
+        }
+        let mut sum = _mm512_setzero_si512();
+        // Whole groups with the constant 64 (every mask folds away), then the masked rest.
+        let full = valid / 64 * 64;
+        for base in (0..full).step_by(64) {
+            let idx = index_bytes64(row.as_ptr().add(base), 64, &k);
+            let out = lookup_shuf(&t, chunks, idx);
+            sum = store_and_sum64(out, 64, e.as_mut_ptr().add(base), sum);
+        }
+        if full < valid {
+            let idx = index_bytes64(row.as_ptr().add(full), valid - full, &k);
+            let out = lookup_shuf(&t, chunks, idx);
+            sum = store_and_sum64(out, valid - full, e.as_mut_ptr().add(full), sum);
+        }
+        _mm512_reduce_add_epi64(sum) as u32
     }
-    let mut sum = _mm512_setzero_si512();
-    // Whole groups with the constant 64 (every mask folds away), then the masked rest.
-    let full = valid / 64 * 64;
-    for base in (0..full).step_by(64) {
-        let idx = index_bytes64(row.as_ptr().add(base), 64, &k);
-        let out = lookup_shuf(&t, chunks, idx);
-        sum = store_and_sum64(out, 64, e.as_mut_ptr().add(base), sum);
-    }
-    if full < valid {
-        let idx = index_bytes64(row.as_ptr().add(full), valid - full, &k);
-        let out = lookup_shuf(&t, chunks, idx);
-        sum = store_and_sum64(out, valid - full, e.as_mut_ptr().add(full), sum);
-    }
-    _mm512_reduce_add_epi64(sum) as u32
 }
 
 /// `p[i] = t[p[i]]` with `vpermi2b`, 64 bytes per step.
+///
+/// # Safety
+/// AVX-512 F/BW and VBMI must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 unsafe fn lookup256_vbmi(p: &mut [u8], t: &[u8; 256]) {
-    let tabs = [load64(t, 0), load64(t, 64), load64(t, 128), load64(t, 192)];
-    for base in (0..p.len()).step_by(64) {
-        let m = mask64(p.len() - base);
-        let ptr = p.as_mut_ptr().add(base) as *mut i8;
-        let idx = _mm512_maskz_loadu_epi8(m, ptr);
-        _mm512_mask_storeu_epi8(ptr, m, lookup_perm(&tabs, 256, idx));
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        let tabs = [load64(t, 0), load64(t, 64), load64(t, 128), load64(t, 192)];
+        for base in (0..p.len()).step_by(64) {
+            let m = mask64(p.len() - base);
+            let ptr = p.as_mut_ptr().add(base) as *mut i8;
+            let idx = _mm512_maskz_loadu_epi8(m, ptr);
+            _mm512_mask_storeu_epi8(ptr, m, lookup_perm(&tabs, 256, idx));
+        }
     }
 }
 
@@ -481,37 +529,43 @@ fn exp_nonpositive(x: __m512) -> __m512 {
 }
 
 /// Float softmax over `row[..valid]`, zeros past it; the row sum is accumulated in f64.
+///
+/// # Safety
+/// AVX-512 F must be available and `valid <= row.len()`.
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_f32_row(row: &mut [f32], valid: usize) {
-    let (kept, masked) = row.split_at_mut(valid);
-    masked.fill(0.0);
-    if kept.is_empty() {
-        return;
-    }
-    let len = kept.len();
-    let ptr = kept.as_mut_ptr();
-    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
-    for i in (0..len).step_by(16) {
-        let m = mask16((len - i).min(16));
-        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, m, ptr.add(i)));
-    }
-    let mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    let mut sum = _mm512_setzero_pd();
-    for i in (0..len).step_by(16) {
-        let m = mask16((len - i).min(16));
-        let x = _mm512_maskz_loadu_ps(m, ptr.add(i));
-        let v = _mm512_maskz_mov_ps(m, exp_nonpositive(_mm512_sub_ps(x, mv)));
-        _mm512_mask_storeu_ps(ptr.add(i), m, v);
-        let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-        let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-            _mm512_castps_pd(v),
-        )));
-        sum = _mm512_add_pd(sum, _mm512_add_pd(lo, hi));
-    }
-    let inv = _mm512_set1_ps(1.0 / (_mm512_reduce_add_pd(sum) as f32));
-    for i in (0..len).step_by(16) {
-        let m = mask16((len - i).min(16));
-        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, ptr.add(i)), inv);
-        _mm512_mask_storeu_ps(ptr.add(i), m, v);
+    // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
+    unsafe {
+        let (kept, masked) = row.split_at_mut(valid);
+        masked.fill(0.0);
+        if kept.is_empty() {
+            return;
+        }
+        let len = kept.len();
+        let ptr = kept.as_mut_ptr();
+        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..len).step_by(16) {
+            let m = mask16((len - i).min(16));
+            mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, m, ptr.add(i)));
+        }
+        let mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        let mut sum = _mm512_setzero_pd();
+        for i in (0..len).step_by(16) {
+            let m = mask16((len - i).min(16));
+            let x = _mm512_maskz_loadu_ps(m, ptr.add(i));
+            let v = _mm512_maskz_mov_ps(m, exp_nonpositive(_mm512_sub_ps(x, mv)));
+            _mm512_mask_storeu_ps(ptr.add(i), m, v);
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                _mm512_castps_pd(v),
+            )));
+            sum = _mm512_add_pd(sum, _mm512_add_pd(lo, hi));
+        }
+        let inv = _mm512_set1_ps(1.0 / (_mm512_reduce_add_pd(sum) as f32));
+        for i in (0..len).step_by(16) {
+            let m = mask16((len - i).min(16));
+            let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, ptr.add(i)), inv);
+            _mm512_mask_storeu_ps(ptr.add(i), m, v);
+        }
     }
 }

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use super::avx2::{tile_start, tile_store, Avx2};
 use super::{run_groups, Blocking, Tile, GROUP_BYTES};
-use crate::kernels::{Kernel, PackedB};
+use crate::kernels::{KernelImpl, LayoutId, PackedB};
 
 const NAME: &str = "avxvnni";
 
@@ -67,14 +67,14 @@ impl AvxVnni {
     }
 }
 
-impl Kernel for AvxVnni {
+impl KernelImpl for AvxVnni {
     fn name(&self) -> &'static str {
         NAME
     }
 
     gemms_via_packing!();
 
-    vnni_packed_gemms!(BL, [NAME]);
+    vnni_packed_gemms!(BL, LayoutId::AvxVnni);
 
     rows_from_field!();
 }
@@ -93,7 +93,7 @@ unsafe fn micro_dispatch<const A_U8: bool>(t: &Tile) {
 #[inline]
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn micro<const R: usize, const A_U8: bool>(t: &Tile) {
-    // SAFETY (whole body): loads and stores stay inside the tile's C rows (`cols` lanes, via
+    // SAFETY: (whole body) loads and stores stay inside the tile's C rows (`cols` lanes, via
     // lane masks at a ragged edge), its A rows (`groups` groups of 4 bytes each) and its B
     // panel (`groups` groups of 64 bytes), as `run_tiles` guarantees.
     unsafe {

@@ -1,9 +1,10 @@
 //! x86-64 SIMD kernels: [`avx2::Avx2`] (AVX2 + FMA), [`avxvnni::AvxVnni`] (AVX2 with the
 //! VEX-encoded VNNI dot products for the GEMMs), [`avx512::Avx512`] (AVX-512 F/BW/VL +
 //! VNNI, in two flavours: `avx512vnni`, and `avx512vbmi` which also uses VBMI byte permutes for
-//! the table lookups) and [`amx::Amx`] (AMX-INT8 tiles for the GEMMs, AVX-512 for the rest). This module owns what they share: run-time detection, the packed
-//! operand layouts and the blocked GEMM loop, and the exact arithmetic behind the vectorized
-//! IndexSoftmax index and the Normalized finish.
+//! the table lookups) and [`amx::Amx`] (AMX-INT8 tiles for the GEMMs, AVX-512 for the rest).
+//! This module owns what they share: run-time detection, the packed operand layouts and the
+//! blocked GEMM loop, and the exact arithmetic behind the vectorized IndexSoftmax index and the
+//! Normalized finish.
 //!
 //! Both GEMM families use the same operand shapes. Depth is cut into groups of 4 bytes per
 //! row or column (AVX2: 2 values widened to i16, for `vpmaddwd`; AVX-512: 4 bytes, for
@@ -20,7 +21,7 @@ macro_rules! rows_from_field {
             &self,
             row: &[i32],
             valid: usize,
-            lut: &$crate::softmax::Lut,
+            lut: &$crate::lut::Lut,
             threshold: i32,
             e: &mut [u8],
         ) -> u32 {
@@ -39,14 +40,18 @@ macro_rules! rows_from_field {
 
 /// Packing and packed GEMMs of the VNNI kernels (`vpdpbusd` takes one unsigned operand): K
 /// packed as `k + 128` (its sign bit flipped) with [`plus128_row_init`] corrections, V as it
-/// is, both in 4-byte groups of the blocking `$bl`; packed data from the kernels named in
-/// `$layouts` is accepted. The kernel provides `run::<A_U8>(a, b, row_init, m, c)`, with A
-/// the unsigned operand when `A_U8` (P x V), else B (Q K^T).
+/// is, both in 4-byte groups of the blocking `$bl`, in the layout `$layout`. The kernel provides
+/// `run::<A_U8>(a, b, row_init, m, c)`, with A the unsigned operand when `A_U8` (P x V), else B
+/// (Q K^T).
 macro_rules! vnni_packed_gemms {
-    ($bl:expr, $layouts:expr) => {
-        fn pack_k(&self, b: &[i8], n: usize, k: usize) -> $crate::kernels::PackedB {
+    ($bl:expr, $layout:expr) => {
+        fn layout(&self) -> $crate::kernels::LayoutId {
+            $layout
+        }
+
+        fn pack_k_into(&self, b: &[i8], n: usize, k: usize, out: &mut [i8]) {
             let flip = $crate::kernels::x86_64::ColGroups::Bytes { flip: true };
-            $crate::kernels::PackedB::new($bl.pack_b_cols(b, n, k, flip), n, k, self.name())
+            $bl.pack_b_cols(b, n, k, flip, out);
         }
 
         fn gemm_s8s8_packed(
@@ -56,21 +61,20 @@ macro_rules! vnni_packed_gemms {
             b: &$crate::kernels::PackedB,
             c: &mut [i32],
         ) {
-            if b.packed_by == "plain" {
-                return self.gemm_s8s8_nt(a, &b.data, m, b.n, b.k, c);
+            if b.layout() == $crate::kernels::LayoutId::Plain {
+                return self.gemm_s8s8_nt(a, b.data(), m, b.n(), b.k(), c);
             }
-            $crate::kernels::x86_64::check_packed(b, &$layouts, &$bl);
-            assert_eq!(a.len(), m * b.k, "gemm_s8s8_packed: A must be m x k");
-            let row_init = $crate::kernels::x86_64::plus128_row_init(a, m, b.k);
-            let a = $crate::kernels::x86_64::as_bytes(a);
+            $crate::kernels::x86_64::check_packed(b, $layout, &$bl);
+            assert_eq!(a.len(), m * b.k(), "gemm_s8s8_packed: A must be m x k");
+            let row_init = $crate::kernels::x86_64::plus128_row_init(a, m, b.k());
+            let a = bytemuck::cast_slice(a);
             self.run::<false>(a, b, Some(&row_init), m, c);
         }
 
-        fn pack_v(&self, b: &[i8], k: usize, n: usize) -> $crate::kernels::PackedB {
-            let data = $bl.pack_b_rows(b, k, n, |rows, j0, dst| {
+        fn pack_v_into(&self, b: &[i8], k: usize, n: usize, out: &mut [i8]) {
+            $bl.pack_b_rows(b, k, n, out, |rows, j0, dst| {
                 $crate::kernels::x86_64::interleave4(rows, j0, dst, false)
             });
-            $crate::kernels::PackedB::new(data, n, k, self.name())
         }
 
         fn gemm_u8s8_packed(
@@ -80,10 +84,10 @@ macro_rules! vnni_packed_gemms {
             b: &$crate::kernels::PackedB,
             c: &mut [i32],
         ) {
-            if b.packed_by == "plain" {
-                return self.gemm_u8s8(a, &b.data, m, b.n, b.k, c);
+            if b.layout() == $crate::kernels::LayoutId::Plain {
+                return self.gemm_u8s8(a, b.data(), m, b.n(), b.k(), c);
             }
-            $crate::kernels::x86_64::check_packed(b, &$layouts, &$bl);
+            $crate::kernels::x86_64::check_packed(b, $layout, &$bl);
             self.run::<true>(a, b, None, m, c);
         }
     };
@@ -109,15 +113,14 @@ pub mod avx2;
 pub mod avx512;
 pub mod avxvnni;
 
-use super::Kernel;
+use super::{KernelImpl, LayoutId};
 
-use crate::aligned::{AlignedVec, Fresh};
+use crate::lut::Lut;
 use crate::reference;
-use crate::softmax::Lut;
 
 /// Every x86-64 kernel this CPU can run, slowest first.
-pub fn kernels() -> Vec<&'static dyn Kernel> {
-    let mut v: Vec<&'static dyn Kernel> = Vec::new();
+pub(crate) fn kernels() -> Vec<&'static dyn KernelImpl> {
+    let mut v: Vec<&'static dyn KernelImpl> = Vec::new();
     if let Some(k) = avx2::Avx2::detect() {
         v.push(k);
     }
@@ -138,9 +141,6 @@ pub fn kernels() -> Vec<&'static dyn Kernel> {
 
 /// Bytes per (group, row) of packed A and per (group, column) of packed B, in both layouts.
 pub(crate) const GROUP_BYTES: usize = 4;
-
-/// Packed bytes per packing task, at least (smaller packs stay on the calling thread).
-const PACK_TASK_BYTES: usize = 64 << 10;
 
 /// Tile and blocking sizes of one GEMM family.
 #[derive(Clone, Copy, Debug)]
@@ -172,14 +172,16 @@ impl Blocking {
         self.panels(n) * self.nr * self.groups(k) * GROUP_BYTES
     }
 
-    /// Packs a B whose columns are stored as rows (`n` rows of `k` values, as K in Q K^T),
-    /// each group made as `mode` says.
-    pub fn pack_b_cols(&self, b: &[i8], n: usize, k: usize, mode: ColGroups) -> AlignedVec<i8> {
+    /// Packs a B whose columns are stored as rows (`n` rows of `k` values, as K in Q K^T)
+    /// into `out` (zeroed, [`Blocking::packed_b_len`] bytes), each group made as `mode` says.
+    pub fn pack_b_cols(&self, b: &[i8], n: usize, k: usize, mode: ColGroups, out: &mut [i8]) {
         assert_eq!(b.len(), n * k, "B must be {n} x {k}");
         assert_eq!(self.kg, mode.kg(), "group size of the layout");
-        if k == 0 {
-            return AlignedVec::zeroed(self.packed_b_len(n, k));
+        assert_eq!(out.len(), self.packed_b_len(n, k), "packed B length");
+        if k == 0 || n == 0 {
+            return;
         }
+        let out: &mut [u8] = bytemuck::cast_slice_mut(out);
         let (kg, full) = (self.kg, k / self.kg);
         let stride = self.nr * GROUP_BYTES;
         let panel_bytes = self.groups(k) * stride;
@@ -191,7 +193,7 @@ impl Blocking {
                 panel[at..at + GROUP_BYTES].copy_from_slice(&mode.group(src));
             }
         };
-        let job = |(p, panel): (usize, &mut [u8])| {
+        for (p, panel) in out.chunks_exact_mut(panel_bytes).enumerate() {
             let cols = (n - p * self.nr).min(self.nr);
             let mut jj = 0;
             while jj + 4 <= cols {
@@ -211,82 +213,48 @@ impl Blocking {
             for jj in jj..cols {
                 scalar(panel, p * self.nr + jj, jj, 0);
             }
-        };
-        // Panels are disjoint: pack them on the caller's pool, a few per task (with one key
-        // head and 16 workers the packing is otherwise a serial step before the row blocks).
-        self.par_panels(self.packed_b_len(n, k), panel_bytes, job)
+        }
     }
 
-    /// A packed buffer of `len` bytes made on the caller's pool, `job((panel, bytes))` called
-    /// for every panel of `panel_bytes` on zeroed bytes, a few panels per task.
-    fn par_panels(
-        &self,
-        len: usize,
-        panel_bytes: usize,
-        job: impl Fn((usize, &mut [u8])) + Sync,
-    ) -> AlignedVec<i8> {
-        let per_task = PACK_TASK_BYTES.div_ceil(panel_bytes);
-        AlignedVec::<u8>::par_build(len, per_task * panel_bytes, |t, panels| {
-            for (i, panel) in panels.chunks_exact_mut(panel_bytes).enumerate() {
-                job((t * per_task + i, panel));
-            }
-        })
-        .cast()
-    }
-
-    /// Packs a row-major B (`k` rows of `n` values, as V in P V). For each group `g` and
-    /// panel, `fill(rows, j0, dst)` gets the group's rows (`kg` of them, fewer in the last
-    /// group of a ragged depth) and writes the 4 bytes of columns `j0..j0 + dst.len() / 4`.
-    pub fn pack_b_rows<T: Copy + Sync>(
+    /// Packs a row-major B (`k` rows of `n` values, as V in P V) into `out` (zeroed,
+    /// [`Blocking::packed_b_len`] bytes). For each group `g` and panel, `fill(rows, j0, dst)`
+    /// gets the group's rows (`kg` of them, fewer in the last group of a ragged depth) and
+    /// writes the 4 bytes of columns `j0..j0 + dst.len() / 4`. Groups are the outer loop, so
+    /// B is read once, row after row.
+    pub fn pack_b_rows<T: Copy>(
         &self,
         b: &[T],
         k: usize,
         n: usize,
-        fill: impl Fn(&[&[T]], usize, &mut [u8]) + Sync,
-    ) -> AlignedVec<i8> {
+        out: &mut [i8],
+        fill: impl Fn(&[&[T]], usize, &mut [u8]),
+    ) {
         assert_eq!(b.len(), n * k, "B must be {k} x {n}");
+        assert_eq!(out.len(), self.packed_b_len(n, k), "packed B length");
         if n == 0 || k == 0 {
-            return AlignedVec::zeroed(self.packed_b_len(n, k));
+            return;
         }
+        let out: &mut [u8] = bytemuck::cast_slice_mut(out);
         let (groups, panels) = (self.groups(k), self.panels(n));
         let group_bytes = self.nr * GROUP_BYTES;
         let panel_bytes = groups * group_bytes;
-        // Tasks take a range of groups (consecutive rows of B) across every panel: each reads
-        // only its own rows, whole. Tasks by panel read a few bytes of every row of B, all
-        // lines of it, which the quantization had just written on other cores (device Xeon,
-        // L = 4096, 16 threads: packing K and V took 0.11-0.15 ms inside a call).
-        let per_task = PACK_TASK_BYTES.div_ceil(panels * group_bytes).min(groups);
-        let tasks = groups.div_ceil(per_task);
-        use rayon::prelude::*;
-        let (data, ()) = AlignedVec::<u8>::built_by(self.packed_b_len(n, k), |all| {
-            let mut work: Vec<Vec<Fresh<u8>>> = (0..tasks).map(|_| Vec::new()).collect();
-            for panel in all.chunks(panel_bytes) {
-                for (t, part) in panel.chunks(per_task * group_bytes).into_iter().enumerate() {
-                    work[t].push(part);
-                }
+        for g in 0..groups {
+            let r0 = g * self.kg;
+            let rows = &b[r0 * n..(r0 + self.kg).min(k) * n];
+            let mut slices: [&[T]; GROUP_BYTES] = [&[]; GROUP_BYTES];
+            for (s, row) in slices.iter_mut().zip(rows.chunks_exact(n)) {
+                *s = row;
             }
-            work.into_par_iter().enumerate().for_each(|(t, parts)| {
-                let g0 = t * per_task;
-                for (p, part) in parts.into_iter().enumerate() {
-                    let part = part.zeroed();
-                    let cols = (n - p * self.nr).min(self.nr);
-                    for (i, dst) in part.chunks_exact_mut(group_bytes).enumerate() {
-                        let r0 = (g0 + i) * self.kg;
-                        let rows = &b[r0 * n..(r0 + self.kg).min(k) * n];
-                        let mut slices: [&[T]; GROUP_BYTES] = [&[]; GROUP_BYTES];
-                        for (s, row) in slices.iter_mut().zip(rows.chunks_exact(n)) {
-                            *s = row;
-                        }
-                        fill(
-                            &slices[..rows.len() / n],
-                            p * self.nr,
-                            &mut dst[..cols * GROUP_BYTES],
-                        );
-                    }
-                }
-            });
-        });
-        data.cast()
+            for p in 0..panels {
+                let cols = (n - p * self.nr).min(self.nr);
+                let at = p * panel_bytes + g * group_bytes;
+                fill(
+                    &slices[..rows.len() / n],
+                    p * self.nr,
+                    &mut out[at..at + cols * GROUP_BYTES],
+                );
+            }
+        }
     }
 }
 
@@ -562,17 +530,18 @@ pub(crate) fn run_tiles(
 }
 
 /// Checks that a [`super::PackedB`] has the layout a kernel expects before its raw pointers
-/// are used (a layout from another kernel would otherwise be read out of bounds).
-pub(crate) fn check_packed(b: &super::PackedB, accepted: &[&str], bl: &Blocking) {
+/// are used (a layout from another kernel would otherwise be read out of bounds). The public
+/// [`super::Kernel`] handle checks this with an error first; here it guards the engine.
+pub(crate) fn check_packed(b: &super::PackedB, layout: LayoutId, bl: &Blocking) {
     assert!(
-        accepted.contains(&b.packed_by),
-        "PackedB packed by '{}' given to a kernel that reads {:?} layouts",
-        b.packed_by,
-        accepted
+        b.layout() == layout,
+        "PackedB packed by '{}' given to a kernel that reads '{}'",
+        b.packed_by(),
+        layout.name()
     );
     assert_eq!(
-        b.data.len(),
-        bl.packed_b_len(b.n, b.k),
+        b.data().len(),
+        bl.packed_b_len(b.n(), b.k()),
         "PackedB data length"
     );
 }
@@ -604,10 +573,10 @@ pub(crate) fn run_groups(
     c: &mut [i32],
     micro: impl FnMut(&Tile),
 ) {
-    assert_eq!(c.len(), m * b.n, "C must be m x n");
-    let (data, lda) = group_rows(a, m, b.k);
+    assert_eq!(c.len(), m * b.n(), "C must be m x n");
+    let (data, lda) = group_rows(a, m, b.k());
     let a = ARows { data: &data, lda };
-    run_tiles(bl, a, &b.data, row_init, m, b.n, b.k, c, micro);
+    run_tiles(bl, a, b.data(), row_init, m, b.n(), b.k(), c, micro);
 }
 
 /// Starting values of C's rows for Q K^T with K packed as `k + 128` (the VNNI kernels, whose
@@ -625,12 +594,6 @@ pub(crate) fn plus128_row_init(a: &[i8], m: usize, k: usize) -> Vec<i32> {
                 .wrapping_mul(-128)
         })
         .collect()
-}
-
-/// The bytes of an i8 slice, for kernels that treat them as raw data.
-pub(crate) fn as_bytes(a: &[i8]) -> &[u8] {
-    // SAFETY: i8 and u8 have the same size and alignment and every bit pattern is valid.
-    unsafe { std::slice::from_raw_parts(a.as_ptr() as *const u8, a.len()) }
 }
 
 /// Per-row constants of the vectorized IndexSoftmax index, `idx = trunc(D * scale + bias)`

@@ -1,38 +1,46 @@
-//! Symmetric per-tensor int8 quantization (SPEC section 1).
+//! Symmetric int8 quantization (docs/numerics.md, section 1) and the int8 tensor type.
+//!
+//! The two passes every quantization makes, `max |x|` and `q = clamp(round_half_even(x / s),
+//! -127, 127)`, are compiled for the CPU's best vector level at run time (x86-64) or written
+//! with NEON (aarch64); the finer scales of the pipelines (per head, per row) are made from the
+//! same two passes, so every granularity gives the same bits as quantizing its slice alone.
 
-use crate::aligned::Fresh;
 use crate::error::{Error, Result};
 
-/// An int8 tensor with its per-tensor scale: the real value of `data[i]` is `data[i] * scale`.
+/// An int8 tensor with one scale: the real value of `data[i]` is `data[i] * scale`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QTensor {
-    pub data: Vec<i8>,
-    pub scale: f32,
+    data: Vec<i8>,
+    scale: f32,
 }
 
 /// Returns the first non-finite element of `x` as an error naming `what`.
-pub fn check_finite(what: &'static str, x: &[f32]) -> Result<()> {
+pub(crate) fn check_finite(what: &'static str, x: &[f32]) -> Result<()> {
     match x.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(index) => Err(Error::NonFinite {
-            what,
+            tensor: what,
             index,
             value: x[index],
         }),
     }
 }
 
-/// The per-tensor scale `max|x| / 127` (0 for an all-zero tensor). Errors on NaN or infinity.
+/// The scale `max|x| / 127` of the contract's section 1 (0 when the largest magnitude is 0 or
+/// subnormal).
+///
+/// # Errors
+/// [`Error::NonFinite`] for a NaN or an infinity.
 pub fn symmetric_scale(x: &[f32]) -> Result<f32> {
     let max_bits = max_abs_bits(x);
     if max_bits >= f32::INFINITY.to_bits() {
         check_finite("tensor to quantize", x)?;
     }
-    Ok(f32::from_bits(max_bits) / 127.0)
+    Ok(scale_of_max_bits(max_bits))
 }
 
 /// The largest `|x|` as bits (infinity's bits or more when a NaN or infinity is present).
-fn max_abs_bits(x: &[f32]) -> u32 {
+pub(crate) fn max_abs_bits(x: &[f32]) -> u32 {
     #[cfg(target_arch = "aarch64")]
     {
         // SAFETY: NEON is part of the aarch64 target.
@@ -60,7 +68,7 @@ fn max_abs_bits_portable(x: &[f32]) -> u32 {
 /// Quantizes `x` with a given scale: `clamp(round_half_even(x / s), -127, 127)`, all zeros when
 /// `s == 0`. `s` must come from [`symmetric_scale`] (or be at least as large), so that the clamp
 /// only absorbs rounding at the ends of the range.
-pub fn quantize_with_scale(x: &[f32], scale: f32, out: &mut [i8]) {
+pub(crate) fn quantize_with_scale(x: &[f32], scale: f32, out: &mut [i8]) {
     debug_assert_eq!(x.len(), out.len());
     if scale == 0.0 {
         out.fill(0);
@@ -145,9 +153,9 @@ mod neon {
 }
 
 /// 1.5 * 2^23: adding it to |v| <= 2^22 leaves only integer bits, and IEEE addition rounds half
-/// to even, so this is SPEC's round_half_even without a per-element `rintf` call (plain
+/// to even, so this is the contract's round_half_even without a per-element `rintf` call (plain
 /// `f32::round_ties_even` is one on baseline x86-64, which made quantization a third of the
-/// IntAttention run time). Clamping before rounding gives the same result as SPEC's
+/// IntAttention run time). Clamping before rounding gives the same result as the contract's
 /// round-then-clamp because the bounds are integers and rounding is monotone.
 const MAGIC: f32 = 12_582_912.0;
 
@@ -157,10 +165,12 @@ fn round_half_even_small(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
-/// SPEC section 1: `s = max|x| / 127`, `q = clamp(round_half_even(x / s), -127, 127)`.
+/// The contract's section 1: `s = max|x| / 127`, `q = clamp(round_half_even(x / s), -127,
+/// 127)`. An all-zero tensor is valid and gives all-zero `q` with scale 0 (so does one whose
+/// largest magnitude is subnormal).
 ///
-/// An all-zero tensor is valid and gives all-zero `q` with scale 0. A NaN or an infinity is an
-/// error.
+/// # Errors
+/// [`Error::NonFinite`] for a NaN or an infinity.
 pub fn quantize_symmetric(x: &[f32]) -> Result<(Vec<i8>, f32)> {
     let scale = symmetric_scale(x)?;
     let mut q = vec![0i8; x.len()];
@@ -168,119 +178,54 @@ pub fn quantize_symmetric(x: &[f32]) -> Result<(Vec<i8>, f32)> {
     Ok((q, scale))
 }
 
+/// The scale of a largest magnitude given as bits (`max_abs_bits`): `max / 127`, 0 when the
+/// largest magnitude is 0 or subnormal (the contract counts those as zero).
+pub(crate) fn scale_of_max_bits(max_bits: u32) -> f32 {
+    let max = f32::from_bits(max_bits);
+    if max < f32::MIN_POSITIVE {
+        0.0
+    } else {
+        max / 127.0
+    }
+}
+
 impl QTensor {
-    /// Quantizes a float tensor per SPEC section 1.
+    /// Quantizes a float tensor per the contract's section 1.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] for a NaN or an infinity.
     pub fn quantize(x: &[f32]) -> Result<Self> {
         let (data, scale) = quantize_symmetric(x)?;
         Ok(QTensor { data, scale })
     }
 
-    /// [`QTensor::quantize`] spread over the current rayon pool, with identical results (the
-    /// maximum and every element are computed exactly as in the serial version). The pipelines
-    /// use it so that quantizing a large Q, K, V does not run on one core while the rest idle.
-    pub fn quantize_parallel(x: &[f32]) -> Result<Self> {
-        let [t] = Self::quantize_all_parallel([x])?;
-        Ok(t)
-    }
-
-    /// [`QTensor::quantize`] of several tensors at once on the current rayon pool: one parallel
-    /// pass takes the maxima of all of them, one quantizes all of them, so Q, K and V share two
-    /// waits instead of six (with one head on 16 workers, quantizing them one by one took a
-    /// fifth of the run). Identical results to quantizing each alone.
-    pub fn quantize_all_parallel<const N: usize>(xs: [&[f32]; N]) -> Result<[Self; N]> {
-        Self::quantize_all_parallel_in(std::array::from_fn(|_| Vec::new()), xs)
-    }
-
-    /// [`QTensor::quantize_all_parallel`] into the given vectors (cleared first, reallocated
-    /// only when too small), so that a caller can reuse their memory.
+    /// Wraps int8 data a caller already holds (any i8 values, -128 included).
     ///
-    /// Both passes read every input once, from memory when the inputs are not in cache. So
-    /// the chunks of the first pass (maxima) go one at a time to whichever worker asks next
-    /// (faster cores take more), each worker notes its chunks, and in the second pass every
-    /// worker quantizes its own chunks first, whose inputs are still in its L2, before helping
-    /// with the others'. Device Xeon, L = 4096, d = 128, caches flushed between runs: 0.13-0.15
-    /// against 0.20-0.22 ms on 16 threads, 0.21 against 0.31 ms on 8, with each pass split
-    /// by rayon's work stealing (which hands a chunk to any worker).
-    pub fn quantize_all_parallel_in<const N: usize>(
-        storage: [Vec<i8>; N],
-        xs: [&[f32]; N],
-    ) -> Result<[Self; N]> {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use std::sync::Mutex;
-        const CHUNK: usize = 1 << 14;
-        let chunks: Vec<(usize, &[f32])> = xs
-            .iter()
-            .enumerate()
-            .flat_map(|(t, x)| x.chunks(CHUNK).map(move |c| (t, c)))
-            .collect();
-        // Pass 1, on every worker of the current pool: (its chunks, its maxima per tensor).
-        let next = AtomicUsize::new(0);
-        let taken: Vec<(Vec<usize>, [u32; N])> = rayon::broadcast(|_| {
-            let mut mine = Vec::new();
-            let mut max_bits = [0u32; N];
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&(t, c)) = chunks.get(i) else { break };
-                max_bits[t] = max_bits[t].max(max_abs_bits(c));
-                mine.push(i);
-            }
-            (mine, max_bits)
-        });
-        let mut max_bits = [0u32; N];
-        for (_, m) in &taken {
-            for t in 0..N {
-                max_bits[t] = max_bits[t].max(m[t]);
-            }
-        }
-        let mut scales = [0f32; N];
-        for t in 0..N {
-            if max_bits[t] >= f32::INFINITY.to_bits() {
-                check_finite("tensor to quantize", xs[t])?;
-            }
-            scales[t] = f32::from_bits(max_bits[t]) / 127.0;
-        }
-        // Pass 2: the output chunk of input chunk i is `pieces[i]`, taken by whoever claims i
-        // (each index is claimed once through its owner's cursor). Made in place by the
-        // workers: no serial zeroing of fresh buffers on this thread.
-        let (data, ()) = crate::aligned::vecs_built_by(storage, xs.map(|x| x.len()), |parts| {
-            let pieces: Vec<Mutex<Option<Fresh<i8>>>> = parts
-                .into_iter()
-                .flat_map(|p| p.chunks(CHUNK))
-                .map(|p| Mutex::new(Some(p)))
-                .collect();
-            debug_assert_eq!(pieces.len(), chunks.len());
-            let cursors: Vec<AtomicUsize> = taken.iter().map(|_| AtomicUsize::new(0)).collect();
-            rayon::broadcast(|ctx| {
-                let workers = taken.len();
-                for owner in (0..workers).map(|k| (ctx.index() + k) % workers) {
-                    let list = &taken[owner].0;
-                    while let Some(&i) = list.get(cursors[owner].fetch_add(1, Ordering::Relaxed)) {
-                        let piece = pieces[i].lock().unwrap_or_else(|p| p.into_inner()).take();
-                        if let Some(piece) = piece {
-                            let (t, c) = chunks[i];
-                            quantize_with_scale(c, scales[t], piece.zeroed());
-                        }
-                    }
-                }
-            });
-        });
-        let mut data = data.into_iter();
-        Ok(std::array::from_fn(|t| QTensor {
-            data: data.next().expect("one buffer per tensor"),
-            scale: scales[t],
-        }))
-    }
-
-    /// Wraps int8 data a caller already holds. The scale must be finite and non-negative.
+    /// # Errors
+    /// [`Error::InvalidParameter`] unless the scale is finite and non-negative.
     pub fn from_parts(data: Vec<i8>, scale: f32) -> Result<Self> {
         if !scale.is_finite() || scale < 0.0 {
-            return Err(Error::Param(format!(
-                "quantization scale must be finite and >= 0, got {scale}"
-            )));
+            return crate::error::invalid("quantization scale", scale, "finite and >= 0");
         }
         Ok(QTensor { data, scale })
     }
 
+    /// The int8 values.
+    pub fn data(&self) -> &[i8] {
+        &self.data
+    }
+
+    /// The scale.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// The values and the scale.
+    pub fn into_parts(self) -> (Vec<i8>, f32) {
+        (self.data, self.scale)
+    }
+
+    /// `data[i] * scale` for every element.
     pub fn dequantize(&self) -> Vec<f32> {
         self.data.iter().map(|&q| q as f32 * self.scale).collect()
     }
@@ -361,64 +306,6 @@ mod tests {
         }
         let e = quantize_symmetric(&[0.0, -0.0, 3.0, f32::NAN, 1.0]).unwrap_err();
         assert!(matches!(e, Error::NonFinite { index: 3, .. }), "{e}");
-    }
-
-    #[test]
-    fn parallel_quantizer_is_identical() {
-        let x: Vec<f32> = (0..300_001)
-            .map(|i| (i as f32 * 0.37).sin() * 5.0)
-            .collect();
-        assert_eq!(
-            QTensor::quantize_parallel(&x).unwrap(),
-            QTensor::quantize(&x).unwrap()
-        );
-        let mut y = x.clone();
-        y[200_000] = f32::NAN;
-        assert!(matches!(
-            QTensor::quantize_parallel(&y),
-            Err(Error::NonFinite { index: 200_000, .. })
-        ));
-        assert_eq!(QTensor::quantize_parallel(&[]).unwrap().scale, 0.0);
-        // Several at once: each as if alone (different lengths and scales, one empty), and a
-        // NaN in the second reported at its own index.
-        let z: Vec<f32> = x[..70_000].iter().map(|v| v * 0.01).collect();
-        let all = QTensor::quantize_all_parallel([&x[..], &z[..], &[]]).unwrap();
-        assert_eq!(all[0], QTensor::quantize(&x).unwrap());
-        assert_eq!(all[1], QTensor::quantize(&z).unwrap());
-        assert_eq!(all[2], QTensor::quantize(&[]).unwrap());
-        assert!(matches!(
-            QTensor::quantize_all_parallel([&x[..], &y[..]]),
-            Err(Error::NonFinite { index: 200_000, .. })
-        ));
-        // Into dirty storage, larger or smaller than needed, on pools of several sizes (the
-        // chunks a worker takes in one pass are the ones it starts with in the next).
-        for threads in [1, 3, 8] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let storage = [vec![77i8; 400_000], vec![-5i8; 10], Vec::with_capacity(3)];
-            let all = pool
-                .install(|| QTensor::quantize_all_parallel_in(storage, [&x[..], &z[..], &[]]))
-                .unwrap();
-            assert_eq!(all[0], QTensor::quantize(&x).unwrap(), "{threads} threads");
-            assert_eq!(all[1], QTensor::quantize(&z).unwrap(), "{threads} threads");
-            assert!(all[2].data.is_empty());
-        }
-        // Called from inside the pool's own tasks, many at once (each pass is a broadcast to
-        // every worker, which the callers' workers run while they wait).
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
-        let want = QTensor::quantize(&z).unwrap();
-        pool.install(|| {
-            use rayon::prelude::*;
-            (0..12).into_par_iter().for_each(|_| {
-                let [a] = QTensor::quantize_all_parallel([&z[..]]).unwrap();
-                assert_eq!(a, want);
-            })
-        });
     }
 
     #[test]

@@ -1,0 +1,1 @@
+//! The `intattention` command-line tool (ported next).

@@ -1,0 +1,396 @@
+//! What an integer call does before its row blocks (docs/numerics.md, sections 1 and 6): the
+//! scales of Q, K and V at the configured granularity, the mean key of each head when K is
+//! smoothed, and the keys and values of every unit quantized and packed in chunks, one task per
+//! chunk (quantizing straight into the rows the packer reads, so each chunk's f32 keys are read
+//! once and its int8 copy stays in the worker's cache).
+
+use super::mask::Visibility;
+use super::workspace::{Scratch, Workspace};
+use super::{AttnShape, Granularity, Quantization};
+use crate::error::{Error, Result};
+use crate::exec::Par;
+use crate::kernels::{KernelImpl, PackedB};
+use crate::ops::quant::{check_finite, max_abs_bits, quantize_with_scale, scale_of_max_bits, QTensor};
+use crate::tensor::TensorView;
+
+/// Rows of one task of the statistics pass (and the order in which key sums are added).
+pub(crate) const SUM_ROWS: usize = 256;
+
+/// How each query row's scale is found.
+#[derive(Clone, Debug)]
+pub(crate) enum QScale {
+    /// One scale for every row.
+    Tensor(f32),
+    /// One scale per query head of each batch row, `b * heads + h`.
+    Head(Vec<f32>),
+    /// Each row's own `max |x| / 127`, computed with the row.
+    Row,
+}
+
+impl QScale {
+    /// The scale of a row of head `bh` whose largest magnitude (as bits) is `row_max` (only
+    /// read for [`QScale::Row`]).
+    pub fn of(&self, bh: usize, row_max: impl FnOnce() -> u32) -> f32 {
+        match self {
+            QScale::Tensor(s) => *s,
+            QScale::Head(s) => s[bh],
+            QScale::Row => scale_of_max_bits(row_max()),
+        }
+    }
+}
+
+/// The scales of one call.
+#[derive(Clone, Debug)]
+pub(crate) struct Scales {
+    pub q: QScale,
+    /// Per unit (`b * kv_heads + g`).
+    pub k: Vec<f32>,
+    /// Per unit.
+    pub v: Vec<f32>,
+    /// Per unit, `d` values each: the mean key subtracted before quantizing K (empty when K is
+    /// not smoothed).
+    pub k_mean: Vec<f32>,
+}
+
+/// The scales of int8 inputs given by the caller (one per tensor).
+pub(crate) fn given_scales(q: &QTensor, k: &QTensor, v: &QTensor, units: usize) -> Scales {
+    Scales {
+        q: QScale::Tensor(q.scale()),
+        k: vec![k.scale(); units],
+        v: vec![v.scale(); units],
+        k_mean: Vec::new(),
+    }
+}
+
+/// One task of the statistics pass: rows `i0..i1` of head `h` of batch row `b` of a tensor.
+#[derive(Clone, Copy)]
+struct StatTask {
+    tensor: usize,
+    b: usize,
+    h: usize,
+    i0: usize,
+    i1: usize,
+}
+
+/// The scales of f32 inputs. Reads Q (unless its scales are per row), K and V once each (K
+/// twice when smoothed: its mean first, then the largest magnitude of the smoothed keys).
+///
+/// # Errors
+/// [`Error::NonFinite`] naming the first NaN or infinity of Q, then K, then V in their
+/// logical (contiguous) order.
+pub(crate) fn float_scales(
+    par: Par,
+    shape: &AttnShape,
+    vis: &Visibility,
+    quant: Quantization,
+    q: &TensorView<'_, f32>,
+    k: &TensorView<'_, f32>,
+    v: &TensorView<'_, f32>,
+) -> Result<Scales> {
+    let (b_n, h_n, g_n, d) = (shape.batch, shape.heads, shape.kv_heads, shape.head_dim);
+    let units = b_n * g_n;
+    let views = [q, k, v];
+    // Tasks of about 16 Ki values (whole rows), over every head of every tensor that needs a
+    // maximum: Q unless per row, V always, K unless smoothed (then it is the second pass).
+    let rows_per_task = (16384 / d.max(1)).max(1);
+    let mut tasks = Vec::new();
+    for (t, heads, len) in [(0, h_n, shape.q_len), (1, g_n, shape.kv_len), (2, g_n, shape.kv_len)] {
+        let wanted = match t {
+            0 => quant.q != Granularity::PerRow,
+            1 => !quant.smooth_k,
+            _ => true,
+        };
+        if !wanted {
+            continue;
+        }
+        for b in 0..b_n {
+            for h in 0..heads {
+                for i0 in (0..len).step_by(rows_per_task) {
+                    tasks.push(StatTask {
+                        tensor: t,
+                        b,
+                        h,
+                        i0,
+                        i1: (i0 + rows_per_task).min(len),
+                    });
+                }
+            }
+        }
+    }
+    let maxima = par.map(tasks.clone(), |t| {
+        (t.i0..t.i1)
+            .map(|i| max_abs_bits(views[t.tensor].row(t.b, t.h, i)))
+            .max()
+            .unwrap_or(0)
+    });
+    let mut head_max = [vec![0u32; b_n * h_n], vec![0u32; units], vec![0u32; units]];
+    let heads_of = [h_n, g_n, g_n];
+    for (t, m) in tasks.iter().zip(&maxima) {
+        let at = t.b * heads_of[t.tensor] + t.h;
+        head_max[t.tensor][at] = head_max[t.tensor][at].max(*m);
+    }
+    if head_max.iter().flatten().any(|&m| m >= f32::INFINITY.to_bits()) {
+        return Err(first_non_finite(&views));
+    }
+
+    let mut k_mean = Vec::new();
+    if quant.smooth_k {
+        k_mean = key_means(par, shape, vis, k)?;
+        // The largest magnitude of the smoothed keys, over every row of each head.
+        let tasks: Vec<(usize, usize)> = (0..units)
+            .flat_map(|u| (0..shape.kv_len).step_by(rows_per_task).map(move |i0| (u, i0)))
+            .collect();
+        let maxima = par.map(tasks.clone(), |(u, i0)| {
+            let mean = &k_mean[u * d..(u + 1) * d];
+            let mut m = 0u32;
+            for i in i0..(i0 + rows_per_task).min(shape.kv_len) {
+                let row = k.row(u / g_n, u % g_n, i);
+                for (&x, &mu) in row.iter().zip(mean) {
+                    m = m.max((x - mu).to_bits() & 0x7fff_ffff);
+                }
+            }
+            m
+        });
+        for ((u, _), m) in tasks.iter().zip(maxima) {
+            head_max[1][*u] = head_max[1][*u].max(m);
+        }
+        if head_max[1].iter().any(|&m| m >= f32::INFINITY.to_bits()) {
+            // Two finite values whose difference overflows: report it as what it is.
+            return Err(Error::Overflow {
+                what: "a smoothed key (key minus the mean key)",
+                arithmetic: "f32",
+                hint: "turn K smoothing off or scale the inputs down",
+            });
+        }
+    }
+
+    let per = |maxima: &[u32], per_tensor: bool| -> Vec<f32> {
+        if per_tensor {
+            let m = maxima.iter().copied().max().unwrap_or(0);
+            vec![scale_of_max_bits(m); maxima.len()]
+        } else {
+            maxima.iter().map(|&m| scale_of_max_bits(m)).collect()
+        }
+    };
+    let kv_tensor = quant.kv == Granularity::PerTensor;
+    let q_scale = match quant.q {
+        Granularity::PerRow => QScale::Row,
+        Granularity::PerHead => QScale::Head(per(&head_max[0], false)),
+        Granularity::PerTensor => QScale::Tensor(per(&head_max[0], true)[0]),
+    };
+    Ok(Scales {
+        q: q_scale,
+        k: per(&head_max[1], kv_tensor),
+        v: per(&head_max[2], kv_tensor),
+        k_mean,
+    })
+}
+
+/// The mean key of every unit over its valid keys (docs/numerics.md, section 1): per channel,
+/// f64 sums of [`SUM_ROWS`] consecutive keys each, added in key order, divided by the key
+/// count and rounded to f32 (0 for a unit without keys). The order never depends on the
+/// workers, so neither do the bits.
+fn key_means(
+    par: Par,
+    shape: &AttnShape,
+    vis: &Visibility,
+    k: &TensorView<'_, f32>,
+) -> Result<Vec<f32>> {
+    let (g_n, d) = (shape.kv_heads, shape.head_dim);
+    let units = shape.batch * g_n;
+    let tasks: Vec<(usize, usize)> = (0..units)
+        .flat_map(|u| {
+            (0..vis.keys[u / g_n])
+                .step_by(SUM_ROWS)
+                .map(move |i0| (u, i0))
+        })
+        .collect();
+    let sums = par.map(tasks.clone(), |(u, i0)| {
+        let mut s = vec![0f64; d];
+        for i in i0..(i0 + SUM_ROWS).min(vis.keys[u / g_n]) {
+            for (acc, &x) in s.iter_mut().zip(k.row(u / g_n, u % g_n, i)) {
+                *acc += x as f64;
+            }
+        }
+        s
+    });
+    let mut total = vec![0f64; units * d];
+    for ((u, _), s) in tasks.iter().zip(sums) {
+        for (t, x) in total[u * d..(u + 1) * d].iter_mut().zip(s) {
+            *t += x;
+        }
+    }
+    Ok(total
+        .chunks_exact(d.max(1))
+        .enumerate()
+        .flat_map(|(u, sums)| {
+            let n = vis.keys[u / g_n];
+            sums.iter().map(move |&s| if n == 0 { 0.0 } else { (s / n as f64) as f32 })
+        })
+        .collect())
+}
+
+/// The first NaN or infinity of Q, then K, then V, by logical index.
+fn first_non_finite(views: &[&TensorView<'_, f32>; 3]) -> Error {
+    for (view, name) in views.iter().zip(["Q", "K", "V"]) {
+        if let Some(e) = non_finite_in(view, name) {
+            return e;
+        }
+    }
+    // Not reached: a maximum at or past infinity's bits comes from a non-finite value.
+    Error::NonFinite {
+        tensor: "input",
+        index: 0,
+        value: f32::NAN,
+    }
+}
+
+/// The first NaN or infinity of one view, by logical index.
+pub(crate) fn non_finite_in(view: &TensorView<'_, f32>, name: &'static str) -> Option<Error> {
+    let [b_n, h_n, l, _] = view.dims();
+    for b in 0..b_n {
+        for h in 0..h_n {
+            for i in 0..l {
+                if let Err(Error::NonFinite { index, value, .. }) = check_finite(name, view.row(b, h, i)) {
+                    return Some(Error::NonFinite {
+                        tensor: name,
+                        index: view.flat_index(b, h, i, index),
+                        value,
+                    });
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Keys `start..start + len` of one unit, quantized and packed for the kernel.
+pub(crate) struct Chunk {
+    pub start: usize,
+    pub len: usize,
+    pub k: PackedB,
+    pub v: PackedB,
+}
+
+/// Where a call's keys and values come from.
+#[derive(Clone, Copy)]
+pub(crate) enum KvRows<'a> {
+    /// f32 views, quantized with the scales (and smoothed with the means) of [`Scales`].
+    Float {
+        k: TensorView<'a, f32>,
+        v: TensorView<'a, f32>,
+    },
+    /// Contiguous int8 tensors `[batch, kv_heads, kv_len, d]`.
+    Int { k: &'a [i8], v: &'a [i8] },
+}
+
+/// Quantizes and packs the keys and values of every unit, `key_chunk` keys per chunk (only
+/// the keys each batch row has), one task per chunk. Storage comes from the workspace.
+///
+/// # Errors
+/// [`Error::Allocation`] if the packed chunks cannot be allocated.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prepare_chunks(
+    par: Par,
+    ws: &Workspace,
+    kernel: &dyn KernelImpl,
+    shape: &AttnShape,
+    vis: &Visibility,
+    scales: &Scales,
+    rows: KvRows<'_>,
+    key_chunk: usize,
+) -> Result<Vec<Vec<Chunk>>> {
+    let (g_n, d, lk) = (shape.kv_heads, shape.head_dim, shape.kv_len);
+    let units = shape.batch * g_n;
+    let layout = kernel.layout();
+    let chunk = key_chunk.max(1);
+    let tasks: Vec<(usize, usize, usize)> = (0..units)
+        .flat_map(|u| {
+            let keys = vis.keys[u / g_n];
+            (0..keys)
+                .step_by(chunk)
+                .map(move |start| (u, start, chunk.min(keys - start)))
+        })
+        .collect();
+    let storage: Vec<(crate::memory::AlignedVec<i8>, crate::memory::AlignedVec<i8>)> =
+        tasks.iter().map(|_| (ws.take_packed(), ws.take_packed())).collect();
+    let work: Vec<_> = tasks.into_iter().zip(storage).collect();
+    let made = par.map(work, |((u, start, len), (mut ks, mut vs))| -> Result<(usize, Chunk)> {
+        let (b, g) = (u / g_n, u % g_n);
+        ks.try_resize_zeroed(layout.k_len(len, d), "packed keys")?;
+        vs.try_resize_zeroed(layout.v_len(len, d), "packed values")?;
+        let mut scr = ws.take_scratch();
+        match rows {
+            KvRows::Float { k, v } => {
+                let mean = (!scales.k_mean.is_empty()).then(|| &scales.k_mean[u * d..(u + 1) * d]);
+                quantize_rows(&mut scr, len, d, |i| k.row(b, g, start + i), mean, scales.k[u]);
+                kernel.pack_k_into(&scr.rows8, len, d, &mut ks);
+                quantize_rows(&mut scr, len, d, |i| v.row(b, g, start + i), None, scales.v[u]);
+                kernel.pack_v_into(&scr.rows8, len, d, &mut vs);
+            }
+            KvRows::Int { k, v } => {
+                let at = (u * lk + start) * d;
+                kernel.pack_k_into(&k[at..at + len * d], len, d, &mut ks);
+                kernel.pack_v_into(&v[at..at + len * d], len, d, &mut vs);
+            }
+        }
+        ws.give_scratch(scr);
+        Ok((
+            u,
+            Chunk {
+                start,
+                len,
+                k: PackedB::from_parts(ks, len, d, layout),
+                v: PackedB::from_parts(vs, d, len, layout),
+            },
+        ))
+    });
+    let mut per_unit: Vec<Vec<Chunk>> = (0..units).map(|_| Vec::new()).collect();
+    let mut err = None;
+    for r in made {
+        match r {
+            Ok((u, c)) => per_unit[u].push(c),
+            Err(e) => err = err.or(Some(e)),
+        }
+    }
+    if let Some(e) = err {
+        give_back(ws, per_unit);
+        return Err(e);
+    }
+    Ok(per_unit)
+}
+
+/// Returns the storage of a call's chunks to the workspace.
+pub(crate) fn give_back(ws: &Workspace, chunks: Vec<Vec<Chunk>>) {
+    for c in chunks.into_iter().flatten() {
+        ws.give_packed(c.k.into_storage());
+        ws.give_packed(c.v.into_storage());
+    }
+}
+
+/// `len` rows of `d` values from `row(i)`, minus `mean` when given, quantized with `scale`
+/// into `scr.rows8` (row-major).
+fn quantize_rows<'a>(
+    scr: &mut Scratch,
+    len: usize,
+    d: usize,
+    row: impl Fn(usize) -> &'a [f32],
+    mean: Option<&[f32]>,
+    scale: f32,
+) {
+    scr.rows8.resize(len * d, 0);
+    if mean.is_some() {
+        scr.rows32.resize(d, 0.0);
+    }
+    for (i, dst) in scr.rows8.chunks_exact_mut(d.max(1)).take(len).enumerate() {
+        match mean {
+            Some(mean) => {
+                for ((t, &x), &mu) in scr.rows32.iter_mut().zip(row(i)).zip(mean) {
+                    *t = x - mu;
+                }
+                quantize_with_scale(&scr.rows32, scale, dst);
+            }
+            None => quantize_with_scale(row(i), scale, dst),
+        }
+    }
+}

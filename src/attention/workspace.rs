@@ -1,0 +1,113 @@
+//! [`Workspace`]: the scratch memory of attention calls, owned by the caller. A call takes the
+//! buffers it needs from it (per-task scratch, packed key chunks) and gives them back when it
+//! returns, so a loop of calls with one workspace allocates nothing once it has grown, and the
+//! memory is freed when the caller drops the workspace: the crate keeps nothing of its own.
+
+use std::sync::Mutex;
+
+use crate::memory::AlignedVec;
+
+/// Reusable scratch memory for attention calls. One call at a time uses a workspace (calls
+/// take it by `&mut`); threads that call concurrently each hold their own.
+#[derive(Default)]
+pub struct Workspace {
+    /// Per-task buffers, handed to tasks one at a time and returned.
+    scratch: Mutex<Vec<Scratch>>,
+    /// Storage of packed K and V chunks of earlier calls.
+    packed: Mutex<Vec<AlignedVec<i8>>>,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace")
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+impl Workspace {
+    /// An empty workspace; it grows on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of memory the workspace holds.
+    pub fn bytes(&self) -> usize {
+        let scratch: usize = lock(&self.scratch).iter().map(Scratch::bytes).sum();
+        let packed: usize = lock(&self.packed).iter().map(|v| v.capacity_bytes()).sum();
+        scratch + packed
+    }
+
+    /// Frees every buffer (the next call allocates again).
+    pub fn release(&mut self) {
+        lock(&self.scratch).clear();
+        lock(&self.packed).clear();
+    }
+
+    /// A task's scratch: one kept from an earlier task, or new.
+    pub(crate) fn take_scratch(&self) -> Scratch {
+        lock(&self.scratch).pop().unwrap_or_default()
+    }
+
+    /// Returns a task's scratch for the next task.
+    pub(crate) fn give_scratch(&self, s: Scratch) {
+        lock(&self.scratch).push(s);
+    }
+
+    /// Storage for one packed chunk, the largest kept (any size: it is resized).
+    pub(crate) fn take_packed(&self) -> AlignedVec<i8> {
+        lock(&self.packed).pop().unwrap_or_default()
+    }
+
+    /// Returns packed chunk storage.
+    pub(crate) fn give_packed(&self, v: AlignedVec<i8>) {
+        lock(&self.packed).push(v);
+    }
+}
+
+/// The lists stay consistent even if a holder panicked (every update is one push or pop), so a
+/// poisoned lock is still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Buffers of one engine task (a row block, a key split or a chunk's preparation). Grown on
+/// demand and kept for the next task.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// The block's queries, int8, `rows x d`.
+    pub q8: AlignedVec<i8>,
+    /// Score rows.
+    pub scores: AlignedVec<i32>,
+    /// Probability rows.
+    pub p: AlignedVec<u8>,
+    /// One P x V product, i32.
+    pub o32: AlignedVec<i32>,
+    /// Sums of P x V products over chunks, i64.
+    pub acc: Vec<i64>,
+    /// Per-row f32 scratch of the float softmax.
+    pub frow: Vec<f32>,
+    /// Per-row i64 scores of a row with per-key exponents.
+    pub wide: Vec<i64>,
+    /// Byte digits of P for values with per-key exponents.
+    pub digits: AlignedVec<u8>,
+    /// Quantized key or value rows of a chunk being prepared.
+    pub rows8: Vec<i8>,
+    /// K rows minus their mean (smoothing), f32.
+    pub rows32: Vec<f32>,
+}
+
+impl Scratch {
+    fn bytes(&self) -> usize {
+        self.q8.capacity_bytes()
+            + self.scores.capacity_bytes()
+            + self.p.capacity_bytes()
+            + self.o32.capacity_bytes()
+            + self.digits.capacity_bytes()
+            + self.acc.capacity() * 8
+            + self.frow.capacity() * 4
+            + self.wide.capacity() * 8
+            + self.rows8.capacity()
+            + self.rows32.capacity() * 4
+    }
+}

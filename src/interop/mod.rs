@@ -1,0 +1,7 @@
+//! Bridges to tensor libraries, each behind its feature: [`ndarray`] views in and out of the
+//! pipelines (`ndarray`), and a candle custom operation (`candle`).
+
+#[cfg(feature = "candle")]
+pub mod candle;
+#[cfg(feature = "ndarray")]
+pub mod ndarray;

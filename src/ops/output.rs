@@ -1,0 +1,227 @@
+//! Output conversion (docs/numerics.md, section 4): `O = O32 s_v / divisor` rounded once to
+//! f32. A two-operation f64 fast path decides almost every entry; the rest take the exact
+//! integer rounding of [`crate::rounding`]. Both give the same bits.
+
+use crate::rounding::output_exact;
+
+/// One output row from its exact O32 row (i32 or i64) and divisor (0 for a fully masked row):
+/// docs/numerics.md section 4, correctly rounded: the bits of [`output_exact`].
+///
+/// Eight entries at a time go through [`dequantize_output_fast`]'s arithmetic
+/// without branches (so the compiler vectorises it, with AVX2 or AVX-512 where the CPU has
+/// them, see [`crate::simd`]); a group where any entry needs the exact path (about one in 10^7
+/// for random data, or an O32 past 2^53) is redone entry by entry.
+pub(crate) fn output_row<T: O32>(o32: &[T], divisor: u32, v_scale: f32, out: &mut [f32]) {
+    output_row_at(crate::simd::level(), o32, divisor, v_scale, out)
+}
+
+/// An exact P x V result entry: i32 (one key chunk) or i64 (chunks summed).
+pub(crate) trait O32: Copy + Into<i64> {}
+impl O32 for i32 {}
+impl O32 for i64 {}
+
+crate::simd::dispatch! {
+    /// [`output_row`] compiled for a given [`crate::simd::Level`].
+    pub(crate) fn output_row_at<T: O32>(o32: &[T], divisor: u32, v_scale: f32, out: &mut [f32])
+        => output_row_body
+}
+
+#[inline(always)]
+fn output_row_body<T: O32>(o32: &[T], divisor: u32, v_scale: f32, out: &mut [f32]) {
+    const GROUP: usize = 8;
+    let factor = row_factor(v_scale, divisor);
+    let one = |o: &mut f32, x: T| {
+        let x: i64 = x.into();
+        *o = dequantize_output_fast(x, factor)
+            .unwrap_or_else(|| output_exact(x, v_scale, divisor));
+    };
+    if factor == 0.0 {
+        out.fill(0.0);
+        return;
+    }
+    let mut outs = out.chunks_exact_mut(GROUP);
+    let mut ins = o32.chunks_exact(GROUP);
+    for (o, x) in (&mut outs).zip(&mut ins) {
+        let x: [T; GROUP] = x.try_into().expect("group");
+        let o: &mut [f32; GROUP] = o.try_into().expect("group");
+        // Per entry, all in integer lanes: `x` past 2^53, |q| outside f32's normal range
+        // (compared as bit patterns, which order like magnitudes), or the low 29 bits of q
+        // within 16 of the f32 halfway point. `x == 0` gives q = +0.0, which is exact.
+        const MIN_BITS: u64 = (f32::MIN_POSITIVE as f64).to_bits();
+        const MAX_BITS: u64 = (f32::MAX as f64).to_bits();
+        let mut bad = 0u64;
+        for (o, &x) in o.iter_mut().zip(&x) {
+            let x: i64 = x.into();
+            let q = x as f64 * factor;
+            let bits = q.to_bits();
+            let mag = bits & !(1 << 63);
+            let low = bits & ((1 << 29) - 1);
+            let big = (x.unsigned_abs() >= 1 << 53) as u64;
+            let range = ((mag.wrapping_sub(MIN_BITS) >= MAX_BITS - MIN_BITS) & (x != 0)) as u64;
+            let near = (low.wrapping_sub((1 << 28) - 16) <= 32) as u64;
+            bad |= big | range | near;
+            *o = q as f32;
+        }
+        if bad != 0 {
+            for (o, &x) in o.iter_mut().zip(&x) {
+                one(o, x);
+            }
+        }
+    }
+    for (o, &x) in outs.into_remainder().iter_mut().zip(ins.remainder()) {
+        one(o, x);
+    }
+}
+
+/// `s_v / divisor` in f64 (one rounding), the per-row factor of [`dequantize_output_fast`];
+/// 0 for a zero divisor.
+#[inline]
+pub(crate) fn row_factor(s_v: f32, divisor: u32) -> f64 {
+    if divisor == 0 {
+        0.0
+    } else {
+        s_v as f64 / divisor as f64
+    }
+}
+
+/// The common case of [`dequantize_output`] in two f64 operations: `q = O32 * factor` is
+/// within a relative 2^-51 of the exact quotient (two roundings of 2^-53 each), i.e. within
+/// 4 ulps of f64. Rounding `q` to f32 then gives the correctly rounded result unless `q` lies
+/// within those ulps of a point halfway between two f32 values (the low 29 of the 52 f64
+/// mantissa bits are then near `1 << 28`), or outside f32's normal range. Those cases return
+/// `None` and take the exact path; they are about one in 10^7 for random data.
+#[inline]
+pub(crate) fn dequantize_output_fast(o32: i64, factor: f64) -> Option<f32> {
+    if o32 == 0 || factor == 0.0 {
+        return Some(0.0);
+    }
+    if o32.unsigned_abs() >= 1 << 53 {
+        return None;
+    }
+    let q = o32 as f64 * factor;
+    let a = q.abs();
+    if !(a >= f32::MIN_POSITIVE as f64 && a < f32::MAX as f64) {
+        return None;
+    }
+    let low = (q.to_bits() & ((1 << 29) - 1)) as i64;
+    if (low - (1 << 28)).abs() <= 16 {
+        return None;
+    }
+    Some(q as f32)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::output_row;
+    use crate::reference::dequantize_output;
+    use proptest::prelude::*;
+
+    /// `output_row` must give the bits of `dequantize_output` entry by entry, whichever path
+    /// (vector group, group redone, remainder) an entry takes.
+    fn check<T: super::O32 + std::fmt::Debug>(o32: &[T], s_v: f32, div: u32) {
+        for level in crate::simd::levels() {
+            let mut got = vec![f32::NAN; o32.len()];
+            super::output_row_at(level, o32, div, s_v, &mut got);
+            for (i, (&x, &g)) in o32.iter().zip(&got).enumerate() {
+                let want = dequantize_output(x.into(), s_v, div);
+                assert!(
+                    g.to_bits() == want.to_bits(),
+                    "{level:?}, entry {i}: {x:?} * {s_v:e} / {div}: got {g:e}, want {want:e}"
+                );
+            }
+        }
+        let mut got = vec![f32::NAN; o32.len()];
+        output_row(o32, div, s_v, &mut got);
+        assert!(got
+            .iter()
+            .zip(o32)
+            .all(|(g, &x)| g.to_bits() == dequantize_output(x.into(), s_v, div).to_bits()));
+    }
+
+    #[test]
+    fn output_row_on_halfway_families_and_edges() {
+        for s_v in [
+            0.9f32 / 127.0,
+            1.0 / 127.0,
+            3.0 * 2f32.powi(-20),
+            0.1,
+            1e-44,
+            3e38,
+            0.0,
+        ] {
+            for div in [255u32, 3 * 255, 17 * 255, 256, 7, 1, 0, u32::MAX] {
+                let row: Vec<i32> = (-1500..1500).map(|x| x * 255).collect();
+                check(&row, s_v, div);
+                let wide: Vec<i64> = (-1500i64..1500)
+                    .map(|x| x * 255)
+                    .chain([1 << 53, -(1 << 53) - 1, i64::MAX, i64::MIN, 0, 1, -1])
+                    .collect();
+                check(&wide, s_v, div);
+                let extremes = [i32::MIN, i32::MAX, 0, -1, 1, 255, -255, 7, 9, 13, 17];
+                check(&extremes, s_v, div);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn output_row_matches_the_reference(
+            row in prop::collection::vec(any::<i32>(), 0..40),
+            wide in prop::collection::vec(any::<i64>(), 0..40),
+            s_v in prop_oneof![(0u32..0x7f80_0000).prop_map(f32::from_bits), 1e-4f32..0.05],
+            div in prop_oneof![Just(255u32), 0u32..100_000, any::<u32>()],
+        ) {
+            check(&row, s_v, div);
+            check(&wide, s_v, div);
+        }
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    /// The fast path either declines or agrees with exact integer arithmetic, over random
+    /// values and over constructed near-halfway quotients.
+    #[test]
+    fn fast_output_path_agrees_with_exact() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut declined = 0;
+        for i in 0..400_000 {
+            let r = next();
+            let o32 = (r as i64 >> (r % 40)) % (1 << 40);
+            let s_v = f32::from_bits(0x3800_0000 + (next() as u32 % 0x0800_0000));
+            let divisor = match i % 4 {
+                0 => 255,
+                1 => 1 + (next() % 300) as u32,
+                _ => 1 + (next() % (255 << 16)) as u32,
+            };
+            let exact = output_exact(o32, s_v, divisor);
+            match dequantize_output_fast(o32, row_factor(s_v, divisor)) {
+                Some(v) => assert_eq!(v.to_bits(), exact.to_bits(), "{o32} {s_v} {divisor}"),
+                None => declined += 1,
+            }
+        }
+        assert!(declined < 400, "fast path declined {declined} times");
+        // Exact halfway products: o32 * s_v with divisor 1 sits exactly between two f32s.
+        for k in 0..1000i64 {
+            let s_v = 1.0f32 + f32::EPSILON * k as f32;
+            let o32 = (1 << 24) + 1 + 2 * k;
+            let exact = output_exact(o32, s_v, 1);
+            if let Some(v) = dequantize_output_fast(o32, row_factor(s_v, 1)) {
+                assert_eq!(v.to_bits(), exact.to_bits());
+            }
+            assert_eq!(crate::reference::dequantize_output(o32, s_v, 1).to_bits(), exact.to_bits());
+        }
+        assert_eq!(dequantize_output_fast(5, row_factor(0.5, 0)), Some(0.0));
+    }
+}
