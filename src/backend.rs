@@ -76,7 +76,11 @@ impl NativeRunner {
         q: &'a [f32],
         k: &'a [f32],
         v: &'a [f32],
-    ) -> Result<(TensorView<'a, f32>, TensorView<'a, f32>, TensorView<'a, f32>)> {
+    ) -> Result<(
+        TensorView<'a, f32>,
+        TensorView<'a, f32>,
+        TensorView<'a, f32>,
+    )> {
         let s = &self.shape;
         let qd = [s.batch, s.heads, s.q_len, s.head_dim];
         let kd = [s.batch, s.kv_heads, s.kv_len, s.head_dim];

@@ -75,7 +75,9 @@ struct Seq {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Store {
     /// int8, packed in `kernel`'s layout.
-    Int { layout: LayoutId },
+    Int {
+        layout: LayoutId,
+    },
     F32,
     F16,
 }
@@ -113,7 +115,12 @@ impl KvCache {
     /// # Errors
     /// [`Error::ZeroDimension`] for a zero size; [`Error::LimitExceeded`] for a head dimension
     /// past the i32 score limit.
-    pub fn new(attn: &Attention, sequences: usize, kv_heads: usize, head_dim: usize) -> Result<KvCache> {
+    pub fn new(
+        attn: &Attention,
+        sequences: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<KvCache> {
         AttnShape::new(sequences, kv_heads, 1, head_dim).validate()?;
         let kernel = attn.kernel();
         let store = match attn.pipeline() {
@@ -189,9 +196,9 @@ impl KvCache {
                     + h.pages
                         .iter()
                         .map(|p| match p {
-                            Page::Int { k, v, k_exp, v_exp, .. } => {
-                                k.bytes() + v.bytes() + k_exp.len() + v_exp.len()
-                            }
+                            Page::Int {
+                                k, v, k_exp, v_exp, ..
+                            } => k.bytes() + v.bytes() + k_exp.len() + v_exp.len(),
                             Page::F32 { k, v } => 4 * (k.len() + v.len()),
                             Page::F16 { k, v } => 2 * (k.len() + v.len()),
                         })
@@ -208,7 +215,12 @@ impl KvCache {
     /// shape, [`Error::NonFinite`] for NaN or infinity, [`Error::InvalidParameter`] for fp16
     /// caches and values outside the f16 range, [`Error::Allocation`] when pages cannot be had.
     /// On error the cache is unchanged.
-    pub fn append(&mut self, seq: usize, k: TensorView<'_, f32>, v: TensorView<'_, f32>) -> Result<()> {
+    pub fn append(
+        &mut self,
+        seq: usize,
+        k: TensorView<'_, f32>,
+        v: TensorView<'_, f32>,
+    ) -> Result<()> {
         self.seq(seq)?;
         self.check_new(&k, &v, 1)?;
         let n = k.dims()[2];
@@ -216,7 +228,9 @@ impl KvCache {
         let heads: Vec<(usize, &mut Head)> = self.seqs[seq].heads.iter_mut().enumerate().collect();
         let ctx = AppendCtx::of(self.store, self.kernel, self.head_dim, self.smooth_k);
         let results = self.executor.run(|par: Par| {
-            par.map(heads, |(g, head)| ctx.append(head, start, n, |i| k.row(0, g, i), |i| v.row(0, g, i)))
+            par.map(heads, |(g, head)| {
+                ctx.append(head, start, n, |i| k.row(0, g, i), |i| v.row(0, g, i))
+            })
         });
         results.into_iter().collect::<Result<Vec<()>>>()?;
         self.seqs[seq].len += n;
@@ -327,10 +341,18 @@ impl KvCache {
     }
 
     /// Checks new tokens `[batch, kv_heads, n, head_dim]` before anything is written.
-    fn check_new(&self, k: &TensorView<'_, f32>, v: &TensorView<'_, f32>, batch: usize) -> Result<()> {
+    fn check_new(
+        &self,
+        k: &TensorView<'_, f32>,
+        v: &TensorView<'_, f32>,
+        batch: usize,
+    ) -> Result<()> {
         let want = [batch, self.kv_heads, k.dims()[2], self.head_dim];
         for (view, name) in [(k, "K"), (v, "V")] {
-            for (i, dim) in ["batch", "kv_heads", "tokens", "head_dim"].iter().enumerate() {
+            for (i, dim) in ["batch", "kv_heads", "tokens", "head_dim"]
+                .iter()
+                .enumerate()
+            {
                 if view.dims()[i] != want[i] {
                     return Err(Error::DimensionMismatch {
                         tensor: name,
@@ -355,7 +377,11 @@ impl KvCache {
         &'c self,
         attn: &Attention,
         q: TensorView<'_, f32>,
-    ) -> Result<(AttnShape, crate::attention::Visibility, Vec<crate::attention::UnitRef<'c>>)> {
+    ) -> Result<(
+        AttnShape,
+        crate::attention::Visibility,
+        Vec<crate::attention::UnitRef<'c>>,
+    )> {
         let shape = self.query_shape(attn, &q)?;
         let vis = self.visibility(attn, &shape);
         let units = self
@@ -484,7 +510,11 @@ impl KvCache {
         let (lq, d) = (shape.q_len, shape.head_dim);
         let scale = attn.softmax_scale(d);
         let kernel = self.kernel.imp();
-        let (overflow, failed, bad_out) = (AtomicBool::new(false), AtomicBool::new(false), AtomicBool::new(false));
+        let (overflow, failed, bad_out) = (
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+        );
         let tasks: Vec<_> = out.chunks(lq * d).into_iter().enumerate().collect();
         attn.executor().run(|par: Par| {
             par.for_each(tasks, |(bh, o)| {
@@ -498,14 +528,32 @@ impl KvCache {
                             Page::F16 { k, v } => Some((&k[..], &v[..])),
                             _ => None,
                         });
-                        float_head::<f16>(kernel, &gather(&q, b, h, lq), &pages, lq, d, scale, |i| vis.valid(b, i), o)
+                        float_head::<f16>(
+                            kernel,
+                            &gather(&q, b, h, lq),
+                            &pages,
+                            lq,
+                            d,
+                            scale,
+                            |i| vis.valid(b, i),
+                            o,
+                        )
                     }
                     _ => {
                         let pages = float_pages(head, len, |p| match p {
                             Page::F32 { k, v } => Some((&k[..], &v[..])),
                             _ => None,
                         });
-                        float_head::<f32>(kernel, &gather(&q, b, h, lq), &pages, lq, d, scale, |i| vis.valid(b, i), o)
+                        float_head::<f32>(
+                            kernel,
+                            &gather(&q, b, h, lq),
+                            &pages,
+                            lq,
+                            d,
+                            scale,
+                            |i| vis.valid(b, i),
+                            o,
+                        )
                     }
                 };
                 match r {
@@ -519,7 +567,13 @@ impl KvCache {
                 }
             })
         });
-        float_finish(attn.pipeline(), &shape, failed.into_inner(), overflow.into_inner(), bad_out.into_inner())
+        float_finish(
+            attn.pipeline(),
+            &shape,
+            failed.into_inner(),
+            overflow.into_inner(),
+            bad_out.into_inner(),
+        )
     }
 }
 

@@ -130,7 +130,9 @@ pub enum Error {
     },
     /// The output contains a NaN or an infinity (inputs so large that the result does not fit
     /// the output type).
-    #[error("the {pipeline} pipeline produced a non-finite output ({value}) at flat index {index}")]
+    #[error(
+        "the {pipeline} pipeline produced a non-finite output ({value}) at flat index {index}"
+    )]
     NonFiniteOutput {
         /// The pipeline.
         pipeline: Pipeline,

@@ -37,7 +37,13 @@ impl Executor {
             .thread_name(|i| format!("intattention-{i}"))
             .build()
             .map(|p| Executor::Pool(Arc::new(p)))
-            .or_else(|e| crate::error::invalid("threads", format!("{threads} ({e})"), "a pool the OS can start"))
+            .or_else(|e| {
+                crate::error::invalid(
+                    "threads",
+                    format!("{threads} ({e})"),
+                    "a pool the OS can start",
+                )
+            })
     }
 
     /// How many workers a call on this executor uses.

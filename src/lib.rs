@@ -27,7 +27,11 @@
 //!   [`reference`], the scalar code that reads like the contract.
 //! - `acl` (feature `acl`, aarch64): ARM ComputeLibrary's operators and pipelines.
 
-#![deny(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![deny(
+    missing_docs,
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks
+)]
 
 #[cfg(intattention_acl)]
 pub mod acl;

@@ -146,4 +146,3 @@ pub fn threshold_paper_sim(clip: f32, s_q: f32, s_k: f32, scale: f32) -> Result<
     }
     Ok(t.trunc().clamp(1.0, MAX_THRESHOLD as f32) as i32)
 }
-

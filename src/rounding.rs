@@ -55,4 +55,3 @@ pub fn output_exact(o32: i64, s_v: f32, divisor: u32) -> f32 {
         mag
     }
 }
-

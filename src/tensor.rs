@@ -45,12 +45,15 @@ impl<'a, T> TensorView<'a, T> {
         } else {
             let mut last = 0usize;
             for (&n, &s) in dims[..3].iter().zip(&strides) {
-                last = mul("tensor strides", n - 1, s)?
-                    .checked_add(last)
-                    .ok_or(Error::SizeOverflow { what: "tensor strides" })?;
+                last = mul("tensor strides", n - 1, s)?.checked_add(last).ok_or(
+                    Error::SizeOverflow {
+                        what: "tensor strides",
+                    },
+                )?;
             }
-            last.checked_add(dims[3])
-                .ok_or(Error::SizeOverflow { what: "tensor strides" })?
+            last.checked_add(dims[3]).ok_or(Error::SizeOverflow {
+                what: "tensor strides",
+            })?
         };
         if reach > data.len() {
             return Err(Error::StridesOutOfBounds {

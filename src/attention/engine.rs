@@ -51,7 +51,10 @@ pub(crate) enum KvSide<'a> {
         k: TensorView<'a, f32>,
         v: TensorView<'a, f32>,
     },
-    Int { k: &'a QTensor, v: &'a QTensor },
+    Int {
+        k: &'a QTensor,
+        v: &'a QTensor,
+    },
     /// Keys and values already quantized and packed in a cache.
     Cached(&'a crate::cache::KvCache),
 }
@@ -200,16 +203,8 @@ impl<'a> Engine<'a> {
             },
             KvSide::Cached(_) => unreachable!("handled above"),
         };
-        let chunks = prep::prepare_chunks(
-            par,
-            ws,
-            kernel,
-            &shape,
-            &vis,
-            &scales,
-            rows,
-            plan.key_chunk,
-        )?;
+        let chunks =
+            prep::prepare_chunks(par, ws, kernel, &shape, &vis, &scales, rows, plan.key_chunk)?;
         let units: Vec<UnitRef<'_>> = chunks
             .iter()
             .enumerate()
@@ -295,7 +290,10 @@ impl<'a> Engine<'a> {
             if failed.into_inner() {
                 return Err(Error::Allocation {
                     what: "a block's score rows",
-                    bytes: plan.rows.saturating_mul(self.vis.max_keys()).saturating_mul(5),
+                    bytes: plan
+                        .rows
+                        .saturating_mul(self.vis.max_keys())
+                        .saturating_mul(5),
                 });
             }
         }
@@ -330,14 +328,19 @@ impl<'a> Engine<'a> {
 
     /// The blocks of every unit with the output rows each writes (one part per query head of
     /// the unit's group).
-    fn block_tasks<'o>(&self, rows: usize, out: Fresh<'o, f32>) -> Vec<(Block, Vec<Fresh<'o, f32>>)> {
+    fn block_tasks<'o>(
+        &self,
+        rows: usize,
+        out: Fresh<'o, f32>,
+    ) -> Vec<(Block, Vec<Fresh<'o, f32>>)> {
         let s = &self.shape;
         let (group, lq, d) = (s.group(), s.q_len, s.head_dim);
         // Positions per block (block rows are a multiple of the group).
         let pos = (rows.div_ceil(group)).clamp(1, lq);
         let blocks_per_unit = lq.div_ceil(pos);
         let units = s.batch * s.kv_heads;
-        let mut tasks: Vec<(Block, Vec<Fresh<'o, f32>>)> = Vec::with_capacity(units * blocks_per_unit);
+        let mut tasks: Vec<(Block, Vec<Fresh<'o, f32>>)> =
+            Vec::with_capacity(units * blocks_per_unit);
         for u in 0..units {
             for ib in 0..blocks_per_unit {
                 let p0 = ib * pos;
@@ -372,7 +375,13 @@ impl<'a> Engine<'a> {
     }
 
     /// The block's queries as int8 into `scr.q8`, and each row's threshold or logit scale.
-    fn block_queries(&self, unit: &UnitRef<'_>, blk: Block, scr: &mut Scratch, params: &mut Vec<RowParam>) {
+    fn block_queries(
+        &self,
+        unit: &UnitRef<'_>,
+        blk: Block,
+        scr: &mut Scratch,
+        params: &mut Vec<RowParam>,
+    ) {
         let d = self.shape.head_dim;
         scr.q8.grow(blk.m * d);
         params.clear();
@@ -460,7 +469,9 @@ impl<'a> Engine<'a> {
                 }
             }
             let exp2 = |j| key_exp(chunks, j);
-            let (div, ok) = self.rows.row(kernel, srow, valid, prow, params[r], exp2, &mut scr.frow);
+            let (div, ok) =
+                self.rows
+                    .row(kernel, srow, valid, prow, params[r], exp2, &mut scr.frow);
             if !ok {
                 self.overflow.store(true, Ordering::Relaxed);
             }
@@ -475,7 +486,17 @@ impl<'a> Engine<'a> {
             scr.acc.clear();
             scr.acc.resize(m * d, 0);
             for c in chunks {
-                pv_chunk(kernel, &scr.p[..m * ps], ps, m, d, c, &mut scr.o32, &mut scr.digits, &mut scr.acc);
+                pv_chunk(
+                    kernel,
+                    &scr.p[..m * ps],
+                    ps,
+                    m,
+                    d,
+                    c,
+                    &mut scr.o32,
+                    &mut scr.digits,
+                    &mut scr.acc,
+                );
             }
         }
         let group = self.shape.group();
@@ -513,7 +534,11 @@ impl<'a> Engine<'a> {
             let unit = &units[blk.u];
             let (b, _, i_last) = self.row_at(blk.u, blk.r0 + blk.m - 1);
             let last_valid = self.vis.valid(b, i_last);
-            let nch = unit.chunks.iter().take_while(|c| c.start < last_valid).count();
+            let nch = unit
+                .chunks
+                .iter()
+                .take_while(|c| c.start < last_valid)
+                .count();
             let per = nch.div_ceil(splits).max(1);
             let bounds: Vec<usize> = (0..=splits).map(|s| (s * per).min(nch)).collect();
             let mut scr = ws.take_scratch();
@@ -621,9 +646,8 @@ impl<'a> Engine<'a> {
             }
             // Paper-simulation and float softmax read whole rows: gather them, per block.
             _ => {
-                let mut groups: Vec<&mut [Part]> = parts
-                    .chunk_by_mut(|a, b| a.block == b.block)
-                    .collect();
+                let mut groups: Vec<&mut [Part]> =
+                    parts.chunk_by_mut(|a, b| a.block == b.block).collect();
                 let work: Vec<&mut [Part]> = std::mem::take(&mut groups);
                 par.for_each(work, |group| {
                     let st = &states[group[0].block];
@@ -754,9 +778,15 @@ impl<'a> Engine<'a> {
             let (b, _, i) = self.row_at(st.blk.u, st.blk.r0 + r);
             let valid = self.vis.valid(b, i);
             let exp2 = |j| key_exp(chunks, j);
-            let (_, ok) =
-                self.rows
-                    .row(self.kernel, &srow, valid, &mut prow, st.params[r], exp2, &mut frow);
+            let (_, ok) = self.rows.row(
+                self.kernel,
+                &srow,
+                valid,
+                &mut prow,
+                st.params[r],
+                exp2,
+                &mut frow,
+            );
             if !ok {
                 self.overflow.store(true, Ordering::Relaxed);
             }
@@ -833,7 +863,10 @@ fn make_plan(attn: &Attention, p: PlanInput, shape: &AttnShape) -> BlockPlan {
         None => BlockPlan::new(p, caches),
     };
     let group = shape.group();
-    plan.rows = plan.rows.next_multiple_of(group).min(p.unit_rows.max(group));
+    plan.rows = plan
+        .rows
+        .next_multiple_of(group)
+        .min(p.unit_rows.max(group));
     plan
 }
 
@@ -925,7 +958,9 @@ fn pv_chunk(
     debug_assert!(c.cap <= MAX_K_U8S8);
     o32.grow(m * d);
     let o = &mut o32[..m * d];
-    let max_exp = c.v_exp.map_or(0, |e| e[..c.len].iter().copied().max().unwrap_or(0));
+    let max_exp = c
+        .v_exp
+        .map_or(0, |e| e[..c.len].iter().copied().max().unwrap_or(0));
     if max_exp == 0 {
         kernel.gemm_u8s8_packed_strided(&p[c.start..], ps, m, c.v, o);
         for (a, &x) in acc.iter_mut().zip(o.iter()) {
@@ -954,7 +989,12 @@ fn pv_chunk(
 }
 
 /// The scales of queries attending to a cache (K and V scales come from the cache).
-fn cache_q_scales(par: Par, attn: &Attention, shape: &AttnShape, q: &TensorView<'_, f32>) -> Result<Scales> {
+fn cache_q_scales(
+    par: Par,
+    attn: &Attention,
+    shape: &AttnShape,
+    q: &TensorView<'_, f32>,
+) -> Result<Scales> {
     use super::Granularity;
     let quant = attn.quantization();
     let maxima = par.map((0..shape.batch * shape.heads).collect(), |bh| {
@@ -973,7 +1013,9 @@ fn cache_q_scales(par: Par, attn: &Attention, shape: &AttnShape, q: &TensorView<
     use crate::ops::quant::scale_of_max_bits;
     let qs = match quant.q {
         Granularity::PerRow => QScale::Row,
-        Granularity::PerHead => QScale::Head(maxima.iter().map(|&m| scale_of_max_bits(m)).collect()),
+        Granularity::PerHead => {
+            QScale::Head(maxima.iter().map(|&m| scale_of_max_bits(m)).collect())
+        }
         _ => QScale::Tensor(scale_of_max_bits(maxima.iter().copied().max().unwrap_or(0))),
     };
     Ok(Scales {

@@ -159,7 +159,19 @@ pub(crate) fn head<T: FloatElem>(
         .map_err(|_| HeadError::Allocation)?;
     s.resize(lq * ncols, T::default());
     for p in pages {
-        matmul(q, d, p.k, lq, p.cap, d, true, scale, &mut s[p.start..], ncols, false);
+        matmul(
+            q,
+            d,
+            p.k,
+            lq,
+            p.cap,
+            d,
+            true,
+            scale,
+            &mut s[p.start..],
+            ncols,
+            false,
+        );
     }
     let mut row = vec![0f32; ncols];
     for i in 0..lq {
@@ -174,7 +186,19 @@ pub(crate) fn head<T: FloatElem>(
     }
     let mut o = vec![T::default(); lq * d];
     for (n, p) in pages.iter().enumerate() {
-        matmul(&s[p.start..], ncols, p.v, lq, d, p.cap, false, 1.0, &mut o, d, n > 0);
+        matmul(
+            &s[p.start..],
+            ncols,
+            p.v,
+            lq,
+            d,
+            p.cap,
+            false,
+            1.0,
+            &mut o,
+            d,
+            n > 0,
+        );
     }
     T::to_f32_slice(&o, out);
     Ok(())
@@ -224,7 +248,8 @@ pub(crate) fn fp16_range(view: &TensorView<'_, f32>, name: &'static str) -> Resu
                     return Err(Error::InvalidParameter {
                         name,
                         value: format!("{} at flat index {}", row[c], view.flat_index(b, h, i, c)),
-                        expected: "values inside the f16 range (|x| <= 65504) for the fp16 pipeline",
+                        expected:
+                            "values inside the f16 range (|x| <= 65504) for the fp16 pipeline",
                     });
                 }
             }
@@ -234,7 +259,12 @@ pub(crate) fn fp16_range(view: &TensorView<'_, f32>, name: &'static str) -> Resu
 }
 
 /// Rows `0..n` of head `(b, h)` of a view, converted to `T`, row-major.
-pub(crate) fn gather<T: FloatElem>(view: &TensorView<'_, f32>, b: usize, h: usize, n: usize) -> Vec<T> {
+pub(crate) fn gather<T: FloatElem>(
+    view: &TensorView<'_, f32>,
+    b: usize,
+    h: usize,
+    n: usize,
+) -> Vec<T> {
     let d = view.dims()[3];
     let mut v = vec![T::default(); n * d];
     for i in 0..n {
@@ -284,7 +314,13 @@ fn heads<T: FloatElem>(
             Err(HeadError::Allocation) => failed.store(true, Ordering::Relaxed),
         }
     });
-    finish(attn.pipeline(), shape, failed.into_inner(), overflow.into_inner(), bad_out.into_inner())
+    finish(
+        attn.pipeline(),
+        shape,
+        failed.into_inner(),
+        overflow.into_inner(),
+        bad_out.into_inner(),
+    )
 }
 
 /// The error, if any, of a float call from what its heads reported.

@@ -382,8 +382,9 @@ impl Attention {
         let (q, k, v) = views(shape, q, k, v)?;
         let mut ws = Workspace::new();
         let storage = output_storage(shape.q_elems())?;
-        let (out, done) =
-            vec_built_by(storage, shape.q_elems(), |o| self.dispatch(&mut ws, Inputs::Float { q, k, v }, o));
+        let (out, done) = vec_built_by(storage, shape.q_elems(), |o| {
+            self.dispatch(&mut ws, Inputs::Float { q, k, v }, o)
+        });
         done.map_err(|e| locate(e, &out)).map(|()| out)
     }
 
@@ -431,7 +432,16 @@ impl Attention {
         let mut ws = Workspace::new();
         let storage = output_storage(shape.q_elems())?;
         let (out, done) = vec_built_by(storage, shape.q_elems(), |o| {
-            self.dispatch(&mut ws, Inputs::Quantized { shape: *shape, q, k, v }, o)
+            self.dispatch(
+                &mut ws,
+                Inputs::Quantized {
+                    shape: *shape,
+                    q,
+                    k,
+                    v,
+                },
+                o,
+            )
         });
         done.map_err(|e| locate(e, &out)).map(|()| out)
     }
@@ -453,7 +463,16 @@ impl Attention {
         self.check_quantized(shape, q, k, v)?;
         check_len("output", shape.q_elems(), out.len())?;
         let r = built_in(out, |o| {
-            self.dispatch(ws, Inputs::Quantized { shape: *shape, q, k, v }, o)
+            self.dispatch(
+                ws,
+                Inputs::Quantized {
+                    shape: *shape,
+                    q,
+                    k,
+                    v,
+                },
+                o,
+            )
         })
         .map_err(|e| locate(e, out));
         if r.is_err() {
@@ -462,7 +481,13 @@ impl Attention {
         r
     }
 
-    fn check_quantized(&self, shape: &AttnShape, q: &QTensor, k: &QTensor, v: &QTensor) -> Result<()> {
+    fn check_quantized(
+        &self,
+        shape: &AttnShape,
+        q: &QTensor,
+        k: &QTensor,
+        v: &QTensor,
+    ) -> Result<()> {
         self.check(shape)?;
         check_len("Q", shape.q_elems(), q.data().len())?;
         check_len("K", shape.kv_elems(), k.data().len())?;
@@ -534,7 +559,11 @@ fn views<'a>(
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
-) -> Result<(TensorView<'a, f32>, TensorView<'a, f32>, TensorView<'a, f32>)> {
+) -> Result<(
+    TensorView<'a, f32>,
+    TensorView<'a, f32>,
+    TensorView<'a, f32>,
+)> {
     let named = |t: &'static str, data: &'a [f32], dims: [usize; 4]| {
         TensorView::new(data, dims).map_err(|e| match e {
             Error::LengthMismatch {
@@ -568,7 +597,10 @@ pub(crate) fn shape_of(q: [usize; 4], k: [usize; 4], v: [usize; 4]) -> Result<At
     if kd != d {
         return Err(mismatch("K", "head_dim", d, kd));
     }
-    for (i, name) in ["batch", "kv_heads", "kv_len", "head_dim"].iter().enumerate() {
+    for (i, name) in ["batch", "kv_heads", "kv_len", "head_dim"]
+        .iter()
+        .enumerate()
+    {
         if v[i] != k[i] {
             return Err(mismatch("V", name, k[i], v[i]));
         }

@@ -291,48 +291,101 @@ mod tests {
         // K and V (256 KiB) stay in L2: (1.5 MiB - 256 KiB) / (5 * 1024 + 12 * 128) = 196
         // rows -> 192.
         let one = AttnShape::new(1, 1, 1024, 128);
-        assert_eq!(BlockPlan::new(PlanInput::of(&one, false, 1), caches).rows, 192);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&one, false, 1), caches).rows,
+            192
+        );
         // Two workers, one head: 8 blocks of 128 rows (6 of 192 would leave one worker 3).
-        assert_eq!(BlockPlan::new(PlanInput::of(&one, false, 2), caches).rows, 128);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&one, false, 2), caches).rows,
+            128
+        );
         // 16 workers: 16 blocks of 64 would be as short as it gets, but one block each;
         // 64 of 16 give every worker 4 at the same load.
-        assert_eq!(BlockPlan::new(PlanInput::of(&one, false, 16), caches).rows, 16);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&one, false, 16), caches).rows,
+            16
+        );
         // 4 workers: 8 of 128 (2 each), then 16 of 64 (4 each) at the same load.
-        assert_eq!(BlockPlan::new(PlanInput::of(&one, false, 4), caches).rows, 64);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&one, false, 4), caches).rows,
+            64
+        );
         // L = 4096: K and V (1 MiB) still stay: 0.5 MiB / 22,016 = 23 rows -> 16.
         let l4k = AttnShape::new(1, 1, 4096, 128);
-        assert_eq!(BlockPlan::new(PlanInput::of(&l4k, false, 1), caches).rows, 16);
-        assert_eq!(BlockPlan::new(PlanInput::of(&l4k, false, 16), caches).rows, 16);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&l4k, false, 1), caches).rows,
+            16
+        );
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&l4k, false, 16), caches).rows,
+            16
+        );
         let h16 = AttnShape::new(1, 16, 4096, 128);
-        assert_eq!(BlockPlan::new(PlanInput::of(&h16, false, 16), caches).rows, 16);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&h16, false, 16), caches).rows,
+            16
+        );
         // d = 64 halves K and V: (1.5 MiB - 512 KiB) / 21,248 = 49 rows -> 48; on 12 workers
         // 86 blocks of 48 leave the busiest 8 (384 rows), 128 of 32 leave 11 (352).
         let d64 = AttnShape::new(1, 1, 4096, 64);
-        assert_eq!(BlockPlan::new(PlanInput::of(&d64, false, 1), caches).rows, 48);
-        assert_eq!(BlockPlan::new(PlanInput::of(&d64, false, 12), caches).rows, 32);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&d64, false, 1), caches).rows,
+            48
+        );
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&d64, false, 12), caches).rows,
+            32
+        );
         // L = 8192: K and V (2 MiB) cannot stay, blocks take half of L2: 1 MiB / 42,496 = 24
         // rows -> 16.
         let l8k = AttnShape::new(1, 1, 8192, 128);
-        assert_eq!(BlockPlan::new(PlanInput::of(&l8k, false, 1), caches).rows, 16);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&l8k, false, 1), caches).rows,
+            16
+        );
         // L = 6144 streams too (1.5 MiB of K and V): 1 MiB / 32,256 = 32 rows.
         let l6k = AttnShape::new(1, 1, 6144, 128);
-        assert_eq!(BlockPlan::new(PlanInput::of(&l6k, false, 1), caches).rows, 32);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&l6k, false, 1), caches).rows,
+            32
+        );
         // Long keys: at least 16 rows; decode: 1 row.
         let long = AttnShape::new(1, 1, 16384, 128);
-        assert_eq!(BlockPlan::new(PlanInput::of(&long, false, 1), caches).rows, 16);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&long, false, 1), caches).rows,
+            16
+        );
         let decode = AttnShape::new(1, 8, 4096, 64).with_q_len(1);
-        assert_eq!(BlockPlan::new(PlanInput::of(&decode, false, 2), caches).rows, 1);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&decode, false, 2), caches).rows,
+            1
+        );
         // Causal: at most 64 rows, key chunks of 48K / (5 * 64) = 153 -> 128.
         let c = BlockPlan::new(PlanInput::of(&one, true, 1), caches);
         assert_eq!((c.rows, c.key_chunk), (64, 128));
         // Without a causal mask one chunk covers up to 65,536 keys, unless there are fewer
         // units than workers: then chunks of at least 512 keys, two per worker.
-        assert_eq!(BlockPlan::new(PlanInput::of(&one, false, 1), caches).key_chunk, PV_SPLIT);
-        assert_eq!(BlockPlan::new(PlanInput::of(&l4k, false, 16), caches).key_chunk, 512);
-        assert_eq!(BlockPlan::new(PlanInput::of(&l4k, false, 2), caches).key_chunk, 1024);
-        assert_eq!(BlockPlan::new(PlanInput::of(&h16, false, 4), caches).key_chunk, PV_SPLIT);
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&one, false, 1), caches).key_chunk,
+            PV_SPLIT
+        );
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&l4k, false, 16), caches).key_chunk,
+            512
+        );
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&l4k, false, 2), caches).key_chunk,
+            1024
+        );
+        assert_eq!(
+            BlockPlan::new(PlanInput::of(&h16, false, 4), caches).key_chunk,
+            PV_SPLIT
+        );
         // GQA: a unit holds the rows of every query head of its group.
-        let gqa = AttnShape::new(1, 32, 1, 128).with_kv_heads(8).with_kv_len(8192);
+        let gqa = AttnShape::new(1, 32, 1, 128)
+            .with_kv_heads(8)
+            .with_kv_len(8192);
         let p = PlanInput::of(&gqa, false, 16);
         assert_eq!((p.units, p.unit_rows), (8, 4));
         assert_eq!(BlockPlan::new(p, caches).rows, 4);

@@ -10,7 +10,9 @@ use super::{AttnShape, Granularity, Quantization};
 use crate::error::{Error, Result};
 use crate::exec::Par;
 use crate::kernels::{KernelImpl, PackedB};
-use crate::ops::quant::{check_finite, max_abs_bits, quantize_with_scale, scale_of_max_bits, QTensor};
+use crate::ops::quant::{
+    check_finite, max_abs_bits, quantize_with_scale, scale_of_max_bits, QTensor,
+};
 use crate::tensor::TensorView;
 
 /// Rows of one task of the statistics pass (and the order in which key sums are added).
@@ -94,7 +96,11 @@ pub(crate) fn float_scales(
     // maximum: Q unless per row, V always, K unless smoothed (then it is the second pass).
     let rows_per_task = (16384 / d.max(1)).max(1);
     let mut tasks = Vec::new();
-    for (t, heads, len) in [(0, h_n, shape.q_len), (1, g_n, shape.kv_len), (2, g_n, shape.kv_len)] {
+    for (t, heads, len) in [
+        (0, h_n, shape.q_len),
+        (1, g_n, shape.kv_len),
+        (2, g_n, shape.kv_len),
+    ] {
         let wanted = match t {
             0 => quant.q != Granularity::PerRow,
             1 => !quant.smooth_k,
@@ -129,7 +135,11 @@ pub(crate) fn float_scales(
         let at = t.b * heads_of[t.tensor] + t.h;
         head_max[t.tensor][at] = head_max[t.tensor][at].max(*m);
     }
-    if head_max.iter().flatten().any(|&m| m >= f32::INFINITY.to_bits()) {
+    if head_max
+        .iter()
+        .flatten()
+        .any(|&m| m >= f32::INFINITY.to_bits())
+    {
         return Err(first_non_finite(&views));
     }
 
@@ -138,7 +148,11 @@ pub(crate) fn float_scales(
         k_mean = key_means(par, shape, vis, k)?;
         // The largest magnitude of the smoothed keys, over every row of each head.
         let tasks: Vec<(usize, usize)> = (0..units)
-            .flat_map(|u| (0..shape.kv_len).step_by(rows_per_task).map(move |i0| (u, i0)))
+            .flat_map(|u| {
+                (0..shape.kv_len)
+                    .step_by(rows_per_task)
+                    .map(move |i0| (u, i0))
+            })
             .collect();
         let maxima = par.map(tasks.clone(), |(u, i0)| {
             let mean = &k_mean[u * d..(u + 1) * d];
@@ -225,7 +239,8 @@ fn key_means(
         .enumerate()
         .flat_map(|(u, sums)| {
             let n = vis.keys[u / g_n];
-            sums.iter().map(move |&s| if n == 0 { 0.0 } else { (s / n as f64) as f32 })
+            sums.iter()
+                .map(move |&s| if n == 0 { 0.0 } else { (s / n as f64) as f32 })
         })
         .collect())
 }
@@ -251,7 +266,9 @@ pub(crate) fn non_finite_in(view: &TensorView<'_, f32>, name: &'static str) -> O
     for b in 0..b_n {
         for h in 0..h_n {
             for i in 0..l {
-                if let Err(Error::NonFinite { index, value, .. }) = check_finite(name, view.row(b, h, i)) {
+                if let Err(Error::NonFinite { index, value, .. }) =
+                    check_finite(name, view.row(b, h, i))
+                {
                     return Some(Error::NonFinite {
                         tensor: name,
                         index: view.flat_index(b, h, i, index),
@@ -312,39 +329,59 @@ pub(crate) fn prepare_chunks(
                 .map(move |start| (u, start, chunk.min(keys - start)))
         })
         .collect();
-    let storage: Vec<(crate::memory::AlignedVec<i8>, crate::memory::AlignedVec<i8>)> =
-        tasks.iter().map(|_| (ws.take_packed(), ws.take_packed())).collect();
+    let storage: Vec<(crate::memory::AlignedVec<i8>, crate::memory::AlignedVec<i8>)> = tasks
+        .iter()
+        .map(|_| (ws.take_packed(), ws.take_packed()))
+        .collect();
     let work: Vec<_> = tasks.into_iter().zip(storage).collect();
-    let made = par.map(work, |((u, start, len), (mut ks, mut vs))| -> Result<(usize, Chunk)> {
-        let (b, g) = (u / g_n, u % g_n);
-        ks.try_resize_zeroed(layout.k_len(len, d), "packed keys")?;
-        vs.try_resize_zeroed(layout.v_len(len, d), "packed values")?;
-        let mut scr = ws.take_scratch();
-        match rows {
-            KvRows::Float { k, v } => {
-                let mean = (!scales.k_mean.is_empty()).then(|| &scales.k_mean[u * d..(u + 1) * d]);
-                quantize_rows(&mut scr, len, d, |i| k.row(b, g, start + i), mean, scales.k[u]);
-                kernel.pack_k_into(&scr.rows8, len, d, &mut ks);
-                quantize_rows(&mut scr, len, d, |i| v.row(b, g, start + i), None, scales.v[u]);
-                kernel.pack_v_into(&scr.rows8, len, d, &mut vs);
+    let made = par.map(
+        work,
+        |((u, start, len), (mut ks, mut vs))| -> Result<(usize, Chunk)> {
+            let (b, g) = (u / g_n, u % g_n);
+            ks.try_resize_zeroed(layout.k_len(len, d), "packed keys")?;
+            vs.try_resize_zeroed(layout.v_len(len, d), "packed values")?;
+            let mut scr = ws.take_scratch();
+            match rows {
+                KvRows::Float { k, v } => {
+                    let mean =
+                        (!scales.k_mean.is_empty()).then(|| &scales.k_mean[u * d..(u + 1) * d]);
+                    quantize_rows(
+                        &mut scr,
+                        len,
+                        d,
+                        |i| k.row(b, g, start + i),
+                        mean,
+                        scales.k[u],
+                    );
+                    kernel.pack_k_into(&scr.rows8, len, d, &mut ks);
+                    quantize_rows(
+                        &mut scr,
+                        len,
+                        d,
+                        |i| v.row(b, g, start + i),
+                        None,
+                        scales.v[u],
+                    );
+                    kernel.pack_v_into(&scr.rows8, len, d, &mut vs);
+                }
+                KvRows::Int { k, v } => {
+                    let at = (u * lk + start) * d;
+                    kernel.pack_k_into(&k[at..at + len * d], len, d, &mut ks);
+                    kernel.pack_v_into(&v[at..at + len * d], len, d, &mut vs);
+                }
             }
-            KvRows::Int { k, v } => {
-                let at = (u * lk + start) * d;
-                kernel.pack_k_into(&k[at..at + len * d], len, d, &mut ks);
-                kernel.pack_v_into(&v[at..at + len * d], len, d, &mut vs);
-            }
-        }
-        ws.give_scratch(scr);
-        Ok((
-            u,
-            Chunk {
-                start,
-                len,
-                k: PackedB::from_parts(ks, len, d, layout),
-                v: PackedB::from_parts(vs, d, len, layout),
-            },
-        ))
-    });
+            ws.give_scratch(scr);
+            Ok((
+                u,
+                Chunk {
+                    start,
+                    len,
+                    k: PackedB::from_parts(ks, len, d, layout),
+                    v: PackedB::from_parts(vs, d, len, layout),
+                },
+            ))
+        },
+    );
     let mut per_unit: Vec<Vec<Chunk>> = (0..units).map(|_| Vec::new()).collect();
     let mut err = None;
     for r in made {

@@ -166,7 +166,14 @@ pub(crate) fn run(
 }
 
 /// `P[lq x lk] * V[lk x d]` exactly, in i64 (key ranges past the i32-safe depth are split).
-fn pv_product(kernel: &dyn KernelImpl, p: &[u8], v: &[i8], lq: usize, lk: usize, d: usize) -> Vec<i64> {
+fn pv_product(
+    kernel: &dyn KernelImpl,
+    p: &[u8],
+    v: &[i8],
+    lq: usize,
+    lk: usize,
+    d: usize,
+) -> Vec<i64> {
     let mut acc = vec![0i64; lq * d];
     if lk <= MAX_K_U8S8 {
         let mut c = vec![0i32; lq * d];

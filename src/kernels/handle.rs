@@ -55,7 +55,10 @@ impl Kernel {
 
     /// Every kernel this CPU can run, slowest first.
     pub fn available() -> Vec<Kernel> {
-        available_impls().into_iter().map(Kernel::from_impl).collect()
+        available_impls()
+            .into_iter()
+            .map(Kernel::from_impl)
+            .collect()
     }
 
     /// The fastest kernel this CPU can run (detected once per process: CPU features do not
@@ -80,11 +83,7 @@ impl Kernel {
             .find(|k| k.name() == name)
             .ok_or_else(|| Error::UnknownKernel {
                 name: name.to_string(),
-                available: all
-                    .iter()
-                    .map(|k| k.name())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                available: all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
             })
     }
 

@@ -266,7 +266,16 @@ mod tests {
         };
         for kernel in available_impls() {
             let layout = kernel.layout();
-            for (n, d) in [(1, 1), (3, 5), (16, 64), (17, 63), (64, 128), (65, 130), (256, 128), (7, 200)] {
+            for (n, d) in [
+                (1, 1),
+                (3, 5),
+                (16, 64),
+                (17, 63),
+                (64, 128),
+                (65, 130),
+                (256, 128),
+                (7, 200),
+            ] {
                 // K: n keys of d values; V: n keys (depth) of d columns.
                 let k: Vec<i8> = (0..n * d).map(|_| byte()).collect();
                 let mut packed = vec![0i8; layout.k_len(n, d)];

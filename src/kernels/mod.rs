@@ -34,8 +34,8 @@ pub(crate) mod x86_64;
 
 pub(crate) use handle::row_len as row_len_limit;
 pub use handle::Kernel;
-pub use layout::PackedB;
 pub(crate) use layout::LayoutId;
+pub use layout::PackedB;
 
 use crate::lut::Lut;
 use crate::memory::AlignedVec;

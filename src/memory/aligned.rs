@@ -68,7 +68,8 @@ impl<T: Pod> AlignedVec<T> {
         let bytes = len
             .checked_mul(size_of::<T>())
             .ok_or(Error::SizeOverflow { what })?;
-        let lines = try_zeroed_lines(bytes.div_ceil(64)).ok_or(Error::Allocation { what, bytes })?;
+        let lines =
+            try_zeroed_lines(bytes.div_ceil(64)).ok_or(Error::Allocation { what, bytes })?;
         Ok(AlignedVec {
             lines,
             len,

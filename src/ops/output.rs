@@ -32,8 +32,7 @@ fn output_row_body<T: O32>(o32: &[T], divisor: u32, v_scale: f32, out: &mut [f32
     let factor = row_factor(v_scale, divisor);
     let one = |o: &mut f32, x: T| {
         let x: i64 = x.into();
-        *o = dequantize_output_fast(x, factor)
-            .unwrap_or_else(|| output_exact(x, v_scale, divisor));
+        *o = dequantize_output_fast(x, factor).unwrap_or_else(|| output_exact(x, v_scale, divisor));
     };
     if factor == 0.0 {
         out.fill(0.0);
@@ -109,7 +108,6 @@ pub(crate) fn dequantize_output_fast(o32: i64, factor: f64) -> Option<f32> {
     }
     Some(q as f32)
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -220,7 +218,10 @@ mod fast_path_tests {
             if let Some(v) = dequantize_output_fast(o32, row_factor(s_v, 1)) {
                 assert_eq!(v.to_bits(), exact.to_bits());
             }
-            assert_eq!(crate::reference::dequantize_output(o32, s_v, 1).to_bits(), exact.to_bits());
+            assert_eq!(
+                crate::reference::dequantize_output(o32, s_v, 1).to_bits(),
+                exact.to_bits()
+            );
         }
         assert_eq!(dequantize_output_fast(5, row_factor(0.5, 0)), Some(0.0));
     }

@@ -20,8 +20,8 @@ use core::arch::aarch64::*;
 
 use super::{drive, own_layout, pack_rows, Layout, MR, NR};
 use crate::kernels::{KernelImpl, LayoutId, PackedB};
-use crate::reference;
 use crate::lut::Lut;
+use crate::reference;
 
 /// Proof that the CPU has Advanced SIMD (every Linux aarch64 CPU does, but we still ask).
 pub struct Neon {

@@ -157,9 +157,7 @@ impl Avx2 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro_dispatch(t: &Tile) {
     // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
-    unsafe {
-        micro_by_rows!(micro, t)
-    }
+    unsafe { micro_by_rows!(micro, t) }
 }
 
 /// Lane mask selecting the first `lanes` of 8 i32 lanes.

@@ -147,9 +147,7 @@ impl KernelImpl for Avx512 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn micro_dispatch<const A_U8: bool>(t: &Tile) {
     // SAFETY: the caller guarantees this function's contract; every access stays in its ranges.
-    unsafe {
-        micro_by_rows!(micro, t, A_U8)
-    }
+    unsafe { micro_by_rows!(micro, t, A_U8) }
 }
 
 /// Mask of the first `lanes` (<= 16) of 16.
