@@ -308,7 +308,7 @@ def embed(args):
         "layer computed by the CLI",
         "model": MODEL_NAME,
         "package_version": package_version(PACKAGE),
-        "cli": cli,
+        "cli": os.path.relpath(cli, REPO) if Path(cli).resolve().is_relative_to(REPO) else cli,
         "git_head": git_head(),
         "inputs": [t for _, texts, _, _ in batches for t in texts],
         "configs": [],
