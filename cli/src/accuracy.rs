@@ -386,6 +386,484 @@ pub fn run_with_progress(cfg: &AccuracyConfig, mut on_row: impl FnMut(&Row)) -> 
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// The real-activation suite (issue 15): Q, K, V of every attention head of every layer of a
+// real model on real inputs, stored as f16 .npy files with a JSON manifest
+// (scripts/real-activations/capture.py writes them into tests/data/real). Each stored
+// (group, layer) is one [B, H, L, d] call, run whole as a deployment would run it (per-tensor
+// scales over all its heads and batch rows, key padding from the recorded valid lengths); the
+// error is then taken per head and input over that input's valid query rows, since padded
+// query rows never reach the model's output.
+
+/// The default location of the suite, relative to the repository root.
+pub const REAL_DIR: &str = "tests/data/real";
+
+/// `manifest.json` of the suite.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct RealManifest {
+    pub model: String,
+    pub package: String,
+    pub package_version: String,
+    pub layers: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// The model's logit scale (BERT: 1/sqrt(d)).
+    pub scale: f64,
+    /// Element type of the stored arrays; only `float16` is read.
+    pub dtype: String,
+    pub groups: Vec<RealGroup>,
+}
+
+/// Inputs run as one padded batch.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct RealGroup {
+    pub name: String,
+    pub batch: usize,
+    /// Padded sequence length L.
+    pub len: usize,
+    /// Valid tokens (and so valid keys) of each batch row.
+    pub key_lens: Vec<usize>,
+    pub texts: Vec<String>,
+    /// `[batch, heads, len, head_dim]`, the shape of every file of the group.
+    pub shape: Vec<usize>,
+    /// One entry per layer, in layer order.
+    pub files: Vec<RealFiles>,
+}
+
+/// The files of one layer of a group, relative to the suite's directory.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct RealFiles {
+    pub layer: usize,
+    pub q: String,
+    pub k: String,
+    pub v: String,
+    /// The model's own float attention output (rounded to f16).
+    pub o: String,
+}
+
+/// One (group, layer) of the suite, widened to f32.
+#[derive(Clone, Debug)]
+pub struct RealCall {
+    pub group: usize,
+    pub layer: usize,
+    pub shape: AttnShape,
+    pub key_lens: Vec<usize>,
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+    pub o: Vec<f32>,
+}
+
+/// The suite in memory.
+#[derive(Clone, Debug)]
+pub struct RealSuite {
+    pub dir: std::path::PathBuf,
+    pub manifest: RealManifest,
+    /// Group-major, then layer.
+    pub calls: Vec<RealCall>,
+}
+
+fn real_err<T>(msg: impl Into<String>) -> Result<T> {
+    Err(crate::error::Error::Param(format!(
+        "real suite: {}",
+        msg.into()
+    )))
+}
+
+impl RealSuite {
+    /// Reads the manifest and every file it names, checking that they agree: the element type,
+    /// each file's shape against its group's, one entry per layer, the valid lengths, finite
+    /// values.
+    pub fn load(dir: impl AsRef<std::path::Path>) -> Result<RealSuite> {
+        let dir = dir.as_ref().to_path_buf();
+        let mpath = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&mpath).map_err(|e| {
+            crate::error::Error::Param(format!("real suite: cannot read {}: {e}", mpath.display()))
+        })?;
+        let manifest: RealManifest = serde_json::from_str(&text).map_err(|e| {
+            crate::error::Error::Param(format!("real suite: {}: {e}", mpath.display()))
+        })?;
+        let m = &manifest;
+        if m.dtype != "float16" {
+            return real_err(format!("dtype {} (only float16 is stored)", m.dtype));
+        }
+        if m.groups.is_empty() || m.layers == 0 || m.heads == 0 || m.head_dim == 0 {
+            return real_err("the manifest has no groups, layers, heads or head dimension");
+        }
+        if !(m.scale.is_finite() && m.scale > 0.0) {
+            return real_err(format!("scale {} must be finite and > 0", m.scale));
+        }
+        let mut calls = Vec::new();
+        for (gi, g) in m.groups.iter().enumerate() {
+            let want = [g.batch, m.heads, g.len, m.head_dim];
+            if g.shape != want {
+                return real_err(format!(
+                    "group {}: shape {:?}, but batch, heads, len, head_dim give {want:?}",
+                    g.name, g.shape
+                ));
+            }
+            if g.key_lens.len() != g.batch || g.texts.len() != g.batch {
+                return real_err(format!(
+                    "group {}: {} key lengths and {} texts for batch {}",
+                    g.name,
+                    g.key_lens.len(),
+                    g.texts.len(),
+                    g.batch
+                ));
+            }
+            if let Some(&l) = g.key_lens.iter().find(|&&l| l == 0 || l > g.len) {
+                return real_err(format!(
+                    "group {}: key length {l} outside 1..={}",
+                    g.name, g.len
+                ));
+            }
+            let layers: Vec<usize> = g.files.iter().map(|f| f.layer).collect();
+            if layers != (0..m.layers).collect::<Vec<_>>() {
+                return real_err(format!(
+                    "group {}: layers {layers:?}, expected 0..{}",
+                    g.name, m.layers
+                ));
+            }
+            let shape = AttnShape::new(g.batch, m.heads, g.len, m.head_dim);
+            for f in &g.files {
+                let load = |rel: &str| -> Result<Vec<f32>> {
+                    let path = dir.join(rel);
+                    let a = crate::npy::read_f16_as_f32(&path)?;
+                    if a.shape != want {
+                        return real_err(format!(
+                            "{}: shape {:?}, the manifest says {want:?}",
+                            path.display(),
+                            a.shape
+                        ));
+                    }
+                    check_finite("stored activation", &a.data)?;
+                    Ok(a.data)
+                };
+                calls.push(RealCall {
+                    group: gi,
+                    layer: f.layer,
+                    shape,
+                    key_lens: g.key_lens.clone(),
+                    q: load(&f.q)?,
+                    k: load(&f.k)?,
+                    v: load(&f.v)?,
+                    o: load(&f.o)?,
+                });
+            }
+        }
+        Ok(RealSuite {
+            dir,
+            manifest,
+            calls,
+        })
+    }
+
+    /// Head instances (input x layer x head): the population the report averages over.
+    pub fn head_count(&self) -> usize {
+        self.calls
+            .iter()
+            .map(|c| c.shape.batch * c.shape.heads)
+            .sum()
+    }
+
+    /// Inputs (texts) over all groups.
+    pub fn input_count(&self) -> usize {
+        self.manifest.groups.iter().map(|g| g.batch).sum()
+    }
+}
+
+/// Per-head relative L2 errors of one call's output against a reference, over each batch row's
+/// valid query rows, in (batch row, head) order.
+fn head_errors(call: &RealCall, out: &[f32], reference: &[f64]) -> Result<Vec<f64>> {
+    let (l, d) = (call.shape.q_len, call.shape.head_dim);
+    let mut errs = Vec::with_capacity(call.shape.batch * call.shape.heads);
+    for b in 0..call.shape.batch {
+        let rows = call.key_lens[b] * d;
+        for h in 0..call.shape.heads {
+            let at = (b * call.shape.heads + h) * l * d;
+            errs.push(Metrics::between(&out[at..at + rows], &reference[at..at + rows])?.rel_l2);
+        }
+    }
+    Ok(errs)
+}
+
+/// Which head: input (group and batch row, with the text's index over all groups), layer,
+/// head.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct HeadId {
+    pub group: String,
+    pub input: usize,
+    pub layer: usize,
+    pub head: usize,
+}
+
+impl std::fmt::Display for HeadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "in{} L{} h{}", self.input, self.layer, self.head)
+    }
+}
+
+/// Mean and worst of a set of per-head errors.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ErrStats {
+    pub mean: f64,
+    pub worst: f64,
+}
+
+impl ErrStats {
+    fn of(errs: &[f64]) -> ErrStats {
+        ErrStats {
+            mean: errs.iter().sum::<f64>() / errs.len().max(1) as f64,
+            worst: errs.iter().copied().fold(0.0, f64::max),
+        }
+    }
+}
+
+/// One line of the real-activation report: a pipeline (and variant) over every head.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RealRow {
+    /// `capture` for the stored model output against the f64 reference (how faithful the
+    /// stored data is: f16 rounding), else the pipeline's CLI name.
+    pub pipeline: String,
+    pub variant: Option<SoftmaxVariant>,
+    /// Relative L2 error of a head's output: mean and worst over all heads.
+    #[serde(flatten)]
+    pub stats: ErrStats,
+    pub worst_head: HeadId,
+    /// Mean and worst per layer.
+    pub per_layer: Vec<ErrStats>,
+    /// Every head's error, in the order (group, layer, batch row, head).
+    pub heads: Vec<f64>,
+}
+
+impl RealRow {
+    pub fn label(&self) -> String {
+        match self.variant {
+            Some(v) => format!("{}/{}", self.pipeline, v),
+            None => self.pipeline.clone(),
+        }
+    }
+}
+
+/// What the real-activation report covers; the pipelines, variants, table bits, clip and
+/// threads of an [`AccuracyConfig`] (its families, lengths and shape are the suite's own).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RealConfig {
+    #[serde(serialize_with = "pipeline_names")]
+    pub pipelines: Vec<Pipeline>,
+    pub variants: Vec<SoftmaxVariant>,
+    pub table_bits: u32,
+    pub clip: f32,
+    #[serde(skip)]
+    pub threads: usize,
+}
+
+impl Default for RealConfig {
+    fn default() -> Self {
+        let a = AccuracyConfig::default();
+        RealConfig {
+            pipelines: a.pipelines,
+            variants: a.variants,
+            table_bits: a.table_bits,
+            clip: a.clip,
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RealReport {
+    pub kernel: String,
+    pub dir: String,
+    pub model: String,
+    pub package: String,
+    pub package_version: String,
+    pub inputs: usize,
+    pub layers: usize,
+    pub heads_per_layer: usize,
+    pub head_dim: usize,
+    /// Head instances (inputs x layers x heads) each row averages over.
+    pub head_count: usize,
+    pub config: RealConfig,
+    pub rows: Vec<RealRow>,
+}
+
+impl RealReport {
+    pub fn find(&self, pipeline: &str, variant: Option<SoftmaxVariant>) -> Option<&RealRow> {
+        self.rows
+            .iter()
+            .find(|r| r.pipeline == pipeline && r.variant == variant)
+    }
+}
+
+/// Builds a row from per-call error lists (in the suite's call order).
+fn real_row(
+    suite: &RealSuite,
+    pipeline: String,
+    variant: Option<SoftmaxVariant>,
+    per_call: Vec<Vec<f64>>,
+) -> RealRow {
+    let m = &suite.manifest;
+    let mut by_layer = vec![Vec::new(); m.layers];
+    let mut heads = Vec::new();
+    let mut worst: Option<(f64, HeadId)> = None;
+    // Index of each group's first text over all groups.
+    let first: Vec<usize> = m
+        .groups
+        .iter()
+        .scan(0, |n, g| {
+            let at = *n;
+            *n += g.batch;
+            Some(at)
+        })
+        .collect();
+    for (call, errs) in suite.calls.iter().zip(&per_call) {
+        by_layer[call.layer].extend_from_slice(errs);
+        heads.extend_from_slice(errs);
+        for (i, &e) in errs.iter().enumerate() {
+            if worst.as_ref().is_none_or(|(w, _)| e > *w) {
+                let (b, h) = (i / call.shape.heads, i % call.shape.heads);
+                let id = HeadId {
+                    group: m.groups[call.group].name.clone(),
+                    input: first[call.group] + b,
+                    layer: call.layer,
+                    head: h,
+                };
+                worst = Some((e, id));
+            }
+        }
+    }
+    RealRow {
+        pipeline,
+        variant,
+        stats: ErrStats::of(&heads),
+        worst_head: worst.map(|(_, id)| id).expect("the suite has heads"),
+        per_layer: by_layer.iter().map(|e| ErrStats::of(e)).collect(),
+        heads,
+    }
+}
+
+/// Runs every requested pipeline (and IntAttention variant) over every stored call and
+/// compares each head with the f64 reference computed from the same (f16-rounded) Q, K, V.
+/// The first row, `capture`, compares the model's own stored output with that reference.
+pub fn run_real(suite: &RealSuite, cfg: &RealConfig) -> Result<RealReport> {
+    if cfg.pipelines.is_empty() {
+        return param_err("accuracy --real: the pipeline list must not be empty");
+    }
+    if cfg.pipelines.contains(&Pipeline::IntAttention) && cfg.variants.is_empty() {
+        return param_err(
+            "accuracy --real: the intattn pipeline needs at least one softmax variant",
+        );
+    }
+    let kernel = kernels::active()?.name().to_string();
+    let m = &suite.manifest;
+    let base = |call: &RealCall| {
+        Attention::new(Pipeline::Fp32)
+            .scale(m.scale as f32)
+            .key_lens(call.key_lens.clone())
+            .threads(cfg.threads)
+            .table_bits(cfg.table_bits)
+            .clip(cfg.clip)
+    };
+    let references = suite
+        .calls
+        .iter()
+        .map(|c| reference_attention(&base(c), &c.shape, &c.q, &c.k, &c.v))
+        .collect::<Result<Vec<_>>>()?;
+    let mut rows = Vec::new();
+    let captured = suite
+        .calls
+        .iter()
+        .zip(&references)
+        .map(|(c, r)| head_errors(c, &c.o, r))
+        .collect::<Result<Vec<_>>>()?;
+    rows.push(real_row(suite, "capture".into(), None, captured));
+    let pseudo = AccuracyConfig {
+        pipelines: cfg.pipelines.clone(),
+        variants: cfg.variants.clone(),
+        ..AccuracyConfig::default()
+    };
+    for (pipeline, variant) in configurations(&pseudo) {
+        let mut per_call = Vec::new();
+        for (c, r) in suite.calls.iter().zip(&references) {
+            let mut attn = base(c);
+            attn.pipeline = pipeline;
+            if let Some(v) = variant {
+                attn.variant = v;
+            }
+            let out = attn.run(&c.shape, &c.q, &c.k, &c.v)?;
+            per_call.push(head_errors(c, &out, r)?);
+        }
+        rows.push(real_row(suite, pipeline.as_str().into(), variant, per_call));
+    }
+    Ok(RealReport {
+        kernel,
+        dir: suite.dir.display().to_string(),
+        model: m.model.clone(),
+        package: m.package.clone(),
+        package_version: m.package_version.clone(),
+        inputs: suite.input_count(),
+        layers: m.layers,
+        heads_per_layer: m.heads,
+        head_dim: m.head_dim,
+        head_count: suite.head_count(),
+        config: cfg.clone(),
+        rows,
+    })
+}
+
+impl std::fmt::Display for RealReport {
+    /// One line per pipeline: mean and worst head, where the worst is, and the per-layer means.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.config;
+        writeln!(
+            f,
+            "real activations: {} ({} {}), {} inputs x {} layers x {} heads (d {}) = {} heads; \
+             kernel {}; IndexSoftmax b={} c={}",
+            self.model,
+            self.package,
+            self.package_version,
+            self.inputs,
+            self.layers,
+            self.heads_per_layer,
+            self.head_dim,
+            self.head_count,
+            self.kernel,
+            c.table_bits,
+            c.clip
+        )?;
+        writeln!(
+            f,
+            "relative L2 error of each head's output (valid query rows) vs f64 on the stored f16 \
+             Q, K, V; capture = the model's own f32 output"
+        )?;
+        write!(
+            f,
+            "{:<20} {:>9} {:>9}  {:<14}",
+            "pipeline", "mean", "worst", "worst head"
+        )?;
+        for l in 0..self.layers {
+            write!(f, " {:>8}", format!("L{l} mean"))?;
+        }
+        writeln!(f)?;
+        for r in &self.rows {
+            write!(
+                f,
+                "{:<20} {:>9.3e} {:>9.3e}  {:<14}",
+                r.label(),
+                r.stats.mean,
+                r.stats.worst,
+                r.worst_head.to_string()
+            )?;
+            for s in &r.per_layer {
+                write!(f, " {:>8.2e}", s.mean)?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

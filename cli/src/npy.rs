@@ -84,19 +84,35 @@ pub fn read_bool(path: impl AsRef<Path>) -> Result<NpyArray<bool>> {
 }
 
 fn parse<T: Element>(bytes: &[u8]) -> std::result::Result<NpyArray<T>, String> {
+    let (header, shape, data) = checked_header(bytes, T::NAME, T::SIZE, |ts| {
+        ts.type_char() == T::CHAR && ts.size_field() == T::SIZE
+    })?;
+    let values = npyz::NpyFile::with_header(header, data)
+        .into_vec::<T>()
+        .map_err(|e| format!("cannot decode the data: {e}"))?;
+    Ok(NpyArray {
+        shape,
+        data: values,
+    })
+}
+
+/// Parses and checks the header (dtype by `accept`, C order, shape, enough data for it) and
+/// returns it with the shape and the data bytes.
+fn checked_header<'a>(
+    bytes: &'a [u8],
+    name: &str,
+    size: u64,
+    accept: impl Fn(&npyz::TypeStr) -> bool,
+) -> std::result::Result<(npyz::NpyHeader, Vec<usize>, &'a [u8]), String> {
     let file = npyz::NpyFile::new(bytes).map_err(|e| format!("not a valid .npy file: {e}"))?;
     let header = file.header().clone();
     let dtype = header.dtype();
     let matches = match &dtype {
-        DType::Plain(ts) => ts.type_char() == T::CHAR && ts.size_field() == T::SIZE,
+        DType::Plain(ts) => accept(ts),
         _ => false,
     };
     if !matches {
-        return Err(format!(
-            "expected dtype {}, found {}",
-            T::NAME,
-            describe(&dtype)
-        ));
+        return Err(format!("expected dtype {name}, found {}", describe(&dtype)));
     }
     if header.order() == npyz::Order::Fortran {
         return Err("is stored in Fortran order; save a C-contiguous array \
@@ -118,7 +134,7 @@ fn parse<T: Element>(bytes: &[u8]) -> std::result::Result<NpyArray<T>, String> {
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| format!("shape {shape:?} overflows"))?;
-    let need = (n as u128) * T::SIZE as u128;
+    let need = (n as u128) * size as u128;
     let data = file.into_inner();
     if (data.len() as u128) < need {
         return Err(format!(
@@ -126,13 +142,38 @@ fn parse<T: Element>(bytes: &[u8]) -> std::result::Result<NpyArray<T>, String> {
             data.len()
         ));
     }
-    let values = npyz::NpyFile::with_header(header, data)
-        .into_vec::<T>()
-        .map_err(|e| format!("cannot decode the data: {e}"))?;
-    Ok(NpyArray {
-        shape,
-        data: values,
-    })
+    Ok((header, shape, data))
+}
+
+/// Reads a float16 array (`<f2` or `>f2`) widened to f32, which is exact. Compact stored
+/// activations (tests/data/real) are f16; npyz decodes f16 only with its `half` feature, so
+/// the two bytes per element are decoded here.
+pub fn read_f16_as_f32(path: impl AsRef<Path>) -> Result<NpyArray<f32>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Npy(format!("cannot read {}: {e}", path.display())))?;
+    parse_f16(&bytes).map_err(|msg| Error::Npy(format!("{}: {msg}", path.display())))
+}
+
+fn parse_f16(bytes: &[u8]) -> std::result::Result<NpyArray<f32>, String> {
+    let (header, shape, data) = checked_header(bytes, "float16", 2, |ts| {
+        ts.type_char() == TypeChar::Float && ts.size_field() == 2
+    })?;
+    let big =
+        matches!(header.dtype(), DType::Plain(ts) if ts.endianness() == npyz::Endianness::Big);
+    let n: usize = shape.iter().product();
+    let data = data[..2 * n]
+        .chunks_exact(2)
+        .map(|b| {
+            let bits = if big {
+                u16::from_be_bytes([b[0], b[1]])
+            } else {
+                u16::from_le_bytes([b[0], b[1]])
+            };
+            half::f16::from_bits(bits).to_f32()
+        })
+        .collect();
+    Ok(NpyArray { shape, data })
 }
 
 /// numpy-style name of a dtype for messages, e.g. `int32 ('<i4')`.
@@ -289,6 +330,47 @@ mod tests {
         w.extend([1.5f32, -2.0]).unwrap();
         w.finish().unwrap();
         assert_eq!(read_f32(&p).unwrap().data, vec![1.5, -2.0]);
+    }
+
+    #[test]
+    fn reads_f16_in_both_byte_orders() {
+        let vals = [1.0f32, -2.5, 65504.0, 6.0e-8, 0.0, -0.0, f32::INFINITY];
+        for dt in ["<f2", ">f2"] {
+            let p = tmp(&format!("f16{}.npy", &dt[..1] == "<"));
+            // npyz writes f16 only with its `half` feature: write the bits as a u16 dtype of
+            // the same byte order and patch the type character in the header.
+            let mut bytes = Vec::new();
+            let mut w16 = npyz::WriteOptions::new()
+                .dtype(DType::Plain(dt.replace('f', "u").parse().unwrap()))
+                .shape(&[7])
+                .writer(&mut bytes)
+                .begin_nd()
+                .unwrap();
+            w16.extend(vals.iter().map(|&x| half::f16::from_f32(x).to_bits()))
+                .unwrap();
+            w16.finish().unwrap();
+            let at = bytes
+                .windows(3)
+                .position(|w| w == dt.replace('f', "u").as_bytes())
+                .unwrap();
+            bytes[at + 1] = b'f';
+            write_raw(&p, &bytes).unwrap();
+            let a = read_f16_as_f32(&p).unwrap();
+            assert_eq!(a.shape, vec![7]);
+            assert_eq!(
+                a.data,
+                vals.map(|x| half::f16::from_f32(x).to_f32()).to_vec()
+            );
+            // f16 is not f32: the exact-dtype readers refuse it, and f32 is refused here.
+            assert!(read_f32(&p).unwrap_err().to_string().contains("float16"));
+        }
+        let p = tmp("f16-wrong.npy");
+        write_f32(&p, &[1], &[1.0]).unwrap();
+        let e = read_f16_as_f32(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("expected dtype float16") && e.contains("float32"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `intattention accuracy`: the accuracy report of [`intattention::accuracy`] as a table or
-//! JSON.
+//! JSON, on seeded random inputs or (`--real`) on the stored real-activation suite.
+
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
 
-use intattention::accuracy::{self, AccuracyConfig, LARGE_LEN};
+use intattention::accuracy::{self, AccuracyConfig, RealConfig, RealSuite, LARGE_LEN, REAL_DIR};
 use intattention::data::Family;
 use intattention::softmax::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
 use intattention::{Pipeline, SoftmaxVariant};
@@ -47,9 +49,22 @@ pub struct AccuracyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Run on the real-activation suite (Q, K, V of every head of a real model) in DIR
+    /// [default: tests/data/real] instead of random inputs; reports the mean and worst head.
+    #[arg(
+        long,
+        value_name = "DIR",
+        num_args = 0..=1,
+        default_missing_value = REAL_DIR,
+        conflicts_with_all = ["families", "lens", "large", "d", "heads", "batch", "seed"]
+    )]
+    pub real: Option<PathBuf>,
 }
 
 pub fn run(a: AccuracyArgs) -> Result<()> {
+    if let Some(dir) = a.real.clone() {
+        return run_real(a, dir);
+    }
     let defaults = AccuracyConfig::default();
     let mut lens = a.lens;
     if a.large && !lens.contains(&LARGE_LEN) {
@@ -72,6 +87,34 @@ pub fn run(a: AccuracyArgs) -> Result<()> {
         threads: a.threads,
     };
     let report = accuracy::run(&cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+fn run_real(a: AccuracyArgs, dir: PathBuf) -> Result<()> {
+    // The default is relative to the repository root; from elsewhere, fall back to the suite of
+    // the source tree this binary was built from.
+    let built_in = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(REAL_DIR);
+    let dir =
+        if dir.as_path() == std::path::Path::new(REAL_DIR) && !dir.exists() && built_in.exists() {
+            built_in
+        } else {
+            dir
+        };
+    let defaults = RealConfig::default();
+    let cfg = RealConfig {
+        pipelines: or_default(a.pipes, defaults.pipelines),
+        variants: or_default(a.variants, defaults.variants),
+        table_bits: a.bits,
+        clip: a.clip,
+        threads: a.threads,
+    };
+    let suite = RealSuite::load(&dir)?;
+    let report = accuracy::run_real(&suite, &cfg)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
