@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use intattention::kernels;
-use intattention::softmax::Lut;
+use intattention::lut::Lut;
+use intattention::Kernel;
 
 const L: usize = 1024;
 const D: usize = 128;
@@ -49,34 +49,34 @@ fn gemms(c: &mut Criterion) {
     let p = bytes(L * L, 4);
     let mut g = c.benchmark_group("scores_1024x1024x128");
     g.throughput(Throughput::Elements((L * L * D) as u64));
-    for kern in kernels::available() {
+    for kern in Kernel::available() {
         if kern.name() == "generic" {
             continue;
         }
         let mut s = vec![0i32; L * L];
-        let packed = kern.pack_k(&k, L, D);
+        let packed = kern.pack_k(&k, L, D).unwrap();
         g.bench_function(BenchmarkId::new("packed", kern.name()), |b| {
-            b.iter(|| kern.gemm_s8s8_packed(&q, L, &packed, &mut s))
+            b.iter(|| kern.gemm_s8s8_packed(&q, L, &packed, &mut s).unwrap())
         });
         g.bench_function(BenchmarkId::new("unpacked", kern.name()), |b| {
-            b.iter(|| kern.gemm_s8s8_nt(&q, &k, L, L, D, &mut s))
+            b.iter(|| kern.gemm_s8s8_nt(&q, &k, L, L, D, &mut s).unwrap())
         });
     }
     g.finish();
 
     let mut g = c.benchmark_group("pv_1024x128x1024");
     g.throughput(Throughput::Elements((L * D * L) as u64));
-    for kern in kernels::available() {
+    for kern in Kernel::available() {
         if kern.name() == "generic" {
             continue;
         }
         let mut o = vec![0i32; L * D];
-        let packed = kern.pack_v(&v, L, D);
+        let packed = kern.pack_v(&v, L, D).unwrap();
         g.bench_function(BenchmarkId::new("packed", kern.name()), |b| {
-            b.iter(|| kern.gemm_u8s8_packed(&p, L, &packed, &mut o))
+            b.iter(|| kern.gemm_u8s8_packed(&p, L, &packed, &mut o).unwrap())
         });
         g.bench_function(BenchmarkId::new("unpacked", kern.name()), |b| {
-            b.iter(|| kern.gemm_u8s8(&p, &v, L, D, L, &mut o))
+            b.iter(|| kern.gemm_u8s8(&p, &v, L, D, L, &mut o).unwrap())
         });
     }
     g.finish();
@@ -91,22 +91,27 @@ fn softmax_rows(c: &mut Criterion) {
     let floats: Vec<f32> = scores[..L].iter().map(|&s| s as f32 * 1e-5).collect();
     let mut g = c.benchmark_group("softmax_row_1024");
     g.throughput(Throughput::Elements(L as u64));
-    for kern in kernels::available() {
+    for kern in Kernel::available() {
         let mut e = vec![0u8; L];
         g.bench_function(BenchmarkId::new("index_softmax", kern.name()), |b| {
-            b.iter(|| kern.index_softmax_row(&scores[..L], L, &lut, 1 << 16, &mut e))
+            b.iter(|| {
+                kern.index_softmax_row(&scores[..L], L, &lut, 1 << 16, &mut e)
+                    .unwrap()
+            })
         });
         g.bench_function(BenchmarkId::new("normalize", kern.name()), |b| {
             b.iter(|| {
-                let sum = kern.index_softmax_row(&scores[..L], L, &lut, 1 << 16, &mut e);
-                kern.normalize_row(&mut e, sum)
+                let sum = kern
+                    .index_softmax_row(&scores[..L], L, &lut, 1 << 16, &mut e)
+                    .unwrap();
+                kern.normalize_row(&mut e, sum).unwrap()
             })
         });
         let mut f = floats.clone();
         g.bench_function(BenchmarkId::new("softmax_f32", kern.name()), |b| {
             b.iter(|| {
                 f.copy_from_slice(&floats);
-                kern.softmax_f32_row(&mut f, L)
+                kern.softmax_f32_row(&mut f, L).unwrap()
             })
         });
     }
@@ -172,18 +177,18 @@ fn cpu_time_report() {
     let floats: Vec<f32> = scores.iter().map(|&s| s as f32 * 1e-5).collect();
     let macs = (L * L * D) as f64;
     println!("rates per second of this thread's CPU time");
-    for kern in kernels::available() {
+    for kern in Kernel::available() {
         let name = kern.name();
         if name != "generic" {
             let mut s = vec![0i32; L * L];
             let mut o = vec![0i32; L * D];
-            let pk = kern.pack_k(&k, L, D);
-            let pv = kern.pack_v(&v, L, D);
+            let pk = kern.pack_k(&k, L, D).unwrap();
+            let pv = kern.pack_v(&v, L, D).unwrap();
             let r = [
-                cpu_rate(macs, || kern.gemm_s8s8_packed(&q, L, &pk, &mut s)),
-                cpu_rate(macs, || kern.gemm_s8s8_nt(&q, &k, L, L, D, &mut s)),
-                cpu_rate(macs, || kern.gemm_u8s8_packed(&p, L, &pv, &mut o)),
-                cpu_rate(macs, || kern.gemm_u8s8(&p, &v, L, D, L, &mut o)),
+                cpu_rate(macs, || kern.gemm_s8s8_packed(&q, L, &pk, &mut s).unwrap()),
+                cpu_rate(macs, || kern.gemm_s8s8_nt(&q, &k, L, L, D, &mut s).unwrap()),
+                cpu_rate(macs, || kern.gemm_u8s8_packed(&p, L, &pv, &mut o).unwrap()),
+                cpu_rate(macs, || kern.gemm_u8s8(&p, &v, L, D, L, &mut o).unwrap()),
             ];
             let blk = 256;
             let mut sb = vec![0i32; blk * L];
@@ -191,9 +196,11 @@ fn cpu_time_report() {
             let rb = [
                 cpu_rate((blk * L * D) as f64, || {
                     kern.gemm_s8s8_packed(&q[..blk * D], blk, &pk, &mut sb)
+                        .unwrap()
                 }),
                 cpu_rate((blk * L * D) as f64, || {
                     kern.gemm_u8s8_packed(&p[..blk * L], blk, &pv, &mut ob)
+                        .unwrap()
                 }),
             ];
             println!(
@@ -202,8 +209,8 @@ fn cpu_time_report() {
                 rb[1] * 1e-9
             );
             let packs = [
-                cpu_rate(1.0, || drop(kern.pack_k(&k, L, D))),
-                cpu_rate(1.0, || drop(kern.pack_v(&v, L, D))),
+                cpu_rate(1.0, || drop(kern.pack_k(&k, L, D).unwrap())),
+                cpu_rate(1.0, || drop(kern.pack_v(&v, L, D).unwrap())),
             ];
             println!(
                 "{name:>11}: packing 1024 x 128: K {:.0} us, V {:.0} us",
@@ -224,15 +231,18 @@ fn cpu_time_report() {
         let row = &scores[..L];
         let r = [
             cpu_rate(L as f64, || {
-                kern.index_softmax_row(row, L, &lut, 1 << 16, &mut e);
+                kern.index_softmax_row(row, L, &lut, 1 << 16, &mut e)
+                    .unwrap();
             }),
             cpu_rate(L as f64, || {
-                let sum = kern.index_softmax_row(row, L, &lut, 1 << 16, &mut e);
-                kern.normalize_row(&mut e, sum)
+                let sum = kern
+                    .index_softmax_row(row, L, &lut, 1 << 16, &mut e)
+                    .unwrap();
+                kern.normalize_row(&mut e, sum).unwrap()
             }),
             cpu_rate(L as f64, || {
                 f.copy_from_slice(&floats);
-                kern.softmax_f32_row(&mut f, L)
+                kern.softmax_f32_row(&mut f, L).unwrap()
             }),
         ];
         println!(

@@ -13,15 +13,32 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use intattention::backend::{self, Backend};
-use intattention::data::{self, Family};
-use intattention::{gemm_s8s8_nt, gemm_u8s8, kernels, quantize_symmetric};
-use intattention::{Attention, AttnShape, Pipeline};
+use intattention::ops::gemm::{gemm_s8s8_nt, gemm_u8s8};
+use intattention::{quantize_symmetric, Attention, AttnShape, Kernel, Pipeline};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+/// Seeded inputs in [-1, 1) for a shape.
+struct Inputs {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+fn inputs(shape: &AttnShape, seed: u64) -> Inputs {
+    Inputs {
+        q: support::data(seed, shape.q_elems()),
+        k: support::data(seed + 1, shape.kv_elems()),
+        v: support::data(seed + 2, shape.kv_elems()),
+    }
+}
 
 const LENS: [usize; 3] = [256, 1024, 4096];
 const DIMS: [usize; 2] = [64, 128];
 
 fn pipelines(c: &mut Criterion) {
-    let kernel = kernels::active().expect("a kernel for this CPU").name();
+    let kernel = Kernel::best().name();
     eprintln!("kernel: {kernel}");
     for pipe in Pipeline::ALL {
         let mut group = c.benchmark_group(format!("pipeline/{pipe}"));
@@ -32,7 +49,7 @@ fn pipelines(c: &mut Criterion) {
         for &d in &DIMS {
             for &len in &LENS {
                 let shape = AttnShape::new(1, 1, len, d);
-                let x = data::generate(Family::Gaussian, &shape, 0).expect("inputs");
+                let x = inputs(&shape, 0);
                 let attn = Attention::new(pipe);
                 let mut runner =
                     backend::prepare(Backend::Native, &attn, &shape).expect("native backend");
@@ -51,7 +68,7 @@ fn pipelines(c: &mut Criterion) {
 fn int8_gemms(c: &mut Criterion) {
     let (l, d) = (1024, 128);
     let shape = AttnShape::new(1, 1, l, d);
-    let x = data::generate(Family::Gaussian, &shape, 1).expect("inputs");
+    let x = inputs(&shape, 1);
     let (q, _) = quantize_symmetric(&x.q).expect("finite");
     let (k, _) = quantize_symmetric(&x.k).expect("finite");
     let (v, _) = quantize_symmetric(&x.v).expect("finite");

@@ -111,15 +111,8 @@ impl AttentionRunner for NativeRunner {
     }
 
     fn run(&mut self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
-        let mut out = Vec::new();
-        out.try_reserve_exact(self.shape.q_elems())
-            .map_err(|_| Error::Allocation {
-                what: "the output",
-                bytes: self.shape.q_elems().saturating_mul(4),
-            })?;
-        out.resize(self.shape.q_elems(), 0.0);
-        self.run_into(q, k, v, &mut out)?;
-        Ok(out)
+        let (q, k, v) = self.views(q, k, v)?;
+        self.attn.run_with(&mut self.ws, q, k, v)
     }
 
     fn run_into(&mut self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) -> Result<()> {

@@ -1103,7 +1103,7 @@ fn concurrent_calls_from_several_threads_agree() {
                         if (t + i) % 2 == 0 {
                             assert_bits_eq(&a.run(&s, q, k, v).unwrap(), want, "run");
                         } else {
-                            support::run_into(&a, &s, q, k, v, &mut out).unwrap();
+                            support::run_into(a, &s, q, k, v, &mut out).unwrap();
                             assert_bits_eq(&out, want, "run_into");
                         }
                     }

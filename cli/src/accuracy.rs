@@ -8,13 +8,38 @@
 
 use rayon::prelude::*;
 
-use crate::attention::{head_slices, Attention, AttnShape, Pipeline};
+use intattention::{Attention, AttnShape, Pipeline, SoftmaxVariant};
+
 use crate::data::{self, Family};
-use crate::error::{param_err, shape_err, Result};
-use crate::kernels;
-use crate::quant::check_finite;
-use crate::softmax::SoftmaxVariant;
+use crate::error::{param_err, shape_err, Error, Result};
 use crate::threads;
+
+/// The Q, K and V slices of flat head index `bh = b * heads + h` (contiguous inputs).
+fn head_slices<'a, T>(
+    shape: &AttnShape,
+    bh: usize,
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+) -> (&'a [T], &'a [T], &'a [T]) {
+    let (b, h) = (bh / shape.heads, bh % shape.heads);
+    let kv = b * shape.kv_heads + h / (shape.heads / shape.kv_heads);
+    let qn = shape.q_len * shape.head_dim;
+    let kn = shape.kv_len * shape.head_dim;
+    (
+        &q[bh * qn..(bh + 1) * qn],
+        &k[kv * kn..(kv + 1) * kn],
+        &v[kv * kn..(kv + 1) * kn],
+    )
+}
+
+/// The first NaN or infinity of `x`, as an error naming `what`.
+fn check_finite(what: &str, x: &[f32]) -> Result<()> {
+    match x.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => param_err(format!("{what}[{i}] = {} is not finite", x[i])),
+    }
+}
 
 /// Attention in f64 with `attn`'s logit scale, causal mask, key padding and GQA layout (the
 /// pipeline, variant and quantization settings are ignored). Query rows that see no key give
@@ -45,7 +70,7 @@ pub fn reference_attention(
     if !scale.is_finite() || scale <= 0.0 {
         return param_err(format!("scale must be finite and > 0, got {scale}"));
     }
-    if let Some(lens) = &attn.key_lens {
+    if let Some(lens) = attn.key_lens() {
         if lens.len() != shape.batch {
             return shape_err(format!(
                 "key_lens has {} entries for batch {}",
@@ -59,7 +84,7 @@ pub fn reference_attention(
     }
     let d = shape.head_dim;
     let mut out = vec![0f64; shape.q_elems()];
-    threads::install(attn.threads, || {
+    threads::install(attn.executor().workers(), || {
         out.par_chunks_mut(d).enumerate().for_each(|(r, o)| {
             let (bh, i) = (r / shape.q_len, r % shape.q_len);
             let (qh, kh, vh) = head_slices(shape, bh, q, k, v);
@@ -75,10 +100,10 @@ pub fn reference_attention(
 /// masked when `j >= key_lens[b]`, and with the causal mask when `j > i + (kv_len - q_len)`.
 fn visible_keys(attn: &Attention, shape: &AttnShape, b: usize, i: usize) -> usize {
     let mut n = shape.kv_len;
-    if let Some(lens) = &attn.key_lens {
+    if let Some(lens) = attn.key_lens() {
         n = n.min(lens[b]);
     }
-    if attn.causal {
+    if attn.causal() {
         let last = i as i64 + shape.kv_len as i64 - shape.q_len as i64;
         n = n.min((last + 1).max(0) as usize);
     }
@@ -200,6 +225,7 @@ pub struct AccuracyConfig {
     #[serde(serialize_with = "pipeline_names")]
     pub pipelines: Vec<Pipeline>,
     /// IndexSoftmax variants, reported for the IntAttention pipeline.
+    #[serde(serialize_with = "variant_names")]
     pub variants: Vec<SoftmaxVariant>,
     pub table_bits: u32,
     pub clip: f32,
@@ -220,8 +246,8 @@ impl Default for AccuracyConfig {
             head_dim: 64,
             pipelines: Pipeline::ALL.to_vec(),
             variants: SoftmaxVariant::ALL.to_vec(),
-            table_bits: crate::softmax::DEFAULT_TABLE_BITS,
-            clip: crate::softmax::DEFAULT_CLIP,
+            table_bits: intattention::lut::DEFAULT_TABLE_BITS,
+            clip: intattention::lut::DEFAULT_CLIP,
             seed: 0,
             threads: 0,
         }
@@ -235,6 +261,24 @@ pub fn pipeline_name<S: serde::Serializer>(
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(p.as_str())
+}
+
+/// A softmax variant by its CLI name (`deferred`, `normalized`, `paper-sim`), or null.
+pub fn variant_name<S: serde::Serializer>(
+    v: &Option<SoftmaxVariant>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(v.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
+fn variant_names<S: serde::Serializer>(
+    v: &[SoftmaxVariant],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|v| v.as_str()))
 }
 
 fn pipeline_names<S: serde::Serializer>(
@@ -253,6 +297,7 @@ pub struct Row {
     #[serde(serialize_with = "pipeline_name")]
     pub pipeline: Pipeline,
     /// The IndexSoftmax variant (IntAttention rows only).
+    #[serde(serialize_with = "variant_name")]
     pub variant: Option<SoftmaxVariant>,
     #[serde(flatten)]
     pub metrics: Metrics,
@@ -348,23 +393,23 @@ pub fn run_with_progress(cfg: &AccuracyConfig, mut on_row: impl FnMut(&Row)) -> 
     if cfg.pipelines.contains(&Pipeline::IntAttention) && cfg.variants.is_empty() {
         return param_err("accuracy: the intattn pipeline needs at least one softmax variant");
     }
-    let kernel = kernels::active()?.name().to_string();
+    let kernel = intattention::Kernel::best().name().to_string();
     let mut rows = Vec::new();
     for &family in &cfg.families {
         for &len in &cfg.lens {
             let shape = AttnShape::new(cfg.batch, cfg.heads, len, cfg.head_dim);
             let inputs = data::generate(family, &shape, cfg.seed)?;
             let base = Attention::new(Pipeline::Fp32)
-                .causal(family.causal())
-                .threads(cfg.threads)
-                .table_bits(cfg.table_bits)
-                .clip(cfg.clip);
+                .with_causal(family.causal())
+                .with_executor(threads::executor(cfg.threads)?)
+                .with_table_bits(cfg.table_bits)
+                .with_clip(cfg.clip);
             let reference = reference_attention(&base, &shape, &inputs.q, &inputs.k, &inputs.v)?;
             for (pipeline, variant) in configurations(cfg) {
                 let mut attn = base.clone();
-                attn.pipeline = pipeline;
+                attn = attn.with_pipeline(pipeline);
                 if let Some(v) = variant {
-                    attn.variant = v;
+                    attn = attn.with_variant(v);
                 }
                 let out = attn.run(&shape, &inputs.q, &inputs.k, &inputs.v)?;
                 let row = Row {
@@ -464,10 +509,7 @@ pub struct RealSuite {
 }
 
 fn real_err<T>(msg: impl Into<String>) -> Result<T> {
-    Err(crate::error::Error::Param(format!(
-        "real suite: {}",
-        msg.into()
-    )))
+    Err(Error::Param(format!("real suite: {}", msg.into())))
 }
 
 impl RealSuite {
@@ -478,11 +520,10 @@ impl RealSuite {
         let dir = dir.as_ref().to_path_buf();
         let mpath = dir.join("manifest.json");
         let text = std::fs::read_to_string(&mpath).map_err(|e| {
-            crate::error::Error::Param(format!("real suite: cannot read {}: {e}", mpath.display()))
+            Error::Param(format!("real suite: cannot read {}: {e}", mpath.display()))
         })?;
-        let manifest: RealManifest = serde_json::from_str(&text).map_err(|e| {
-            crate::error::Error::Param(format!("real suite: {}: {e}", mpath.display()))
-        })?;
+        let manifest: RealManifest = serde_json::from_str(&text)
+            .map_err(|e| Error::Param(format!("real suite: {}: {e}", mpath.display())))?;
         let m = &manifest;
         if m.dtype != "float16" {
             return real_err(format!("dtype {} (only float16 is stored)", m.dtype));
@@ -625,6 +666,7 @@ pub struct RealRow {
     /// `capture` for the stored model output against the f64 reference (how faithful the
     /// stored data is: f16 rounding), else the pipeline's CLI name.
     pub pipeline: String,
+    #[serde(serialize_with = "variant_name")]
     pub variant: Option<SoftmaxVariant>,
     /// Relative L2 error of a head's output: mean and worst over all heads.
     #[serde(flatten)]
@@ -651,6 +693,7 @@ impl RealRow {
 pub struct RealConfig {
     #[serde(serialize_with = "pipeline_names")]
     pub pipelines: Vec<Pipeline>,
+    #[serde(serialize_with = "variant_names")]
     pub variants: Vec<SoftmaxVariant>,
     pub table_bits: u32,
     pub clip: f32,
@@ -755,15 +798,16 @@ pub fn run_real(suite: &RealSuite, cfg: &RealConfig) -> Result<RealReport> {
             "accuracy --real: the intattn pipeline needs at least one softmax variant",
         );
     }
-    let kernel = kernels::active()?.name().to_string();
+    let kernel = intattention::Kernel::best().name().to_string();
     let m = &suite.manifest;
+    let executor = threads::executor(cfg.threads)?;
     let base = |call: &RealCall| {
         Attention::new(Pipeline::Fp32)
-            .scale(m.scale as f32)
-            .key_lens(call.key_lens.clone())
-            .threads(cfg.threads)
-            .table_bits(cfg.table_bits)
-            .clip(cfg.clip)
+            .with_scale(m.scale as f32)
+            .with_key_lens(call.key_lens.clone())
+            .with_executor(executor.clone())
+            .with_table_bits(cfg.table_bits)
+            .with_clip(cfg.clip)
     };
     let references = suite
         .calls
@@ -787,9 +831,9 @@ pub fn run_real(suite: &RealSuite, cfg: &RealConfig) -> Result<RealReport> {
         let mut per_call = Vec::new();
         for (c, r) in suite.calls.iter().zip(&references) {
             let mut attn = base(c);
-            attn.pipeline = pipeline;
+            attn = attn.with_pipeline(pipeline);
             if let Some(v) = variant {
-                attn.variant = v;
+                attn = attn.with_variant(v);
             }
             let out = attn.run(&c.shape, &c.q, &c.k, &c.v)?;
             per_call.push(head_errors(c, &out, r)?);
@@ -900,8 +944,8 @@ mod tests {
     fn reference_softmax_by_hand() {
         // Two keys with logits 0 and ln 3 (scale 1): weights 1/4 and 3/4.
         let shape = AttnShape::new(1, 1, 1, 1);
-        let shape = AttnShape { kv_len: 2, ..shape };
-        let attn = Attention::default().scale(1.0);
+        let shape = shape.with_kv_len(2);
+        let attn = Attention::default().with_scale(1.0);
         let l3 = 3f32.ln();
         let o = reference_attention(&attn, &shape, &[1.0], &[0.0, l3], &[4.0, 8.0]).unwrap();
         assert!((o[0] - 7.0).abs() < 1e-6, "{o:?}");

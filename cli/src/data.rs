@@ -12,8 +12,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::attention::AttnShape;
 use crate::error::{param_err, Error, Result};
+use intattention::AttnShape;
 
 /// SplitMix64 (Steele, Lea and Flood, 2014), with a cached second Box-Muller normal.
 #[derive(Clone, Debug)]

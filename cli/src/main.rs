@@ -1,12 +1,11 @@
-//! The `intattention` command: `bench`, `run`, `softmax` and `accuracy`. Parsing and printing
-//! live in [`cli`]; every computation is a library call. Errors are printed as one message on
-//! stderr with a non-zero exit status, never as a panic.
-
-mod cli;
+//! The `intattention` command: `bench`, `run`, `softmax`, `accuracy` and `validate`. Parsing
+//! and printing live in [`intattention_cli::cli`]; every computation is a library call. Errors
+//! are printed as one message on stderr with a non-zero exit status, never as a panic.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use intattention_cli::cli;
 
 fn main() -> ExitCode {
     restore_sigpipe();

@@ -8,9 +8,9 @@
 
 use std::sync::OnceLock;
 
-use intattention::accuracy::{self, compare, reference_attention, AccuracyConfig, Report, Row};
-use intattention::data::{self, Family};
 use intattention::{quantize_symmetric, Attention, AttnShape, Pipeline, Schedule, SoftmaxVariant};
+use intattention_cli::accuracy::{self, compare, reference_attention, AccuracyConfig, Report, Row};
+use intattention_cli::data::{self, Family};
 
 fn lens() -> Vec<usize> {
     // Debug builds, and the emulated aarch64 tier (qemu runs the f64 reference and the float
@@ -206,11 +206,11 @@ fn all_zero_q_gives_the_mean_of_v() {
     let (_, s_v) = quantize_symmetric(&x.v).unwrap();
     for causal in [false, true] {
         let out = Attention::new(Pipeline::IntAttention)
-            .causal(causal)
+            .with_causal(causal)
             .run(&shape, &q, &x.k, &x.v)
             .unwrap();
         let fp32 = Attention::new(Pipeline::Fp32)
-            .causal(causal)
+            .with_causal(causal)
             .run(&shape, &q, &x.k, &x.v)
             .unwrap();
         let (d, l) = (shape.head_dim, shape.kv_len);
@@ -256,8 +256,8 @@ fn bounds(pipeline: Pipeline, variant: SoftmaxVariant) -> (f64, f64) {
 }
 
 fn label(a: &Attention) -> String {
-    match a.pipeline {
-        Pipeline::IntAttention => format!("{}/{}", a.pipeline, a.variant),
+    match a.pipeline() {
+        Pipeline::IntAttention => format!("{}/{}", a.pipeline(), a.variant()),
         p => p.to_string(),
     }
 }
@@ -269,7 +269,7 @@ fn configurations() -> Vec<Attention> {
         Attention::new(Pipeline::Int8),
     ];
     for variant in SoftmaxVariant::ALL {
-        v.push(Attention::new(Pipeline::IntAttention).variant(variant));
+        v.push(Attention::new(Pipeline::IntAttention).with_variant(variant));
     }
     v
 }
@@ -278,24 +278,19 @@ fn configurations() -> Vec<Attention> {
 fn causal_padding_and_gqa_against_the_reference() {
     // Three batch rows: all keys, 37 keys, no keys (those rows must be zeros); 4 query heads
     // on 2 K/V heads; Lq = 64 < Lk = 160, so the causal diagonal is offset by 96.
-    let shape = AttnShape {
-        batch: 3,
-        heads: 4,
-        kv_heads: 2,
-        q_len: 64,
-        kv_len: 160,
-        head_dim: 32,
-    };
+    let shape = AttnShape::new(3, 4, 64, 32)
+        .with_kv_heads(2)
+        .with_kv_len(160);
     let x = data::generate(Family::Gaussian, &shape, 9).unwrap();
     for schedule in [Schedule::Unfused, Schedule::Fused] {
         for base in configurations() {
             let attn = base
-                .causal(true)
-                .key_lens(vec![160, 37, 0])
-                .schedule(schedule)
-                .threads(2);
+                .with_causal(true)
+                .with_key_lens(vec![160, 37, 0])
+                .with_schedule(schedule)
+                .with_executor(intattention_cli::threads::executor(2).unwrap());
             let m = compare(&attn, &shape, &x.q, &x.k, &x.v).unwrap();
-            let (rel, cos) = bounds(attn.pipeline, attn.variant);
+            let (rel, cos) = bounds(attn.pipeline(), attn.variant());
             let what = format!("{} {schedule:?}: {m:?}", label(&attn));
             eprintln!("{what}");
             assert!(m.rel_l2 <= rel && 1.0 - m.cosine <= cos, "{what}");
@@ -314,31 +309,26 @@ fn decode_one_query_against_1024_keys() {
     // Lq = 1, Lk = 1024, 8 query heads sharing 2 K/V heads. On gaussian keys the u8-P
     // pipelines lose the floor's share of the mass (see above), so they are bounded here on
     // peaked inputs; the others on both.
-    let shape = AttnShape {
-        batch: 2,
-        heads: 8,
-        kv_heads: 2,
-        q_len: 1,
-        kv_len: 1024,
-        head_dim: 64,
-    };
+    let shape = AttnShape::new(2, 8, 1, 64)
+        .with_kv_heads(2)
+        .with_kv_len(1024);
     for family in [Family::Gaussian, Family::Peaked] {
         let x = data::generate(family, &shape, 4).unwrap();
         let reference =
             reference_attention(&Attention::default(), &shape, &x.q, &x.k, &x.v).unwrap();
         for attn in configurations() {
-            let u8_p = attn.pipeline == Pipeline::Int8
-                || (attn.pipeline == Pipeline::IntAttention
-                    && attn.variant != SoftmaxVariant::Deferred);
+            let u8_p = attn.pipeline() == Pipeline::Int8
+                || (attn.pipeline() == Pipeline::IntAttention
+                    && attn.variant() != SoftmaxVariant::Deferred);
             if u8_p && family == Family::Gaussian {
                 continue;
             }
             // Causal with Lq = 1 sees every key: the same reference.
             for causal in [false, true] {
-                let a = attn.clone().causal(causal);
+                let a = attn.clone().with_causal(causal);
                 let out = a.run(&shape, &x.q, &x.k, &x.v).unwrap();
                 let m = accuracy::Metrics::between(&out, &reference).unwrap();
-                let (rel, cos) = bounds(a.pipeline, a.variant);
+                let (rel, cos) = bounds(a.pipeline(), a.variant());
                 let what = format!("{family} {} causal={causal}: {m:?}", label(&a));
                 eprintln!("{what}");
                 assert!(m.rel_l2 <= rel && 1.0 - m.cosine <= cos, "{what}");

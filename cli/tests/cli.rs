@@ -7,11 +7,11 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use intattention::data::{self, Family};
-use intattention::npy;
 use intattention::{
     index_softmax, Attention, AttnShape, IndexSoftmaxParams, Pipeline, ScoreMask, SoftmaxVariant,
 };
+use intattention_cli::data::{self, Family};
+use intattention_cli::npy;
 
 fn bin() -> Command {
     let exe = env!("CARGO_BIN_EXE_intattention");
@@ -161,14 +161,7 @@ fn run_round_trip_matches_the_library_2d() {
 #[test]
 fn run_round_trip_4d_gqa_causal_padding_scale() {
     let dir = tmpdir();
-    let shape = AttnShape {
-        batch: 2,
-        heads: 4,
-        kv_heads: 2,
-        q_len: 8,
-        kv_len: 24,
-        head_dim: 8,
-    };
+    let shape = AttnShape::new(2, 4, 8, 8).with_kv_heads(2).with_kv_len(24);
     let (q, k, v) = write_qkv(&dir, &shape, true);
     let x = data::generate(Family::Gaussian, &shape, 11).unwrap();
     let o = dir.join("o.npy");
@@ -195,10 +188,10 @@ fn run_round_trip_4d_gqa_causal_padding_scale() {
     let got = npy::read_f32(&o).unwrap();
     assert_eq!(got.shape, vec![2, 4, 8, 8]);
     let want = Attention::new(Pipeline::IntAttention)
-        .variant(SoftmaxVariant::Normalized)
-        .causal(true)
-        .key_lens(vec![20, 13])
-        .scale(0.3)
+        .with_variant(SoftmaxVariant::Normalized)
+        .with_causal(true)
+        .with_key_lens(vec![20, 13])
+        .with_scale(0.3)
         .run(&shape, &x.q, &x.k, &x.v)
         .unwrap();
     assert_eq!(got.data, want);
@@ -249,7 +242,7 @@ fn softmax_round_trip_threshold_and_scales() {
         assert_eq!(got.data, want, "{variant}");
         let got_sums = npy::read::<u32>(&sums).unwrap();
         assert_eq!(got_sums.shape, vec![6]);
-        assert_eq!(got_sums.data, want_sums.0);
+        assert_eq!(got_sums.data, want_sums.into_vec());
     }
     // --scales s_q,s_k,d: T = round(c / (s_q s_k / sqrt(d))) = round(6.6 / (0.01 * 0.02 / 8)).
     let out = dir.join("p2.npy");
@@ -269,7 +262,7 @@ fn softmax_round_trip_threshold_and_scales() {
     let params =
         IndexSoftmaxParams::from_scales(0.01, 0.02, 0.125, 6, 6.6, SoftmaxVariant::Deferred)
             .unwrap();
-    assert_eq!(params.threshold, 264_000);
+    assert_eq!(params.threshold(), 264_000);
     let mut want = vec![0u8; sc.len()];
     index_softmax(&sc, 6, 50, &params, ScoreMask::None, &mut want).unwrap();
     assert_eq!(npy::read_u8(&out).unwrap().data, want);
@@ -501,7 +494,7 @@ fn bad_inputs_fail_cleanly() {
     // Zero rows per block.
     assert_fails(
         &run_with(&q, &k, &v, &["--block-rows", "0"]),
-        "block_rows must be at least 1",
+        "invalid block_rows: 0",
     );
     // Malformed file.
     let garbage = dir.join("garbage.npy");
@@ -565,17 +558,17 @@ fn bad_inputs_fail_cleanly() {
     // Bad options.
     assert_fails(
         &run_with(&q, &k, &v, &["--pipe", "fp64"]),
-        "unknown pipeline",
+        "invalid pipeline",
     );
     assert_fails(
         &run_with(&q, &k, &v, &["--variant", "exact"]),
-        "unknown softmax variant",
+        "invalid softmax variant",
     );
     assert_fails(&run_with(&q, &k, &v, &["--scale", "-1"]), "scale");
     assert_fails(&run_with(&q, &k, &v, &["--bits", "9"]), "table bits");
     assert_fails(&run_with(&q, &k, &v, &["--key-lens", "9"]), "exceeds");
     assert_fails(&run_with(&q, &k, &v, &["--key-lens", "3,4"]), "key_lens");
-    assert_fails(&run(&["bench", "--pipe", "5"]), "unknown pipeline");
+    assert_fails(&run(&["bench", "--pipe", "5"]), "invalid pipeline");
     assert_fails(&run(&["bench", "--d", "0", "--L", "8"]), "head_dim");
     assert_fails(&run(&["bench", "--L", "8", "--runs", "0"]), "--runs");
     assert_fails(
@@ -644,7 +637,7 @@ fn bad_softmax_inputs_fail_cleanly() {
     );
     assert_fails(
         &softmax(&["--scores", s(&sp), "--threshold", "5", "--variant", "exp"]),
-        "unknown softmax variant",
+        "invalid softmax variant",
     );
     // Wrong dtype and rank of the scores.
     let f = dir.join("f.npy");

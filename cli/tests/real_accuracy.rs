@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use intattention::accuracy::{run_real, RealConfig, RealReport, RealRow, RealSuite, REAL_DIR};
 use intattention::{Pipeline, SoftmaxVariant};
+use intattention_cli::accuracy::{run_real, RealConfig, RealReport, RealRow, RealSuite, REAL_DIR};
 
 /// The CLI, started the way tests/cli.rs starts it: directly, or in the emulated aarch64 tier
 /// through the runner cargo used (qemu-user cannot exec another aarch64 binary there).

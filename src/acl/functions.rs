@@ -11,8 +11,8 @@ use std::rc::Rc;
 
 use super::ffi;
 use super::tensor::{RawTensor, Tensor};
-use crate::error::{param_err, Error, Result};
-use crate::softmax::{IndexSoftmaxParams, SoftmaxVariant};
+use super::{param_err, Error, Result};
+use crate::ops::softmax::{IndexSoftmaxParams, SoftmaxVariant};
 
 /// Options of the two GEMMs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -218,13 +218,12 @@ impl<'buf> Function<'buf> {
         row_sums: Option<&Tensor<'buf>>,
         params: &IndexSoftmaxParams,
     ) -> Result<Self> {
-        params.validate()?;
         let lut = params.lut();
         let mut p = ffi::ia_index_softmax_params {
-            threshold: params.threshold,
+            threshold: params.threshold(),
             table_len: lut.entries().len() as u32,
             table: [0; 256],
-            variant: match params.variant {
+            variant: match params.variant() {
                 SoftmaxVariant::Normalized => ffi::IA_INDEX_SOFTMAX_NORMALIZED,
                 SoftmaxVariant::Deferred => ffi::IA_INDEX_SOFTMAX_DEFERRED,
                 SoftmaxVariant::PaperSim => ffi::IA_INDEX_SOFTMAX_PAPER_SIM,
@@ -278,7 +277,7 @@ impl<'buf> Function<'buf> {
                     v.iter()
                         .map(|&n| {
                             u32::try_from(n)
-                                .map_err(|_| Error::Param(format!("row limit {n} is too large")))
+                                .map_err(|_| Error::Acl(format!("row limit {n} is too large")))
                         })
                         .collect::<Result<_>>()?,
                 )

@@ -22,7 +22,7 @@ pub use functions::{Function, GemmOptions};
 pub use pipeline::{AclAttention, HeadTrace};
 pub use tensor::{DataType, Element, Layout, Quantization, Tensor, TensorDesc};
 
-use crate::error::{Error, Result};
+pub(crate) use crate::error::{Error, Result};
 
 /// State shared by every ACL call of the process (ACL's scheduler is a singleton).
 pub(crate) struct Global {
@@ -64,16 +64,16 @@ impl Global {
 /// Sets the number of threads ACL uses for functions configured from now on (0: one per
 /// core, ACL's default). Functions configured earlier keep their own count.
 pub fn set_threads(threads: usize) -> Result<()> {
-    let t = u32::try_from(threads)
-        .map_err(|_| Error::Param(format!("{threads} threads is too many")))?;
+    let t =
+        u32::try_from(threads).map_err(|_| Error::Acl(format!("{threads} threads is too many")))?;
     lock().requested = t;
     Ok(())
 }
 
 /// The thread count ACL's scheduler runs with for a request of `threads` (0: its default).
 pub fn scheduler_threads(threads: usize) -> Result<usize> {
-    let t = u32::try_from(threads)
-        .map_err(|_| Error::Param(format!("{threads} threads is too many")))?;
+    let t =
+        u32::try_from(threads).map_err(|_| Error::Acl(format!("{threads} threads is too many")))?;
     let mut g = lock();
     g.use_threads(t)?;
     let mut n = 0u32;
@@ -83,7 +83,7 @@ pub fn scheduler_threads(threads: usize) -> Result<usize> {
 }
 
 /// How the shim was built.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BuildInfo {
     /// 20 or 52: the ACL family the shim was compiled against.
     pub acl_major: u32,
@@ -102,4 +102,14 @@ pub fn build_info() -> Result<BuildInfo> {
         patched: info.acl_patched != 0,
         index_softmax_in_tree: info.index_softmax_in_tree != 0,
     })
+}
+
+/// An argument error of the ACL wrappers (reported as [`Error::Acl`]).
+pub(crate) fn param_err<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Error::Acl(msg.into()))
+}
+
+/// A shape error of the ACL wrappers (reported as [`Error::Acl`]).
+pub(crate) fn shape_err<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Error::Acl(msg.into()))
 }

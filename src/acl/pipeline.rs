@@ -26,11 +26,12 @@ use half::f16;
 
 use super::functions::{Function, GemmOptions};
 use super::tensor::{DataType, Tensor, TensorDesc};
-use crate::attention::{head_slices, Attention, AttnShape, Pipeline};
-use crate::error::{param_err, Error, Result};
-use crate::quant::{check_finite, QTensor};
+use super::{param_err, Error, Result};
+use crate::attention::{check_lens, head_slices, Attention, AttnShape};
+use crate::ops::quant::{check_finite, QTensor};
+use crate::ops::softmax::{IndexSoftmaxParams, SoftmaxVariant};
+use crate::pipeline::Pipeline;
 use crate::reference;
-use crate::softmax::{IndexSoftmaxParams, SoftmaxVariant};
 
 /// The integer intermediates of one head, for bit-exact comparison with the native kernels.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -97,8 +98,8 @@ impl AclAttention {
     /// Configures every ACL function for `shape` (nothing is allocated or run yet).
     pub fn prepare(attn: &Attention, shape: &AttnShape) -> Result<Self> {
         attn.check(shape)?;
-        super::set_threads(attn.threads)?;
-        let graph = match attn.pipeline {
+        super::set_threads(attn.executor().workers())?;
+        let graph = match attn.pipeline() {
             Pipeline::Fp32 => Graph::Float(FloatGraph::new(attn, shape, false)?),
             Pipeline::Fp16 => Graph::Float(FloatGraph::new(attn, shape, true)?),
             Pipeline::Int8 | Pipeline::IntAttention => Graph::Int(IntGraph::new(attn, shape)?),
@@ -132,10 +133,10 @@ impl AclAttention {
         k: &[f32],
         v: &[f32],
     ) -> Result<(Vec<f32>, Vec<HeadTrace>)> {
-        if !self.attn.pipeline.is_integer() {
+        if !self.attn.pipeline().is_integer() {
             return param_err(format!(
                 "traces exist for the integer pipelines, not {}",
-                self.attn.pipeline
+                self.attn.pipeline()
             ));
         }
         let mut traces = Vec::new();
@@ -155,8 +156,8 @@ impl AclAttention {
         v: &[f32],
         trace: Option<&mut Vec<HeadTrace>>,
     ) -> Result<Vec<f32>> {
-        crate::attention::check_lens(&self.shape, q.len(), k.len(), v.len())?;
-        match self.attn.pipeline {
+        check_lens(&self.shape, q.len(), k.len(), v.len())?;
+        match self.attn.pipeline() {
             Pipeline::Fp32 | Pipeline::Fp16 => {
                 check_finite("Q", q)?;
                 check_finite("K", k)?;
@@ -184,16 +185,16 @@ impl AclAttention {
         v: &QTensor,
         trace: Option<&mut Vec<HeadTrace>>,
     ) -> Result<Vec<f32>> {
-        crate::attention::check_lens(&self.shape, q.data.len(), k.data.len(), v.data.len())?;
+        check_lens(&self.shape, q.data().len(), k.data().len(), v.data().len())?;
         for (name, t) in [("Q", q), ("K", k), ("V", v)] {
-            if !t.scale.is_finite() || t.scale < 0.0 {
+            if !t.scale().is_finite() || t.scale() < 0.0 {
                 return param_err(format!("{name} scale must be finite and >= 0"));
             }
         }
         let Graph::Int(g) = &mut self.graph else {
             return param_err(format!(
                 "run_quantized needs an integer pipeline, not {}",
-                self.attn.pipeline
+                self.attn.pipeline()
             ));
         };
         g.run(&self.attn, &self.shape, q, k, v, trace)
@@ -210,7 +211,7 @@ impl crate::backend::AttentionRunner for AclAttention {
 }
 
 fn is_masked(attn: &Attention) -> bool {
-    attn.causal || attn.key_lens.is_some()
+    attn.causal() || attn.key_lens().is_some()
 }
 
 /// Valid key counts of every query row of batch row `b`.
@@ -320,10 +321,10 @@ impl FloatGraph {
             zero_masked_rows(attn, shape, b, o);
         }
         if let Some(i) = out.iter().position(|x| !x.is_finite()) {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::Acl(format!(
                 "{} pipeline on ACL: non-finite output at {i} (the scaled scores overflow f16?); \
                  use fp32 or an integer pipeline",
-                attn.pipeline
+                attn.pipeline()
             )));
         }
         Ok(out)
@@ -355,7 +356,7 @@ fn zero_masked_rows(attn: &Attention, shape: &AttnShape, b: usize, o: &mut [f32]
 fn to_f16(what: &'static str, x: &[f32]) -> Result<Vec<f16>> {
     check_finite(what, x)?;
     if let Some(i) = x.iter().position(|v| v.abs() > f16::MAX.to_f32()) {
-        return Err(Error::Unsupported(format!(
+        return Err(Error::Acl(format!(
             "{what}[{i}] = {} is outside the f16 range (|x| <= 65504)",
             x[i]
         )));
@@ -381,14 +382,14 @@ impl IntGraph {
         ];
         let mut row_sums = None;
         let softmax;
-        if attn.pipeline == Pipeline::IntAttention {
+        if attn.pipeline() == Pipeline::IntAttention {
             // T is set per run from the scales; 1 is a placeholder that passes validation.
-            let params = IndexSoftmaxParams::new(1, attn.variant)?
-                .with_table_bits(attn.table_bits)?
-                .with_clip(attn.clip)?;
+            let params = IndexSoftmaxParams::new(1, attn.variant())?
+                .with_table_bits(attn.table_bits())?
+                .with_clip(attn.clip())?;
             // Row sums only where they are needed (Deferred divides by them): without them,
             // a patched ACL can run Normalized IndexSoftmax itself.
-            if attn.variant == SoftmaxVariant::Deferred {
+            if attn.variant() == SoftmaxVariant::Deferred {
                 row_sums = Some(Tensor::new(&TensorDesc::new(DataType::U32, &[lq]))?);
             }
             softmax = steps.len();
@@ -434,26 +435,26 @@ impl IntGraph {
         mut trace: Option<&mut Vec<HeadTrace>>,
     ) -> Result<Vec<f32>> {
         let scale = attn.softmax_scale(shape.head_dim);
-        let index_params = if attn.pipeline == Pipeline::IntAttention {
+        let index_params = if attn.pipeline() == Pipeline::IntAttention {
             let p = IndexSoftmaxParams::from_scales(
-                q.scale,
-                k.scale,
+                q.scale(),
+                k.scale(),
                 scale,
-                attn.table_bits,
-                attn.clip,
-                attn.variant,
+                attn.table_bits(),
+                attn.clip(),
+                attn.variant(),
             )?;
-            self.steps[self.softmax].set_threshold(p.threshold)?;
+            self.steps[self.softmax].set_threshold(p.threshold())?;
             Some(p)
         } else {
-            let logit_scale = (q.scale as f64 * k.scale as f64 * scale as f64) as f32;
+            let logit_scale = (q.scale() as f64 * k.scale() as f64 * scale as f64) as f32;
             self.steps[self.softmax].set_logit_scale(logit_scale)?;
             None
         };
-        let deferred = index_params.is_some_and(|p| p.variant == SoftmaxVariant::Deferred);
+        let deferred = index_params.is_some_and(|p| p.variant() == SoftmaxVariant::Deferred);
         let (lq, d) = (shape.q_len, shape.head_dim);
         // V + 128 as u8 (flipping the sign bit adds 128 to every i8, -128 included).
-        let v_shifted: Vec<u8> = v.data.iter().map(|&x| (x as u8) ^ 0x80).collect();
+        let v_shifted: Vec<u8> = v.data().iter().map(|&x| (x as u8) ^ 0x80).collect();
         let mut out = vec![0f32; shape.q_elems()];
         let mut o32 = vec![0i32; lq * d];
         let mut sums = vec![0u32; lq];
@@ -461,8 +462,8 @@ impl IntGraph {
         for (bh, o) in out.chunks_mut(lq * d).enumerate() {
             let b = bh / shape.heads;
             let (qr, kvr) = head_ranges(shape, bh);
-            self.q.write(&q.data[qr])?;
-            self.k.write(&k.data[kvr.clone()])?;
+            self.q.write(&q.data()[qr])?;
+            self.k.write(&k.data()[kvr.clone()])?;
             self.v.write(&v_shifted[kvr])?;
             if is_masked(attn) && last_batch != Some(b) {
                 self.steps[self.softmax].set_row_limits(Some(&row_limits(attn, shape, b)))?;
@@ -481,10 +482,10 @@ impl IntGraph {
                 let div = if deferred { sums[i] } else { 255 };
                 for c in 0..d {
                     o[i * d + c] =
-                        reference::dequantize_output(o32[i * d + c] as i64, v.scale, div);
+                        reference::dequantize_output(o32[i * d + c] as i64, v.scale(), div);
                 }
             }
-            if attn.pipeline == Pipeline::Int8 {
+            if attn.pipeline() == Pipeline::Int8 {
                 zero_masked_rows(attn, shape, b, o);
             }
             if let Some(traces) = trace.as_deref_mut() {

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use half::f16;
 
 use super::ffi;
-use crate::error::{param_err, shape_err, Error, Result};
+use super::{param_err, shape_err, Error, Result};
 
 /// Element types, as ACL names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -201,6 +201,12 @@ impl Attention {
         }
     }
 
+    /// The same configuration for another pipeline.
+    pub fn with_pipeline(mut self, p: Pipeline) -> Self {
+        self.pipeline = p;
+        self
+    }
+
     /// The same configuration with IndexSoftmax finish `v` (IntAttention only).
     pub fn with_variant(mut self, v: SoftmaxVariant) -> Self {
         self.variant = v;
@@ -380,10 +386,26 @@ impl Attention {
     pub fn run(&self, shape: &AttnShape, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
         self.check(shape)?;
         let (q, k, v) = views(shape, q, k, v)?;
-        let mut ws = Workspace::new();
+        self.run_with(&mut Workspace::new(), q, k, v)
+    }
+
+    /// Attention on strided f32 views with scratch memory from `ws`, returning a new output
+    /// vector (`[batch, heads, q_len, head_dim]`). Same bits as [`Attention::run`].
+    ///
+    /// # Errors
+    /// As [`Attention::run`].
+    pub fn run_with(
+        &self,
+        ws: &mut Workspace,
+        q: TensorView<'_, f32>,
+        k: TensorView<'_, f32>,
+        v: TensorView<'_, f32>,
+    ) -> Result<Vec<f32>> {
+        let shape = shape_of(q.dims(), k.dims(), v.dims())?;
+        self.check(&shape)?;
         let storage = output_storage(shape.q_elems())?;
         let (out, done) = vec_built_by(storage, shape.q_elems(), |o| {
-            self.dispatch(&mut ws, Inputs::Float { q, k, v }, o)
+            self.dispatch(ws, Inputs::Float { q, k, v }, o)
         });
         done.map_err(|e| locate(e, &out)).map(|()| out)
     }
@@ -640,5 +662,49 @@ pub(crate) fn locate(e: Error, out: &[f32]) -> Error {
             }
         }
         e => e,
+    }
+}
+
+/// Checks that contiguous Q, K and V buffers have the lengths of `shape` (the ACL backend
+/// takes contiguous inputs).
+#[cfg_attr(not(intattention_acl), allow(dead_code))]
+pub(crate) fn check_lens(shape: &AttnShape, q: usize, k: usize, v: usize) -> Result<()> {
+    check_len("Q", shape.q_elems(), q)?;
+    check_len("K", shape.kv_elems(), k)?;
+    check_len("V", shape.kv_elems(), v)
+}
+
+/// The Q, K and V slices of flat head index `bh = b * heads + h` of contiguous inputs.
+#[cfg_attr(not(intattention_acl), allow(dead_code))]
+pub(crate) fn head_slices<'a, T>(
+    shape: &AttnShape,
+    bh: usize,
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+) -> (&'a [T], &'a [T], &'a [T]) {
+    let (b, h) = (bh / shape.heads, bh % shape.heads);
+    let kv = b * shape.kv_heads + h / shape.group();
+    let qn = shape.q_len * shape.head_dim;
+    let kn = shape.kv_len * shape.head_dim;
+    (
+        &q[bh * qn..(bh + 1) * qn],
+        &k[kv * kn..(kv + 1) * kn],
+        &v[kv * kn..(kv + 1) * kn],
+    )
+}
+
+impl Attention {
+    /// How many keys query row `i` of batch row `b` attends to (always keys `0..n`) for
+    /// inputs of `shape`: the key padding and the causal limit.
+    pub fn valid_keys(&self, shape: &AttnShape, b: usize, i: usize) -> usize {
+        let mut n = shape.kv_len;
+        if let Some(lens) = &self.key_lens {
+            n = n.min(lens[b]);
+        }
+        if self.causal {
+            n = n.min((i + shape.kv_len + 1).saturating_sub(shape.q_len));
+        }
+        n
     }
 }

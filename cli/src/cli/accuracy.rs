@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use intattention::accuracy::{self, AccuracyConfig, RealConfig, RealSuite, LARGE_LEN, REAL_DIR};
-use intattention::data::Family;
-use intattention::softmax::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
+use crate::accuracy::{self, AccuracyConfig, RealConfig, RealSuite, LARGE_LEN, REAL_DIR};
+use crate::data::Family;
+use intattention::lut::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
 use intattention::{Pipeline, SoftmaxVariant};
 
 #[derive(Args, Debug)]

@@ -12,9 +12,16 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use intattention::npy::{self, NpyArray};
-use intattention::softmax::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
-use intattention::{Attention, Backend, Pipeline, Schedule, SoftmaxVariant};
+use intattention::lut::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
+use intattention::{
+    Attention, Backend, Granularity, Kernel, Pipeline, Quantization, Schedule, SoftmaxVariant,
+};
+
+use crate::npy::{self, NpyArray};
+
+/// Environment variable that forces a kernel by name (as `--kernel` does), so that scripts and
+/// test tiers can run every kernel of a machine.
+pub const KERNEL_ENV: &str = "INTATTENTION_KERNEL";
 
 /// Fully integer attention (IntAttention) on CPUs: benchmarks, runs on .npy files, and
 /// accuracy against an f64 reference.
@@ -83,21 +90,59 @@ pub struct AttnOpts {
     /// Where attention runs: native or acl.
     #[arg(long, default_value = "native")]
     pub backend: Backend,
+    /// Kernel (generic, avx2, avxvnni, avx512vnni, avx512vbmi, amx, neon, dotprod, i8mm)
+    /// [default: $INTATTENTION_KERNEL, else the fastest this CPU runs].
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Scales of Q (integer pipelines): tensor, head or row.
+    #[arg(long = "q-scales", default_value = "tensor")]
+    pub q_scales: Granularity,
+    /// Scales of K and V (integer pipelines): tensor or head.
+    #[arg(long = "kv-scales", default_value = "tensor")]
+    pub kv_scales: Granularity,
+    /// Subtract each head's mean key before quantizing K (integer pipelines).
+    #[arg(long = "smooth-k")]
+    pub smooth_k: bool,
 }
 
 impl AttnOpts {
-    pub fn attention(&self, key_lens: Option<Vec<usize>>) -> Attention {
+    /// The kernel these options name (`--kernel`, else `$INTATTENTION_KERNEL`, else the
+    /// fastest).
+    pub fn kernel(&self) -> Result<Kernel> {
+        let name = match &self.kernel {
+            Some(n) => Some(n.clone()),
+            None => std::env::var(KERNEL_ENV).ok().filter(|n| !n.is_empty()),
+        };
+        match name {
+            Some(n) => Kernel::by_name(&n).with_context(|| format!("kernel '{n}'")),
+            None => Ok(Kernel::best()),
+        }
+    }
+
+    /// The attention configuration of these options.
+    pub fn attention(&self, key_lens: Option<Vec<usize>>) -> Result<Attention> {
         let mut a = Attention::new(self.pipe)
-            .variant(self.variant)
-            .table_bits(self.bits)
-            .clip(self.clip)
-            .causal(self.causal)
-            .threads(self.threads)
-            .schedule(self.schedule);
-        a.scale = self.scale;
-        a.key_lens = key_lens;
-        a.block_rows = self.block_rows;
-        a
+            .with_variant(self.variant)
+            .with_table_bits(self.bits)
+            .with_clip(self.clip)
+            .with_causal(self.causal)
+            .with_schedule(self.schedule)
+            .with_key_lens(key_lens)
+            .with_kernel(self.kernel()?)
+            .with_executor(crate::threads::executor(self.threads)?)
+            .with_quantization(
+                Quantization::PER_TENSOR
+                    .with_q(self.q_scales)
+                    .with_kv(self.kv_scales)
+                    .with_smooth_k(self.smooth_k),
+            );
+        if let Some(s) = self.scale {
+            a = a.with_scale(s);
+        }
+        if let Some(r) = self.block_rows {
+            a = a.with_block_rows(r);
+        }
+        Ok(a)
     }
 
     /// The variant as reports show it: only the IntAttention pipeline has one.
@@ -108,7 +153,7 @@ impl AttnOpts {
 
 /// The thread count `threads` stands for (0: one per core).
 pub fn resolved_threads(threads: usize) -> usize {
-    intattention::threads::resolved(threads)
+    crate::threads::resolved(threads)
 }
 
 /// Reads an f32 array and rejects NaN and infinity, naming the file and the position.

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
+use crate::npy::NpyArray;
 use intattention::backend;
-use intattention::npy::NpyArray;
 use intattention::AttnShape;
 
 use super::{load_f32, save_f32, AttnOpts};
@@ -39,7 +39,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let k = load_f32(&a.k)?;
     let v = load_f32(&a.v)?;
     let shape = shape_of(&a, &q, &k, &v)?;
-    let attn = a.attn.attention(a.key_lens.clone());
+    let attn = a.attn.attention(a.key_lens.clone())?;
     let mut runner = backend::prepare(a.attn.backend, &attn, &shape)?;
     let out = runner.run(&q.data, &k.data, &v.data)?;
     save_f32(&a.out, &q.shape, &out)
@@ -89,14 +89,9 @@ fn shape_of(
     if heads % kv_heads != 0 {
         bail!("{kn} has {kv_heads} heads, which does not divide the {heads} heads of {qn}");
     }
-    let shape = AttnShape {
-        batch,
-        heads,
-        kv_heads,
-        q_len,
-        kv_len,
-        head_dim: d,
-    };
+    let shape = AttnShape::new(batch, heads, q_len, d)
+        .with_kv_heads(kv_heads)
+        .with_kv_len(kv_len);
     shape.validate()?;
     Ok(shape)
 }

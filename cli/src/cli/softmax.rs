@@ -7,8 +7,8 @@ use std::str::FromStr;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 
-use intattention::npy;
-use intattention::softmax::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
+use crate::npy;
+use intattention::lut::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
 use intattention::{index_softmax, IndexSoftmaxParams, ScoreMask, SoftmaxVariant};
 
 #[derive(Args, Debug)]

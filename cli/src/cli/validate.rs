@@ -6,10 +6,10 @@
 use anyhow::Result;
 use clap::Args;
 
-use intattention::data::Family;
+use crate::data::Family;
 
 // Without ACL the command only reports why it cannot run, reading none of its options.
-#[cfg_attr(not(intattention_acl), allow(dead_code))]
+#[cfg_attr(not(all(feature = "acl", target_arch = "aarch64")), allow(dead_code))]
 #[derive(Args, Debug)]
 pub struct ValidateArgs {
     /// Sequence length (queries and keys).
@@ -38,12 +38,12 @@ pub struct ValidateArgs {
     pub json: bool,
 }
 
-#[cfg(not(intattention_acl))]
+#[cfg(not(all(feature = "acl", target_arch = "aarch64")))]
 pub fn run(_a: ValidateArgs) -> Result<()> {
     Err(intattention::backend::acl_unavailable().into())
 }
 
-#[cfg(intattention_acl)]
+#[cfg(all(feature = "acl", target_arch = "aarch64"))]
 pub fn run(a: ValidateArgs) -> Result<()> {
     let report = with_acl::validate(&a)?;
     if a.json {
@@ -57,21 +57,63 @@ pub fn run(a: ValidateArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(intattention_acl)]
+#[cfg(all(feature = "acl", target_arch = "aarch64"))]
 mod with_acl {
     use anyhow::{bail, Result};
     use serde::Serialize;
 
     use super::ValidateArgs;
+    use crate::data;
     use intattention::acl::{self, AclAttention, BuildInfo, HeadTrace};
-    use intattention::data;
-    use intattention::softmax::{index_softmax, IndexSoftmaxParams, ScoreMask};
+    use intattention::{index_softmax, IndexSoftmaxParams, ScoreMask};
     use intattention::{reference, Attention, AttnShape, Error, Pipeline, QTensor, SoftmaxVariant};
+
+    /// How the shim was built, as the report prints it.
+    #[derive(Serialize)]
+    struct Build {
+        acl_major: u32,
+        patched: bool,
+        index_softmax_in_tree: bool,
+    }
+
+    impl From<BuildInfo> for Build {
+        fn from(b: BuildInfo) -> Build {
+            Build {
+                acl_major: b.acl_major,
+                patched: b.patched,
+                index_softmax_in_tree: b.index_softmax_in_tree,
+            }
+        }
+    }
+
+    /// The shape, as the report prints it.
+    #[derive(Serialize)]
+    struct Shape {
+        batch: usize,
+        heads: usize,
+        kv_heads: usize,
+        q_len: usize,
+        kv_len: usize,
+        head_dim: usize,
+    }
+
+    impl From<AttnShape> for Shape {
+        fn from(s: AttnShape) -> Shape {
+            Shape {
+                batch: s.batch,
+                heads: s.heads,
+                kv_heads: s.kv_heads,
+                q_len: s.q_len,
+                kv_len: s.kv_len,
+                head_dim: s.head_dim,
+            }
+        }
+    }
 
     #[derive(Serialize)]
     pub struct Report {
-        acl: BuildInfo,
-        shape: AttnShape,
+        acl: Build,
+        shape: Shape,
         family: String,
         causal: bool,
         seed: u64,
@@ -182,12 +224,16 @@ mod with_acl {
         let (q, k, v) = (&qkv.q, &qkv.k, &qkv.v);
         let v_max = max_abs(v);
         let s_v = v_max / 127.0;
-        let base = |p: Pipeline| Attention::new(p).causal(causal).threads(a.threads);
+        let base = |p: Pipeline| {
+            Attention::new(p)
+                .with_causal(causal)
+                .with_executor(crate::threads::executor(a.threads).expect("validate: threads"))
+        };
         let mut checks = Vec::new();
 
         // IntAttention, every variant: the whole output and every intermediate bit for bit.
         for variant in SoftmaxVariant::ALL {
-            let attn = base(Pipeline::IntAttention).variant(variant);
+            let attn = base(Pipeline::IntAttention).with_variant(variant);
             let name = format!("intattn/{variant}");
             let native = attn.run(&shape, q, k, v)?;
             let (out, traces) = AclAttention::prepare(&attn, &shape)?.run_traced(q, k, v)?;
@@ -303,8 +349,8 @@ mod with_acl {
 
         let passed = checks.iter().all(|c| c.status != "fail");
         Ok(Report {
-            acl: acl::build_info()?,
-            shape,
+            acl: acl::build_info()?.into(),
+            shape: shape.into(),
             family: a.family.to_string(),
             causal,
             seed: a.seed,
@@ -338,22 +384,22 @@ mod with_acl {
         for (bh, at) in acl.iter().enumerate() {
             let (b, h) = (bh / shape.heads, bh % shape.heads);
             let kv = b * shape.kv_heads + h / (shape.heads / shape.kv_heads);
-            let qh = &q.data[bh * lq * d..(bh + 1) * lq * d];
-            let kh = &k.data[kv * lk * d..(kv + 1) * lk * d];
-            let vh = &v.data[kv * lk * d..(kv + 1) * lk * d];
+            let qh = &q.data()[bh * lq * d..(bh + 1) * lq * d];
+            let kh = &k.data()[kv * lk * d..(kv + 1) * lk * d];
+            let vh = &v.data()[kv * lk * d..(kv + 1) * lk * d];
             let mut scores = vec![0i32; lq * lk];
-            intattention::gemm_s8s8_nt(qh, kh, lq, lk, d, &mut scores)?;
+            intattention::ops::gemm::gemm_s8s8_nt(qh, kh, lq, lk, d, &mut scores)?;
             let lens: Vec<usize> = (0..lq).map(|i| attn.valid_keys(shape, b, i)).collect();
             let mut probs = vec![0u8; lq * lk];
             let mut row_sums = Vec::new();
-            if attn.pipeline == Pipeline::IntAttention {
+            if attn.pipeline() == Pipeline::IntAttention {
                 let params = IndexSoftmaxParams::from_scales(
-                    q.scale,
-                    k.scale,
+                    q.scale(),
+                    k.scale(),
                     scale,
-                    attn.table_bits,
-                    attn.clip,
-                    attn.variant,
+                    attn.table_bits(),
+                    attn.clip(),
+                    attn.variant(),
                 )?;
                 row_sums = index_softmax(
                     &scores,
@@ -363,9 +409,9 @@ mod with_acl {
                     ScoreMask::Prefix(&lens),
                     &mut probs,
                 )?
-                .0;
+                .into_vec();
             } else {
-                let logit_scale = (q.scale as f64 * k.scale as f64 * scale as f64) as f32;
+                let logit_scale = (q.scale() as f64 * k.scale() as f64 * scale as f64) as f32;
                 let mut row = vec![0f32; lk];
                 for i in 0..lq {
                     for (f, &s) in row.iter_mut().zip(&scores[i * lk..(i + 1) * lk]) {
@@ -378,7 +424,7 @@ mod with_acl {
                 }
             }
             let mut o32 = vec![0i32; lq * d];
-            intattention::gemm_u8s8(&at.probs, vh, lq, d, lk, &mut o32)?;
+            intattention::ops::gemm::gemm_u8s8(&at.probs, vh, lq, d, lk, &mut o32)?;
             out.push(HeadTrace {
                 scores,
                 probs,
