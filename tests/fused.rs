@@ -302,3 +302,29 @@ fn every_block_size_gives_the_same_bits() {
     let err = zero.run_quantized(&shape, &q, &k, &v).unwrap_err();
     assert!(err.to_string().contains("block_rows"), "{err}");
 }
+
+/// Few query rows against many keys: the keys of each block are split across workers and the
+/// partial results combined (module docs of the engine). Bit for bit the unfused result, for
+/// every configuration, with masks, GQA and 3 or 4 workers.
+#[test]
+fn key_splits_match_unfused() {
+    let mut case = 900u64;
+    for kernel in Kernel::available() {
+        for (lq, lk, heads, kv_heads) in [(1, 4000, 8, 2), (3, 1100, 2, 1), (2, 2600, 4, 4)] {
+            let shape = support::shape(1, heads, kv_heads, lq, lk, 8);
+            case += 1;
+            let (q, k, v) = inputs(&shape, case, 0.02);
+            for (causal, pad) in [(false, None), (true, None), (false, Some(vec![lk - 700]))] {
+                for threads in [3, 4] {
+                    for attn in configs() {
+                        let attn = attn
+                            .with_causal(causal)
+                            .with_key_lens(pad.clone())
+                            .with_executor(support::threads(threads));
+                        check(&attn, kernel, &shape, &q, &k, &v);
+                    }
+                }
+            }
+        }
+    }
+}

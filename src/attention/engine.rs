@@ -769,6 +769,7 @@ impl<'a> Engine<'a> {
         let mut srow = vec![0i32; ncols];
         let mut prow = vec![0u8; ncols];
         let mut frow = Vec::new();
+        let exps = chunks.iter().any(|c| c.k_exp.is_some());
         for r in 0..st.blk.m {
             for pt in parts.iter() {
                 let (c0, width) = span(&unit.chunks[pt.chunks.clone()]);
@@ -777,6 +778,13 @@ impl<'a> Engine<'a> {
             }
             let (b, _, i) = self.row_at(st.blk.u, st.blk.r0 + r);
             let valid = self.vis.valid(b, i);
+            // As in `block`: IndexSoftmax reads rows with key exponents made relative to
+            // their maximum; the float softmax applies the exponents itself.
+            if exps {
+                if let Soft::Index { .. } = self.rows.soft {
+                    relative_wide_row(&mut srow, valid, chunks);
+                }
+            }
             let exp2 = |j| key_exp(chunks, j);
             let (_, ok) = self.rows.row(
                 self.kernel,
