@@ -223,14 +223,14 @@ fn check(case: &Case, kernel: Kernel, threads: usize, variant: SoftmaxVariant) {
             };
             let mut kf = Vec::new();
             let mut vf = Vec::new();
-            for gg in 0..g {
+            for (gg, head) in refs[b].iter_mut().enumerate() {
                 let k: Vec<Vec<f32>> = (at..at + n)
                     .map(|j| token(b as u64 * 100 + gg as u64, j, d, case.grow))
                     .collect();
                 let v: Vec<Vec<f32>> = (at..at + n)
                     .map(|j| token(b as u64 * 100 + gg as u64 + 50, j, d, case.grow))
                     .collect();
-                refs[b][gg].append(&k, &v, case.smooth);
+                head.append(&k, &v, case.smooth);
                 kf.extend(k.concat());
                 vf.extend(v.concat());
             }
