@@ -705,7 +705,7 @@ fn assert_one_error(out: &Output, needle: &str) {
 
 /// `bin()` with a resource limit set in the child, where the CLI runs natively. (Under
 /// qemu-user the limit would apply to the emulator, which maps far more than the guest uses.)
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 fn limited(resource: libc::__rlimit_resource_t, bytes: u64) -> Command {
     use std::os::unix::process::CommandExt;
     let mut c = bin();
@@ -731,7 +731,7 @@ fn limited(resource: libc::__rlimit_resource_t, bytes: u64) -> Command {
     c
 }
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 #[test]
 fn hostile_npy_files_fail_fast_on_one_line() {
     let dir = tmpdir();
@@ -861,7 +861,7 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 #[test]
 fn run_output_is_replaced_whole_or_not_at_all() {
     let dir = tmpdir();
@@ -937,7 +937,7 @@ fn run_output_is_replaced_whole_or_not_at_all() {
     assert_eq!(entries(&dir), before);
 }
 
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 #[test]
 fn softmax_writes_both_outputs_or_neither() {
     let dir = tmpdir();
