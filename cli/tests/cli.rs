@@ -685,3 +685,300 @@ fn bad_softmax_inputs_fail_cleanly() {
         "bool or uint8",
     );
 }
+
+/// The CLI's answer to hostile input: exit status 1 and exactly one `error: ` line that
+/// contains `needle`.
+fn assert_one_error(out: &Output, needle: &str) {
+    assert_fails(out, needle);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+}
+
+/// `bin()` with a resource limit set in the child, where the CLI runs natively. (Under
+/// qemu-user the limit would apply to the emulator, which maps far more than the guest uses.)
+#[cfg(target_os = "linux")]
+fn limited(resource: libc::__rlimit_resource_t, bytes: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = bin();
+    if emulator().is_none() {
+        // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+        // functions (setrlimit, signal) on plain values.
+        unsafe {
+            c.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: bytes,
+                };
+                if libc::setrlimit(resource, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Past RLIMIT_FSIZE a write fails with EFBIG, as on a full disk, instead of
+                // the default SIGXFSZ killing the process.
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+    c
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn hostile_npy_files_fail_fast_on_one_line() {
+    let dir = tmpdir();
+    let shape = AttnShape::new(1, 1, 8, 4);
+    let (q, k, v) = write_qkv(&dir, &shape, false);
+    let o = dir.join("o.npy");
+    let run_q = |q: &Path| {
+        run(&[
+            "run",
+            "--q",
+            s(q),
+            "--k",
+            s(&k),
+            "--v",
+            s(&v),
+            "--out",
+            s(&o),
+        ])
+    };
+    let hostile = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        npy::write_raw(&p, bytes).unwrap();
+        p
+    };
+
+    // Brackets nested 10 000 deep (npyz took time doubling per level: 26 s at 22).
+    for (open, close) in [("[", "]"), ("(", ")")] {
+        let deep = format!("{}{}", open.repeat(10_000), close.repeat(10_000));
+        for dict in [
+            format!("{{'descr': {deep}, 'fortran_order': False, 'shape': (8, 4), }}"),
+            format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {deep}, }}"),
+        ] {
+            let p = hostile("nested.npy", &npy_with_header(&dict));
+            let t = std::time::Instant::now();
+            let out = run_q(&p);
+            assert!(t.elapsed().as_secs_f64() < 2.0, "{:?}", t.elapsed());
+            assert_one_error(&out, "nested.npy");
+        }
+    }
+
+    // A version 2.0 header claiming 4 GiB in a 585-byte file, under a 1 GiB address-space
+    // limit (npyz reserved the 4 GiB and aborted).
+    let mut bytes = npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }");
+    bytes.resize(585, b' ');
+    bytes[6] = 2;
+    bytes[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    let p = hostile("h4g.npy", &bytes);
+    let out = limited(libc::RLIMIT_AS, 1 << 30)
+        .args([
+            "run",
+            "--q",
+            s(&p),
+            "--k",
+            s(&k),
+            "--v",
+            s(&v),
+            "--out",
+            s(&o),
+        ])
+        .output()
+        .unwrap();
+    assert_one_error(&out, "claims 4294967295 bytes but only 573 follow");
+
+    let good = std::fs::read(&q).unwrap();
+    let with = |at: usize, b: &[u8]| {
+        let mut x = good.clone();
+        x[at..at + b.len()].copy_from_slice(b);
+        x
+    };
+    let header = |dict: &str| npy_with_header(dict)[..128].to_vec();
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"garbage");
+    for (name, bytes, needle) in [
+        ("magic.npy", with(0, b"\x93NUMPZ"), "not a valid .npy"),
+        ("version.npy", with(6, b"\x04\x00"), "version 4.0"),
+        ("empty.npy", Vec::new(), "not a valid .npy"),
+        ("short.npy", good[..9].to_vec(), "not a valid .npy"),
+        ("header-cut.npy", good[..100].to_vec(), "header claims"),
+        ("data-cut.npy", good[..good.len() - 1].to_vec(), "truncated"),
+        ("trailing.npy", trailing, "7 bytes follow the data"),
+        (
+            "f8.npy",
+            header("{'descr': '<f8', 'fortran_order': False, 'shape': (8, 4), }"),
+            "expected dtype float32, found float64",
+        ),
+        (
+            "fortran.npy",
+            header("{'descr': '<f4', 'fortran_order': True, 'shape': (8, 4), }"),
+            "Fortran order",
+        ),
+        (
+            "overflow.npy",
+            header(
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 2), }",
+            ),
+            "overflows",
+        ),
+        (
+            "mismatch.npy",
+            [
+                header("{'descr': '<f4', 'fortran_order': False, 'shape': (8, 5), }"),
+                vec![0; 128],
+            ]
+            .concat(),
+            "truncated: shape [8, 5] needs 160 bytes of data, the file has 128",
+        ),
+        (
+            "keys.npy",
+            header("{'descr': '<f4', 'fortran_order': False, 'shape': (8, 4), 'x': 0}"),
+            "unexpected key",
+        ),
+    ] {
+        let p = hostile(name, &bytes);
+        assert_one_error(&run_q(&p), name);
+        assert_one_error(&run_q(&p), needle);
+    }
+    assert!(!o.exists(), "no output after failures");
+}
+
+/// `dir`'s entries, sorted: shows leftover temporaries.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn run_output_is_replaced_whole_or_not_at_all() {
+    let dir = tmpdir();
+    let shape = AttnShape::new(1, 1, 8, 4);
+    let (q, k, v) = write_qkv(&dir, &shape, false);
+    let o = dir.join("o.npy");
+    std::fs::write(&o, b"the previous output").unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "run",
+            "--q",
+            s(&q),
+            "--k",
+            s(&k),
+            "--v",
+            s(&v),
+            "--out",
+            s(out),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let before = entries(&dir);
+
+    // A disk that fills part-way: the 256-byte output passes a 200-byte file size limit.
+    if emulator().is_none() {
+        let out = limited(libc::RLIMIT_FSIZE, 200)
+            .args(args(&o))
+            .output()
+            .unwrap();
+        assert_one_error(&out, "File too large");
+        assert_eq!(std::fs::read(&o).unwrap(), b"the previous output");
+        assert_eq!(entries(&dir), before, "no temporary left");
+    }
+    // A device that is full.
+    if Path::new("/dev/full").exists() {
+        let out = bin().args(args(Path::new("/dev/full"))).output().unwrap();
+        assert_one_error(&out, "No space left on device");
+    }
+    // A directory that does not exist, and one nobody may write (sysfs refuses even root).
+    let out = bin().args(args(&dir.join("nope/o.npy"))).output().unwrap();
+    assert_one_error(&out, "does not exist");
+    assert_eq!(entries(&dir), before);
+    if Path::new("/sys/kernel").is_dir() {
+        let out = bin()
+            .args(args(Path::new("/sys/intattention-o.npy")))
+            .output()
+            .unwrap();
+        assert_one_error(&out, "/sys/intattention-o.npy");
+    }
+    let out = bin().args(args(&dir)).output().unwrap();
+    assert_one_error(&out, "is a directory");
+
+    // --out naming an input, however spelled, is refused before anything is read or written.
+    let q_bytes = std::fs::read(&q).unwrap();
+    let hard = dir.join("q-link.npy");
+    std::fs::hard_link(&q, &hard).unwrap();
+    for (same, flag) in [
+        (q.clone(), "--q"),
+        (dir.join(".").join("q.npy"), "--q"),
+        (hard.clone(), "--q"),
+        (v.clone(), "--v"),
+    ] {
+        let out = bin().args(args(&same)).output().unwrap();
+        assert_one_error(&out, &format!("is the same file as {flag}"));
+    }
+    assert_eq!(std::fs::read(&q).unwrap(), q_bytes);
+    std::fs::remove_file(&hard).unwrap();
+
+    // Success replaces the old file and leaves nothing else behind.
+    assert_ok(&bin().args(args(&o)).output().unwrap());
+    assert_eq!(npy::read_f32(&o).unwrap().shape, vec![8, 4]);
+    assert_eq!(entries(&dir), before);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn softmax_writes_both_outputs_or_neither() {
+    let dir = tmpdir();
+    let (sp, _) = scores_fixture(&dir);
+    let out = dir.join("p.npy");
+    std::fs::write(&out, b"the previous probabilities").unwrap();
+    let softmax = |out: &Path, sums: &Path| {
+        run(&[
+            "softmax",
+            "--scores",
+            s(&sp),
+            "--threshold",
+            "30000",
+            "--variant",
+            "deferred",
+            "--out",
+            s(out),
+            "--sums",
+            s(sums),
+        ])
+    };
+    let before = entries(&dir);
+    let unchanged = || {
+        assert_eq!(std::fs::read(&out).unwrap(), b"the previous probabilities");
+        assert_eq!(entries(&dir), before, "no temporary or partial output left");
+    };
+    // --sums in a missing directory: refused before anything is computed.
+    assert_one_error(&softmax(&out, &dir.join("nope/sums.npy")), "does not exist");
+    unchanged();
+    // --sums where writing fails once --out is already written to its temporary.
+    if Path::new("/sys/kernel").is_dir() {
+        assert_one_error(
+            &softmax(&out, Path::new("/sys/intattention-sums.npy")),
+            "/sys/intattention-sums.npy",
+        );
+        unchanged();
+    }
+    if Path::new("/dev/full").exists() {
+        assert_one_error(&softmax(&out, Path::new("/dev/full")), "No space left");
+        unchanged();
+    }
+    // Outputs on inputs or on each other.
+    assert_one_error(&softmax(&out, &out), "both name");
+    assert_one_error(&softmax(&sp, &dir.join("s.npy")), "same file as --scores");
+    assert_one_error(&softmax(&out, &sp), "same file as --scores");
+    unchanged();
+    let sums = dir.join("sums.npy");
+    assert_ok(&softmax(&out, &sums));
+    assert_eq!(npy::read_u8(&out).unwrap().shape, vec![6, 50]);
+    assert_eq!(npy::read::<u32>(&sums).unwrap().shape, vec![6]);
+}

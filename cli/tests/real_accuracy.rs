@@ -34,7 +34,9 @@ fn bin() -> Command {
 }
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(REAL_DIR)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(REAL_DIR)
 }
 
 fn suite() -> &'static RealSuite {
@@ -289,7 +291,7 @@ fn capture_regenerates_the_committed_data() {
     let python = std::env::var("REAL_ACTIVATIONS_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::env::temp_dir().join(format!("intattention-recapture-{}", std::process::id()));
     let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/real-activations/capture.py");
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/real-activations/capture.py");
     let status = Command::new(&python)
         .arg(&script)
         .args(["capture", "--out"])

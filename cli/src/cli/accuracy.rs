@@ -98,7 +98,9 @@ pub fn run(a: AccuracyArgs) -> Result<()> {
 fn run_real(a: AccuracyArgs, dir: PathBuf) -> Result<()> {
     // The default is relative to the repository root; from elsewhere, fall back to the suite of
     // the source tree this binary was built from.
-    let built_in = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(REAL_DIR);
+    let built_in = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(REAL_DIR);
     let dir =
         if dir.as_path() == std::path::Path::new(REAL_DIR) && !dir.exists() && built_in.exists() {
             built_in

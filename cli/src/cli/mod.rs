@@ -180,7 +180,37 @@ fn unravel(mut i: usize, shape: &[usize]) -> String {
     format!("{idx:?}")
 }
 
-/// Writes the f32 output, naming the file on failure.
+/// Writes the f32 output (atomically, see [`npy::Outputs`]), naming the file on failure.
 pub fn save_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     npy::write_f32(path, shape, data).with_context(|| "writing the output".to_string())
+}
+
+/// Checks the output paths of a command before it reads or computes anything: each can name
+/// an output file, and none is an input or another output. An output over its own input is
+/// refused rather than allowed: the rename would replace the input, which the user most
+/// likely still wants, and two outputs on one path would silently keep only one.
+/// `outputs` and `inputs` pair each path with its flag, for the message.
+pub fn check_paths(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> Result<()> {
+    for (i, &(flag, out)) in outputs.iter().enumerate() {
+        npy::check_output(out)?;
+        for &(in_flag, input) in inputs {
+            if npy::same_file(out, input) {
+                anyhow::bail!(
+                    "{flag} {} is the same file as {in_flag} {}: writing it would replace the \
+                     input; choose another output path",
+                    out.display(),
+                    input.display()
+                );
+            }
+        }
+        for &(other_flag, other) in &outputs[..i] {
+            if npy::same_file(out, other) {
+                anyhow::bail!(
+                    "{other_flag} and {flag} both name {}: give each output its own path",
+                    out.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }

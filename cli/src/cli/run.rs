@@ -11,7 +11,7 @@ use crate::npy::NpyArray;
 use intattention::backend;
 use intattention::AttnShape;
 
-use super::{load_f32, save_f32, AttnOpts};
+use super::{check_paths, load_f32, save_f32, AttnOpts};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -35,6 +35,10 @@ pub struct RunArgs {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
+    check_paths(
+        &[("--out", &a.out)],
+        &[("--q", &a.q), ("--k", &a.k), ("--v", &a.v)],
+    )?;
     let q = load_f32(&a.q)?;
     let k = load_f32(&a.k)?;
     let v = load_f32(&a.v)?;

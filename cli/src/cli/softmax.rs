@@ -11,6 +11,8 @@ use crate::npy;
 use intattention::lut::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
 use intattention::{index_softmax, IndexSoftmaxParams, ScoreMask, SoftmaxVariant};
 
+use super::check_paths;
+
 #[derive(Args, Debug)]
 pub struct SoftmaxArgs {
     /// Scores: int32, 2-D [rows, cols].
@@ -33,7 +35,8 @@ pub struct SoftmaxArgs {
     /// Output probabilities: uint8 [rows, cols] (Deferred: the unnormalized table values).
     #[arg(long)]
     pub out: PathBuf,
-    /// Also write the per-row sums of the table values: uint32 [rows].
+    /// Also write the per-row sums of the table values: uint32 [rows]. Written together with
+    /// --out: either both files are replaced or neither is.
     #[arg(long)]
     pub sums: Option<PathBuf>,
 }
@@ -97,6 +100,11 @@ pub fn run(a: SoftmaxArgs) -> Result<()> {
         )?,
         (None, None) => bail!("give --threshold or --scales"),
     };
+    let mut inputs = vec![("--scores", a.scores.as_path())];
+    inputs.extend(a.mask.as_deref().map(|m| ("--mask", m)));
+    let mut outputs = vec![("--out", a.out.as_path())];
+    outputs.extend(a.sums.as_deref().map(|s| ("--sums", s)));
+    check_paths(&outputs, &inputs)?;
     let scores = npy::read_i32(&a.scores)?;
     scores.require_rank(&a.scores.display().to_string(), &[2])?;
     let (rows, cols) = (scores.shape[0], scores.shape[1]);
@@ -107,10 +115,12 @@ pub fn run(a: SoftmaxArgs) -> Result<()> {
     let mask = keep.as_deref().map_or(ScoreMask::None, ScoreMask::Dense);
     let mut p = vec![0u8; rows * cols];
     let sums = index_softmax(&scores.data, rows, cols, &params, mask, &mut p)?;
-    npy::write_u8(&a.out, &[rows, cols], &p)?;
+    let mut files = npy::Outputs::new();
+    files.stage(&a.out, &[rows, cols], &p)?;
     if let Some(path) = &a.sums {
-        npy::write_u32(path, &[rows], sums.as_slice())?;
+        files.stage(path, &[rows], sums.as_slice())?;
     }
+    files.commit()?;
     Ok(())
 }
 
