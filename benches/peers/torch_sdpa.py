@@ -25,9 +25,18 @@ Sequences of different lengths (--seq-lens) run as one SDPA call per sequence ov
 (--ragged loop, the default: no work on padding) or as one call over the longest length with a
 padding mask (--ragged mask, what padded batches in frameworks do).
 
-GQA (kv_heads < heads): `enable_gqa=True` (torch >= 2.5). When this torch has no such argument
-the K and V heads are expanded with repeat_interleave inside the timed call instead, and every
-JSON line says so in its "gqa" field (and a note goes to stderr).
+GQA (kv_heads < heads), the "gqa" field of every JSON line says which way ran:
+- auto (default): `enable_gqa=True` (torch >= 2.5). When this torch has no such argument the K and
+  V heads are expanded with repeat_interleave inside the timed call instead (and a note goes to
+  stderr).
+- repeat: always repeat_interleave (what models did before enable_gqa).
+- fold: the heads/kv_heads query heads that share a KV head become the rows of one query block:
+  Q [batch, heads, L, d] is viewed as [batch, kv_heads, heads/kv_heads * L, d] (no copy) and one
+  plain SDPA call runs per KV head, with the mask tiled over the folded rows (an explicit mask
+  also when causal with q_len == kv_len). Exact; for decoding (L = 1) it turns each KV head's
+  work into one small matrix product, which on some torch builds is several times faster than
+  enable_gqa (whose CPU kernel handles each query head on its own). The float baseline a decoding
+  engine could have, so scripts time it next to enable_gqa.
 
 Output: one JSON object per (L, dtype) on stdout, with the field names of `intattention bench
 --json` where they mean the same thing (threads, batch, heads, kv_heads, q_len, kv_len, d, causal,
@@ -63,8 +72,10 @@ def parse_args(argv=None):
                    help="with --kv-cache: cached tokens per sequence, comma separated")
     p.add_argument("--ragged", choices=["loop", "mask"], default="loop",
                    help="sequences of different lengths: one call each, or one padded masked call")
-    p.add_argument("--gqa", choices=["auto", "repeat"], default="auto",
-                   help="auto: enable_gqa where torch has it; repeat: always repeat_interleave")
+    p.add_argument("--gqa", choices=["auto", "repeat", "fold"], nargs="+", default=["auto"],
+                   help="one row each: auto: enable_gqa where torch has it; repeat: always "
+                        "repeat_interleave; fold: each KV head's query heads as rows of one query "
+                        "block (see above)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -92,11 +103,14 @@ def parse_args(argv=None):
 class Peer:
     """SDPA with the GQA handling this torch allows."""
 
-    def __init__(self, torch, F, heads, kv_heads, force_repeat):
+    def __init__(self, torch, F, heads, kv_heads, mode):
         self.torch, self.F = torch, F
         self.groups = heads // kv_heads
         self.gqa = "none"
-        if self.groups > 1:
+        force_repeat = mode == "repeat"
+        if self.groups > 1 and mode == "fold":
+            self.gqa = "fold"
+        elif self.groups > 1:
             if not force_repeat and self._has_enable_gqa():
                 self.gqa = "enable_gqa"
             else:
@@ -115,7 +129,23 @@ class Peer:
         except TypeError:
             return False
 
+    def prepare_mask(self, mask, q_len, kv_len, is_causal):
+        """The mask to pass for this GQA mode (built before the clock starts). Folding puts the
+        query rows of one KV head's query heads one after another, so a [.., L, kv] mask is tiled
+        over them, and is_causal becomes an explicit mask."""
+        if self.gqa != "fold":
+            return mask, is_causal
+        if is_causal:
+            mask = bottom_right_mask(self.torch, q_len, kv_len)
+        if mask is None:
+            return None, False
+        return mask.repeat(*([1] * (mask.dim() - 2)), self.groups, 1), False
+
     def __call__(self, q, k, v, mask=None, is_causal=False):
+        if self.gqa == "fold":
+            b, h, L, d = q.shape
+            qf = q.view(b, k.shape[1], self.groups * L, d)
+            return self.F.scaled_dot_product_attention(qf, k, v, attn_mask=mask).view(b, h, L, d)
         if self.gqa == "enable_gqa":
             return self.F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                                        enable_gqa=True)
@@ -149,6 +179,9 @@ class PlainCase:
         self.is_causal = a.causal and L == kv_len
         self.mask = bottom_right_mask(torch, L, kv_len) if a.causal and L != kv_len else None
         self.mask_kind = "is_causal" if self.is_causal else ("bottom-right bool" if self.mask is not None else "none")
+        self.mask, self.is_causal = peer.prepare_mask(self.mask, L, kv_len, self.is_causal)
+        if peer.gqa == "fold" and self.mask is not None:
+            self.mask_kind = "bottom-right bool"
         self.kv_len, self.seq_lens, self.cache_bytes = kv_len, None, None
         self.macs = 2.0 * a.batch * a.heads * L * kv_len * a.d
 
@@ -177,14 +210,15 @@ class CacheCase:
         self.same = len(set(lens)) == 1
         self.ragged = "equal" if self.same else a.ragged
         n0 = lens[0]
+        fold = lambda m: peer.prepare_mask(m, L, None, False)[0]
         if self.same:
             # One call for the whole batch; one query token sees every key: no mask.
-            self.mask = None if L == 1 else bottom_right_mask(torch, L, n0 + L)
+            self.mask = None if L == 1 else fold(bottom_right_mask(torch, L, n0 + L))
         elif self.ragged == "mask":
             m = torch.stack([bottom_right_mask(torch, L, cap, n + L) for n in lens])
-            self.mask = m.unsqueeze(1)  # [batch, 1, L, cap], broadcast over heads
+            self.mask = fold(m.unsqueeze(1))  # [batch, 1, L, cap], broadcast over heads
         else:
-            self.masks = [None if L == 1 else bottom_right_mask(torch, L, n + L) for n in lens]
+            self.masks = [None if L == 1 else fold(bottom_right_mask(torch, L, n + L)) for n in lens]
         self.mask_kind = ("none" if L == 1 else "bottom-right bool") if self.ragged != "mask" else "padding+bottom-right bool"
         self.kv_len = max(lens)
         self.seq_lens = lens
@@ -215,7 +249,11 @@ def reference(torch, q, k, v, valid_len):
     k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
     v = v.repeat_interleave(q.shape[0] // v.shape[0], dim=0)
     s = q @ k.transpose(1, 2) / q.shape[-1] ** 0.5
-    s = s.masked_fill(~bottom_right_mask(torch, q.shape[1], valid_len), float("-inf"))
+    L = q.shape[1]
+    for i in range(L):  # written out apart from bottom_right_mask, which it checks
+        for j in range(valid_len):
+            if j > i + valid_len - L:
+                s[:, i, j] = float("-inf")
     return torch.softmax(s, dim=-1) @ v
 
 
@@ -223,23 +261,25 @@ def self_test(torch, F):
     """Checks the cache steps (equal and ragged lengths, both --ragged forms, L = 1 and L > 1, GQA
     both ways) and the plain causal case with q_len != kv_len against the float64 reference."""
     worst = 0.0
-    for force_repeat in (False, True):
+    for mode in ("auto", "repeat", "fold"):
         for lens, L, ragged in (([7, 7], 1, "loop"), ([7, 7], 3, "loop"), ([5, 9, 2], 1, "loop"),
                                 ([5, 9, 2], 1, "mask"), ([5, 9, 2], 4, "loop"), ([5, 9, 2], 4, "mask")):
             a = parse_args(["--kv-cache", "--heads", "4", "--kv-heads", "2", "--d", "8", "--batch",
                             str(len(lens)), "--seq-lens", ",".join(map(str, lens)), "--ragged", ragged,
                             "--L", str(L)])
-            peer = Peer(torch, F, 4, 2, force_repeat)
+            peer = Peer(torch, F, 4, 2, mode)
             c = CacheCase(torch, peer, a, L, torch.float32)
             out = c.step()
             out = torch.cat(out) if isinstance(out, list) else out
             for b, n in enumerate(lens):
                 ref = reference(torch, c.q[b], c.kbuf[b], c.vbuf[b], n + L)
                 worst = max(worst, (out[b].double() - ref).abs().max().item())
-        a = parse_args(["--heads", "4", "--kv-heads", "1", "--d", "8", "--L", "3", "--kv-len", "10", "--causal"])
-        c = PlainCase(torch, Peer(torch, F, 4, 1, force_repeat), a, 3, torch.float32)
-        ref = reference(torch, c.q[0], c.k[0], c.v[0], 10)
-        worst = max(worst, (c.step()[0].double() - ref).abs().max().item())
+        for L, kv in ((3, 10), (6, 6)):  # explicit bottom-right mask; is_causal
+            a = parse_args(["--heads", "4", "--kv-heads", "1", "--d", "8", "--L", str(L), "--kv-len", str(kv),
+                            "--causal"])
+            c = PlainCase(torch, Peer(torch, F, 4, 1, mode), a, L, torch.float32)
+            ref = reference(torch, c.q[0], c.k[0], c.v[0], kv)
+            worst = max(worst, (c.step()[0].double() - ref).abs().max().item())
     ok = worst < 1e-4
     print(f"self-test {'passed' if ok else 'FAILED'}: largest difference from the float64 reference {worst:.2e}")
     return 0 if ok else 1
@@ -258,56 +298,57 @@ def main():
         with torch.inference_mode():
             return self_test(torch, F)
 
-    peer = Peer(torch, F, a.heads, a.kv_heads, a.gqa == "repeat")
+    # Without GQA every mode is the same plain call: time it once.
+    modes = list(dict.fromkeys(a.gqa)) if a.kv_heads < a.heads else ["auto"]
+    peers = [Peer(torch, F, a.heads, a.kv_heads, m) for m in modes]
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    for L in a.L:
-        for name in a.dtypes:
-            dt = dtypes[name]
-            with torch.inference_mode():
-                case = (CacheCase if a.kv_cache else PlainCase)(torch, peer, a, L, dt)
-                times, cpu = [], 0.0
-                for i in range(a.warmup + a.runs):
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    out = case.step()
-                    t1, c1 = time.perf_counter(), time.process_time()
-                    if i >= a.warmup:
-                        times.append(t1 - t0)
-                        cpu += c1 - c0
-                outs = out if isinstance(out, list) else [out]
-                if not all(bool(torch.isfinite(o.float()).all()) for o in outs):
-                    sys.exit(f"torch sdpa {name} L={L} produced a non-finite output")
-            median = statistics.median(times)
-            print(json.dumps({
-                "impl": "torch-sdpa",
-                "dtype": name,
-                "torch": torch.__version__,
-                "threads": a.threads,
-                "batch": a.batch,
-                "heads": a.heads,
-                "kv_heads": a.kv_heads,
-                "q_len": L,
-                "kv_len": case.kv_len,
-                "d": a.d,
-                "causal": a.causal or a.kv_cache,
-                "kv_cache": a.kv_cache,
-                "seq_lens": case.seq_lens,
-                "cache_bytes": case.cache_bytes,
-                "gqa": peer.gqa,
-                "mask": case.mask_kind,
-                "ragged": getattr(case, "ragged", None),
-                "seed": a.seed,
-                "warmup": a.warmup,
-                "runs": a.runs,
-                "mean_ms": statistics.fmean(times) * 1e3,
-                "median_ms": median * 1e3,
-                "min_ms": min(times) * 1e3,
-                "max_ms": max(times) * 1e3,
-                "gmacs": case.macs / median / 1e9,
-                # CPU seconds of all the process's threads per run: on a busy machine a steadier
-                # measure of the work than wall time.
-                "cpu_ms": cpu / a.runs * 1e3,
-            }), flush=True)
-            del case, out
+    for L, name, peer in ((L, n, p) for L in a.L for n in a.dtypes for p in peers):
+        dt = dtypes[name]
+        with torch.inference_mode():
+            case = (CacheCase if a.kv_cache else PlainCase)(torch, peer, a, L, dt)
+            times, cpu = [], 0.0
+            for i in range(a.warmup + a.runs):
+                c0, t0 = time.process_time(), time.perf_counter()
+                out = case.step()
+                t1, c1 = time.perf_counter(), time.process_time()
+                if i >= a.warmup:
+                    times.append(t1 - t0)
+                    cpu += c1 - c0
+            outs = out if isinstance(out, list) else [out]
+            if not all(bool(torch.isfinite(o.float()).all()) for o in outs):
+                sys.exit(f"torch sdpa {name} L={L} produced a non-finite output")
+        median = statistics.median(times)
+        print(json.dumps({
+            "impl": "torch-sdpa",
+            "dtype": name,
+            "torch": torch.__version__,
+            "threads": a.threads,
+            "batch": a.batch,
+            "heads": a.heads,
+            "kv_heads": a.kv_heads,
+            "q_len": L,
+            "kv_len": case.kv_len,
+            "d": a.d,
+            "causal": a.causal or a.kv_cache,
+            "kv_cache": a.kv_cache,
+            "seq_lens": case.seq_lens,
+            "cache_bytes": case.cache_bytes,
+            "gqa": peer.gqa,
+            "mask": case.mask_kind,
+            "ragged": getattr(case, "ragged", None),
+            "seed": a.seed,
+            "warmup": a.warmup,
+            "runs": a.runs,
+            "mean_ms": statistics.fmean(times) * 1e3,
+            "median_ms": median * 1e3,
+            "min_ms": min(times) * 1e3,
+            "max_ms": max(times) * 1e3,
+            "gmacs": case.macs / median / 1e9,
+            # CPU seconds of all the process's threads per run: on a busy machine a steadier
+            # measure of the work than wall time.
+            "cpu_ms": cpu / a.runs * 1e3,
+        }), flush=True)
+        del case, out
     return 0
 
 
