@@ -1,7 +1,7 @@
 //! Attention semantics through the public pipelines: masks (causal with Lq != Lk, key padding),
 //! grouped-query head mapping, fully masked rows, bad input, and the IntAttention output checked
 //! bit for bit against two independent computations written here: one in plain i64 arithmetic
-//! straight from SPEC sections 2-4, one composed from the public operations (gemm_s8s8_nt,
+//! straight from docs/numerics.md sections 2-4, one composed from the public operations (gemm_s8s8_nt,
 //! index_softmax, gemm_u8s8). Every kernel this CPU can run and every schedule is checked.
 
 mod support;
@@ -28,7 +28,7 @@ fn parts(x: f32) -> (u128, i32) {
     }
 }
 
-/// SPEC section 4's `O32 s_v / div` as the f32 nearest to the exact value (ties to even), by
+/// docs/numerics.md section 4's `O32 s_v / div` as the f32 nearest to the exact value (ties to even), by
 /// exact integer division; `div == 0` (fully masked row) gives 0.
 fn spec_output(o32: i64, s_v: f32, div: u64) -> f32 {
     if div == 0 || o32 == 0 || s_v == 0.0 {
@@ -70,7 +70,7 @@ fn spec_output(o32: i64, s_v: f32, div: u64) -> f32 {
     }
 }
 
-/// Whether query `i` sees key `j`: SPEC section 2's causal rule and key padding.
+/// Whether query `i` sees key `j`: docs/numerics.md section 2's causal rule and key padding.
 fn visible(causal: bool, key_len: usize, lq: usize, lk: usize, i: usize, j: usize) -> bool {
     let causal_masked = causal && (j as i64) > i as i64 + (lk as i64 - lq as i64);
     j < key_len && !causal_masked
@@ -119,7 +119,7 @@ impl Case {
     }
 }
 
-/// IntAttention in plain i64 arithmetic, straight from SPEC sections 2-4 (Normalized and
+/// IntAttention in plain i64 arithmetic, straight from docs/numerics.md sections 2-4 (Normalized and
 /// Deferred). Query head `h` reads key/value head `h / (heads / kv_heads)`.
 fn direct_i64(c: &Case, q: &QTensor, k: &QTensor, v: &QTensor) -> Vec<f32> {
     let s = c.shape;
@@ -186,8 +186,8 @@ fn direct_i64(c: &Case, q: &QTensor, k: &QTensor, v: &QTensor) -> Vec<f32> {
 }
 
 /// IntAttention composed from the public operations, every variant: scores by
-/// `gemm_s8s8_nt`, the mask as a dense keep-matrix from SPEC's rule, `index_softmax`,
-/// P x V by `gemm_u8s8`, then SPEC section 4's output formula.
+/// `gemm_s8s8_nt`, the mask as a dense keep-matrix from the contract's rule, `index_softmax`,
+/// P x V by `gemm_u8s8`, then docs/numerics.md section 4's output formula.
 fn composed(c: &Case, q: &QTensor, k: &QTensor, v: &QTensor) -> Vec<f32> {
     let s = c.shape;
     let (lq, lk, d) = (s.q_len, s.kv_len, s.head_dim);
@@ -859,7 +859,7 @@ fn decode_over_65800_keys_does_not_overflow_the_pv_accumulator() {
             assert_eq!(want[1], mean as f32);
         } else {
             // Normalized over 65800 equal keys: P = round_half_up(255 / 65800) = 0, output 0
-            // (SPEC's 8-bit probability floor).
+            // (the contract's 8-bit probability floor).
             assert_eq!(want, [0.0, 0.0]);
         }
         for schedule in ALL_SCHEDULES {

@@ -1,6 +1,6 @@
-//! The core operations against SPEC.md, bit for bit: the exponent table, the thresholds,
+//! The core operations against docs/numerics.md, bit for bit: the exponent table, the thresholds,
 //! IndexSoftmax in all three finishes (hand-worked rows, edge rows, random rows against an
-//! independent implementation written here from the SPEC text), the integer GEMMs and the
+//! independent implementation written here from the contract's text), the integer GEMMs and the
 //! quantizer. Every kernel this CPU can run is checked, not only the dispatched one.
 
 mod support;
@@ -13,7 +13,7 @@ use intattention::*;
 use proptest::prelude::*;
 use std::cmp::Ordering;
 
-/// SPEC section 3, the b = 5, c = 6.6 table as printed there.
+/// docs/numerics.md section 3, the b = 5, c = 6.6 table as printed there.
 const SPEC_TABLE_B5: [u8; 32] = [
     255, 206, 167, 135, 109, 88, 71, 57, 46, 38, 30, 25, 20, 16, 13, 10, 8, 7, 6, 4, 4, 3, 2, 2, 2,
     1, 1, 1, 1, 1, 0, 0,
@@ -22,7 +22,7 @@ const SPEC_TABLE_B5: [u8; 32] = [
 const T_MAX: i32 = 1 << 30;
 
 // ---------------------------------------------------------------------------------------------
-// An independent implementation of SPEC section 3, written from the text in wide integers.
+// An independent implementation of docs/numerics.md section 3, written from the text in wide integers.
 // ---------------------------------------------------------------------------------------------
 
 /// Exponent pass: `e[j] = LUT[round_half_up(min(m - S, T) (N-1) / T)]` over kept entries.
@@ -494,7 +494,7 @@ fn u16_sum_defect_row_len_300() {
 #[test]
 fn u16_sum_defect_row_len_65537_wrapped_sum_255_must_still_normalize() {
     // 255 * 65537 = 16,711,935 = 255 mod 2^16: the artifact saw a sum of 255, skipped the
-    // division and returned raw 255s. SPEC: P = (510 + 65537) / 131074 = 0.
+    // division and returned raw 255s. The contract: P = (510 + 65537) / 131074 = 0.
     check_flat_row(65537, 3);
     let (p, sum) = softmax_row(SoftmaxVariant::Normalized, &vec![3; 65537], 5);
     assert_eq!(sum, 16_711_935);
@@ -621,7 +621,7 @@ proptest! {
             prop_assert_eq!(sums.as_slice().len(), rows);
             for i in 0..rows {
                 let r = i * cols..(i + 1) * cols;
-                // The SPEC text, in wide integers.
+                // The contract's text (docs/numerics.md), in wide integers.
                 let (want, want_sum) = spec_row(v, &scores[r.clone()], &keep[r.clone()], t, lut.entries());
                 prop_assert_eq!(&out[r.clone()], &want[..], "row {} {:?}", i, mask);
                 prop_assert_eq!(sums.as_slice()[i] as u64, want_sum);
@@ -1078,7 +1078,7 @@ fn gemm_errors() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Quantization (SPEC section 1)
+// Quantization (docs/numerics.md section 1)
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -1124,7 +1124,7 @@ fn quantize_rounds_ties_to_even() {
 
 #[test]
 fn quantize_subnormal_maximum_whose_scale_underflows_is_treated_as_zero() {
-    // max|x| / 127 rounds to 0 in f32 below 63.5 * 2^-149: SPEC's division by s is then
+    // max|x| / 127 rounds to 0 in f32 below 63.5 * 2^-149: the contract's division by s is then
     // undefined; the crate treats such a tensor as all zeros (its values are below 1e-43).
     let tiny = f32::from_bits(5);
     let (q, s) = quantize_symmetric(&[tiny, -tiny, 0.0]).unwrap();

@@ -95,7 +95,7 @@ pub fn reference_attention(
     Ok(out)
 }
 
-/// How many keys query `i` of batch row `b` sees, straight from SPEC section 2 (written apart
+/// How many keys query `i` of batch row `b` sees, straight from docs/numerics.md section 2 (written apart
 /// from [`Attention::valid_keys`] so that the reference does not share its bugs): key `j` is
 /// masked when `j >= key_lens[b]`, and with the causal mask when `j > i + (kv_len - q_len)`.
 fn visible_keys(attn: &Attention, shape: &AttnShape, b: usize, i: usize) -> usize {

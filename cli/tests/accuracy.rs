@@ -108,7 +108,7 @@ fn deferred_is_within_the_table_resolution() {
     }
 }
 
-/// The pipelines whose P is a u8 with scale 1/255 (SPEC sections 3 and 5).
+/// The pipelines whose P is a u8 with scale 1/255 (docs/numerics.md sections 3 and 5).
 fn u8_probability_rows() -> Vec<&'static Row> {
     let mut rows = rows_of(Pipeline::Int8, None);
     rows.extend(rows_of(
@@ -197,7 +197,7 @@ fn deferred_beats_normalized_on_gaussian_rows_as_length_grows() {
 #[test]
 fn all_zero_q_gives_the_mean_of_v() {
     // Q = 0: every logit is 0, so attention is uniform over the visible keys and the output is
-    // the mean of those V rows. SPEC section 1: scale 0, T = 2^30, every table index 0, every
+    // the mean of those V rows. docs/numerics.md section 1: scale 0, T = 2^30, every table index 0, every
     // e = 255; Deferred divides by the sum, giving exactly the mean of the dequantized V, which
     // is within s_v / 2 of the mean of V.
     let shape = AttnShape::new(1, 2, 1024, 32);

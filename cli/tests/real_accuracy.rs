@@ -6,7 +6,7 @@
 //!
 //! Bounds are the measured value (kernel avx512vbmi, this commit's data) with a small margin:
 //! about 3% on the integer pipelines, whose error is set by the data and the arithmetic of
-//! SPEC.md and not by the kernel (every kernel is bit-exact against the scalar reference), so
+//! docs/numerics.md and not by the kernel (every kernel is bit-exact against the scalar reference), so
 //! that a change of the default that loses accuracy fails; wider on the float ones, whose
 //! rounding depends on the kernel. Improvements pass: lower the bounds with them.
 

@@ -11,9 +11,9 @@
 //! `floor(p + 1/2)`. Each of the three roundings is relative `2^-53`, so `p = x (1 + eta)` with
 //! `2^-45 < eta < 2^-43`: `p` is never below `x`, and at most `256 * 2^-43 = 2^-35` above it.
 //! If `x` is a tie (`k + 1/2`), `p` is strictly above it and below `k + 1 + 1/2`, so the result
-//! is `k + 1`, as SPEC's half-up rounding says. Otherwise `x + 1/2 = (2 D (N-1) + T) / (2T)` is
+//! is `k + 1`, as the contract's half-up rounding says. Otherwise `x + 1/2 = (2 D (N-1) + T) / (2T)` is
 //! at least `1 / (2T) >= 2^-31` below the next integer, which the `2^-35` cannot reach. So the
-//! result is the exact SPEC index for every input; the tests probe both sides of every bucket
+//! result is the exact index of docs/numerics.md for every input; the tests probe both sides of every bucket
 //! boundary.
 
 use core::arch::aarch64::*;

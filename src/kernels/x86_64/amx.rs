@@ -9,12 +9,10 @@
 //!
 //! Tile rows must start on 64-byte lines: a row that straddles two lines is two accesses.
 //! Packed operands and the fused pipeline's score and P blocks live in [`AlignedVec`]s, and an
-//! A that is not on lines is copied once per call. Measured on the device machine (one
-//! Sapphire Rapids core, L = 4096, 32-row blocks, alternated in one process): Q K^T 16.0 ms
-//! with K 16 bytes off a line, 7.4 ms on lines (AVX-512 VNNI: 14.1 ms either way); P x V 5.8
-//! against 4.3 ms (VNNI 14.0 ms). Score rows are stored an odd number of lines apart
-//! ([`KernelImpl::s_row_stride`]) and P read at such a stride ([`KernelImpl::p_row_stride`]), so the
-//! 16 rows of a tile do not all fall into one L1 set when L is a power of two.
+//! A that is not on lines is copied once per call (docs/performance.md has the measurement:
+//! about twice as fast on lines). Score rows are stored an odd number of lines apart
+//! ([`KernelImpl::s_row_stride`]) and P read at such a stride ([`KernelImpl::p_row_stride`]),
+//! so the 16 rows of a tile do not all fall into one L1 set when L is a power of two.
 //!
 //! Layouts (all tiles are configured 16 rows x 64 bytes):
 //! - B (V, or K^T made from K's rows) is packed into panels of 16 columns, each
@@ -288,7 +286,7 @@ impl Amx {
         // so whatever they hold adds 0; they only have to be readable, which rows of stride
         // lda >= kp are (up to the last row, whose kp bytes must lie inside `a`). Tile rows
         // also have to start on 64-byte lines, or every row load is two (half the speed,
-        // measured). Otherwise copy A into aligned rows of kp bytes.
+        // docs/performance.md). Otherwise copy A into aligned rows of kp bytes.
         let line_rows = (a.as_ptr() as usize).is_multiple_of(64) && lda.is_multiple_of(64);
         let padded;
         let (a, lda) = if lda >= kp && line_rows && a.len() >= (m - 1) * lda + kp {
