@@ -415,6 +415,7 @@ impl KvCache {
                         .collect(),
                     s_k: h.k_base,
                     s_v: h.v_base,
+                    q_scales: Vec::new(),
                 })
             })
             .collect();

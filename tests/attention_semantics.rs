@@ -1112,3 +1112,190 @@ fn concurrent_calls_from_several_threads_agree() {
         });
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Finer scales (docs/numerics.md section 6), against their definition
+// ---------------------------------------------------------------------------------------------
+
+/// `max |x| / 127`, 0 when that maximum is zero or subnormal.
+fn scale_of(x: impl Iterator<Item = f32>) -> f32 {
+    let m = x.fold(0f32, |m, v| m.max(v.abs()));
+    if m < f32::MIN_POSITIVE {
+        0.0
+    } else {
+        m / 127.0
+    }
+}
+
+fn q8(x: f32, s: f32) -> i64 {
+    if s == 0.0 {
+        0
+    } else {
+        (x / s).round_ties_even().clamp(-127.0, 127.0) as i64
+    }
+}
+
+/// IntAttention with Q scales per row or per head, K/V scales per head and optional K
+/// smoothing, written from section 6 in wide integers.
+#[allow(clippy::too_many_arguments)]
+fn finer_reference(
+    s: &AttnShape,
+    quant: Quantization,
+    variant: SoftmaxVariant,
+    causal: bool,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> Vec<f32> {
+    let (lq, lk, d) = (s.q_len, s.kv_len, s.head_dim);
+    let lut = Lut::new(5, 6.6).unwrap();
+    let table = lut.entries();
+    let n1 = (table.len() - 1) as i64;
+    let scale = 1.0 / (d as f32).sqrt();
+    let row = |x: &[f32], bh: usize, i: usize| x[(bh * lq + i) * d..(bh * lq + i + 1) * d].to_vec();
+    let krow = |x: &[f32], u: usize, j: usize| x[(u * lk + j) * d..(u * lk + j + 1) * d].to_vec();
+    let mut out = Vec::new();
+    for bh in 0..s.batch * s.heads {
+        let (b, h) = (bh / s.heads, bh % s.heads);
+        let u = b * s.kv_heads + h / (s.heads / s.kv_heads);
+        // K: the mean over 256-key blocks in order, then the head's scale.
+        let mut mean = vec![0f32; d];
+        if quant.smooth_k {
+            let mut total = vec![0f64; d];
+            for j0 in (0..lk).step_by(256) {
+                let mut part = vec![0f64; d];
+                for j in j0..(j0 + 256).min(lk) {
+                    for (a, x) in part.iter_mut().zip(krow(k, u, j)) {
+                        *a += x as f64;
+                    }
+                }
+                for (t, x) in total.iter_mut().zip(part) {
+                    *t += x;
+                }
+            }
+            mean = total.iter().map(|&t| (t / lk as f64) as f32).collect();
+        }
+        let ks: Vec<Vec<f32>> = (0..lk)
+            .map(|j| {
+                krow(k, u, j)
+                    .iter()
+                    .zip(&mean)
+                    .map(|(x, m)| x - m)
+                    .collect()
+            })
+            .collect();
+        let s_k = scale_of(ks.iter().flatten().copied());
+        let s_v = scale_of((0..lk).flat_map(|j| krow(v, u, j)));
+        let k8: Vec<Vec<i64>> = ks
+            .iter()
+            .map(|r| r.iter().map(|&x| q8(x, s_k)).collect())
+            .collect();
+        let v8: Vec<Vec<i64>> = (0..lk)
+            .map(|j| krow(v, u, j).iter().map(|&x| q8(x, s_v)).collect())
+            .collect();
+        let head_scale = scale_of((0..lq).flat_map(|i| row(q, bh, i)));
+        for i in 0..lq {
+            let qr = row(q, bh, i);
+            let s_q = match quant.q {
+                Granularity::PerRow => scale_of(qr.iter().copied()),
+                _ => head_scale,
+            };
+            let q8r: Vec<i64> = qr.iter().map(|&x| q8(x, s_q)).collect();
+            let t = threshold_exact(6.6, s_q, s_k, scale).unwrap() as i64;
+            let n = if causal {
+                (i + lk + 1).saturating_sub(lq).min(lk)
+            } else {
+                lk
+            };
+            let sc: Vec<i64> = (0..n)
+                .map(|j| q8r.iter().zip(&k8[j]).map(|(a, b)| a * b).sum())
+                .collect();
+            let mut p = vec![0i64; n];
+            let mut sum = 0;
+            if let Some(&m) = sc.iter().max() {
+                for j in 0..n {
+                    let dd = (m - sc[j]).min(t);
+                    p[j] = table[((2 * dd * n1 + t) / (2 * t)) as usize] as i64;
+                    sum += p[j];
+                }
+            }
+            let div = if variant == SoftmaxVariant::Normalized {
+                for x in p.iter_mut() {
+                    *x = if sum == 0 {
+                        0
+                    } else {
+                        (510 * *x + sum) / (2 * sum)
+                    };
+                }
+                if sum == 0 {
+                    0
+                } else {
+                    255
+                }
+            } else {
+                sum
+            };
+            for c in 0..d {
+                let o32: i64 = (0..n).map(|j| p[j] * v8[j][c]).sum();
+                out.push(intattention::reference::dequantize_output(
+                    o32, s_v, div as u32,
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn finer_scales_and_smoothing_equal_their_definition() {
+    let quants = [
+        Quantization::FINE,
+        Quantization::PER_TENSOR
+            .with_q(Granularity::PerHead)
+            .with_kv(Granularity::PerHead),
+        Quantization::PER_TENSOR
+            .with_q(Granularity::PerRow)
+            .with_kv(Granularity::PerHead),
+        Quantization::PER_TENSOR
+            .with_kv(Granularity::PerHead)
+            .with_smooth_k(true)
+            .with_q(Granularity::PerHead),
+    ];
+    // Units enough for the one-pass schedule (batch x kv heads >= 2 x workers) and one unit
+    // with long keys (chunks and key splits).
+    for s in [shape(4, 4, 2, 9, 40, 16), shape(1, 2, 1, 3, 2100, 8)] {
+        let q = data(31, s.q_elems());
+        // Keys with a common offset, where smoothing matters.
+        let k: Vec<f32> = data(32, s.kv_elems()).iter().map(|x| x + 2.0).collect();
+        let v = data(33, s.kv_elems());
+        for quant in quants {
+            for variant in [SoftmaxVariant::Deferred, SoftmaxVariant::Normalized] {
+                for causal in [false, true] {
+                    let want = finer_reference(&s, quant, variant, causal, &q, &k, &v);
+                    for kernel in Kernel::available() {
+                        for schedule in [Schedule::Auto, Schedule::Unfused] {
+                            for threads in [1, 3] {
+                                let attn = Attention::new(Pipeline::IntAttention)
+                                    .with_variant(variant)
+                                    .with_causal(causal)
+                                    .with_quantization(quant)
+                                    .with_kernel(kernel)
+                                    .with_schedule(schedule)
+                                    .with_executor(support::threads(threads));
+                                let got = attn.run(&s, &q, &k, &v).unwrap();
+                                assert_bits_eq(
+                                    &got,
+                                    &want,
+                                    &format!(
+                                        "{quant:?} {variant} causal {causal} {} {schedule:?} {threads} threads {s:?}",
+                                        kernel.name()
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

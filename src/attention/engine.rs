@@ -86,6 +86,9 @@ pub(crate) struct UnitRef<'a> {
     /// Scale (or base scale, with exponents) of the unit's keys and of its values.
     pub s_k: f32,
     pub s_v: f32,
+    /// The scales of the unit's query heads when the unit computed them itself (per-head Q
+    /// scales in the one-pass schedule; [`QScale::Unit`]).
+    pub q_scales: Vec<f32>,
 }
 
 /// Runs an integer pipeline into `out` (shaped like Q); shapes and parameters are checked.
@@ -114,8 +117,11 @@ pub(crate) struct Setup {
     pub scales: Scales,
 }
 
-/// Shape, masks and scales of per-call inputs (not a cache).
-pub(crate) fn setup(attn: &Attention, par: Par, inputs: &IntInputs<'_>) -> Result<Setup> {
+/// Shape and masks of per-call inputs (not a cache).
+pub(crate) fn geometry(
+    attn: &Attention,
+    inputs: &IntInputs<'_>,
+) -> Result<(AttnShape, Visibility)> {
     let shape = match (inputs.q, inputs.kv) {
         (QSide::Float(q), KvSide::Float { k, v }) => super::shape_of(q.dims(), k.dims(), v.dims())?,
         (QSide::Int { shape, .. }, _) => shape,
@@ -130,16 +136,193 @@ pub(crate) fn setup(attn: &Attention, par: Par, inputs: &IntInputs<'_>) -> Resul
         causal_len: vec![shape.kv_len; shape.batch],
         causal: attn.causal(),
     };
-    let scales = match (inputs.q, inputs.kv) {
+    Ok((shape, vis))
+}
+
+/// The scales of per-call inputs.
+fn setup_scales(
+    attn: &Attention,
+    par: Par,
+    shape: &AttnShape,
+    vis: &Visibility,
+    inputs: &IntInputs<'_>,
+) -> Result<Scales> {
+    Ok(match (inputs.q, inputs.kv) {
         (QSide::Float(q), KvSide::Float { k, v }) => {
-            float_scales(par, &shape, &vis, attn.quantization(), &q, &k, &v)?
+            float_scales(par, shape, vis, attn.quantization(), &q, &k, &v)?
         }
         (QSide::Int { t, .. }, KvSide::Int { k, v }) => {
             given_scales(t, k, v, shape.batch * shape.kv_heads)
         }
         _ => unreachable!("mixed inputs are never dispatched"),
-    };
+    })
+}
+
+/// Shape, masks and scales of per-call inputs (not a cache).
+pub(crate) fn setup(attn: &Attention, par: Par, inputs: &IntInputs<'_>) -> Result<Setup> {
+    let (shape, vis) = geometry(attn, inputs)?;
+    let scales = setup_scales(attn, par, &shape, &vis, inputs)?;
     Ok(Setup { shape, vis, scales })
+}
+
+/// The one-pass schedule of many short units (batches of short sequences): one task per unit
+/// computes the unit's scales (unless a scale spans the whole tensor: then one pass over the
+/// inputs finds it first), quantizes and packs its keys and values, and runs its blocks.
+struct OnePass<'a> {
+    attn: &'a Attention,
+    ws: &'a Workspace,
+    kernel: &'a dyn KernelImpl,
+    par: Par,
+    shape: AttnShape,
+    vis: Visibility,
+    q: TensorView<'a, f32>,
+    k: TensorView<'a, f32>,
+    v: TensorView<'a, f32>,
+}
+
+impl OnePass<'_> {
+    fn run(self, engine: Engine<'_>, plan: BlockPlan, out: Fresh<'_, f32>) -> Result<()> {
+        use super::Granularity;
+        let quant = self.attn.quantization();
+        let global = quant.kv == Granularity::PerTensor || quant.q == Granularity::PerTensor;
+        let scales = if global {
+            Some(float_scales(
+                self.par,
+                &self.shape,
+                &self.vis,
+                quant,
+                &self.q,
+                &self.k,
+                &self.v,
+            )?)
+        } else {
+            None
+        };
+        // With tensor-wide Q scales the engine reads them from the global pass.
+        let mut engine = engine;
+        if let Some(sc) = &scales {
+            if quant.q != Granularity::PerRow {
+                engine.q_scale = sc.q.clone();
+            }
+        }
+        let tasks = engine.block_tasks(plan.rows, out);
+        let mut per_unit: Vec<Vec<(Block, Vec<Fresh<'_, f32>>)>> = (0..self.shape.batch
+            * self.shape.kv_heads)
+            .map(|_| Vec::new())
+            .collect();
+        for t in tasks {
+            per_unit[t.0.u].push(t);
+        }
+        let work: Vec<(usize, Vec<(Block, Vec<Fresh<'_, f32>>)>)> =
+            per_unit.into_iter().enumerate().collect();
+        let bad_input = AtomicBool::new(false);
+        let failed = AtomicBool::new(false);
+        let d = self.shape.head_dim;
+        self.par.for_each(work, |(u, blocks)| {
+            let mut mean = Vec::new();
+            let (s_k, s_v, q_scales, k_mean) = match &scales {
+                Some(sc) => {
+                    let us = sc.unit(u);
+                    let qs = match &sc.q {
+                        QScale::Head(h) => {
+                            let group = self.shape.group();
+                            let b = u / self.shape.kv_heads;
+                            let g = u % self.shape.kv_heads;
+                            let first = b * self.shape.heads + g * group;
+                            h[first..first + group].to_vec()
+                        }
+                        _ => Vec::new(),
+                    };
+                    (us.k, us.v, qs, us.k_mean.map(|m| m.to_vec()))
+                }
+                None => match prep::own_unit_scales(
+                    &self.shape,
+                    &self.vis,
+                    quant,
+                    &self.q,
+                    &self.k,
+                    &self.v,
+                    u,
+                    &mut mean,
+                ) {
+                    Some((sk, sv, qs)) => {
+                        let m = (!mean.is_empty()).then(|| mean.clone());
+                        (sk, sv, qs, m)
+                    }
+                    None => {
+                        bad_input.store(true, Ordering::Relaxed);
+                        for (_, outs) in blocks {
+                            for o in outs {
+                                o.zeroed();
+                            }
+                        }
+                        return;
+                    }
+                },
+            };
+            let keys = self.vis.keys[u / self.shape.kv_heads];
+            let chunk = if keys == 0 {
+                None
+            } else {
+                let us = prep::UnitScales {
+                    k: s_k,
+                    v: s_v,
+                    k_mean: k_mean.as_deref(),
+                };
+                let rows = KvRows::Float {
+                    k: self.k,
+                    v: self.v,
+                };
+                match prep::prepare_chunk(
+                    self.ws,
+                    self.kernel,
+                    &self.shape,
+                    us,
+                    rows,
+                    u,
+                    0,
+                    keys,
+                    self.ws.take_packed(),
+                    self.ws.take_packed(),
+                ) {
+                    Ok(c) => Some(c),
+                    Err(_) => {
+                        failed.store(true, Ordering::Relaxed);
+                        None
+                    }
+                }
+            };
+            let unit = UnitRef {
+                chunks: chunk.iter().map(chunk_ref).collect(),
+                s_k,
+                s_v,
+                q_scales,
+            };
+            let mut scr = self.ws.take_scratch();
+            for (blk, outs) in blocks {
+                if engine.block(&unit, blk, outs, &mut scr).is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+            }
+            self.ws.give_scratch(scr);
+            drop(unit);
+            if let Some(c) = chunk {
+                self.ws.give_packed(c.k.into_storage());
+                self.ws.give_packed(c.v.into_storage());
+            }
+        });
+        let _ = d;
+        if bad_input.into_inner() {
+            return Err(prep::first_non_finite(&[&self.q, &self.k, &self.v]));
+        }
+        if failed.into_inner() {
+            return Err(Error::Allocation {
+                what: "a unit's packed keys or score rows",
+                bytes: 0,
+            });
+        }
+        engine.finish(self.attn)
+    }
 }
 
 /// Everything a block task reads.
@@ -184,7 +367,7 @@ impl<'a> Engine<'a> {
             let engine = Engine::new(attn, kernel, shape, vis, inputs.q, scales.q)?;
             return engine.blocks(attn, ws, par, &units, out);
         }
-        let Setup { shape, vis, scales } = setup(attn, par, &inputs)?;
+        let (shape, vis) = geometry(attn, &inputs)?;
         if vis.max_keys() >= MAX_ROW_LEN {
             return Err(Error::LimitExceeded {
                 what: "keys",
@@ -195,6 +378,31 @@ impl<'a> Engine<'a> {
         }
         let plan_in = PlanInput::of(&shape, attn.causal(), par.workers());
         let plan = make_plan(attn, plan_in, &shape);
+        if let (QSide::Float(q), KvSide::Float { k, v }) = (inputs.q, inputs.kv) {
+            // Many units, each short enough for one chunk: one task per unit does everything
+            // (its scales, its keys' packing, its blocks) while its data is in the worker's
+            // cache, with no pass over the inputs before it unless a scale spans the tensor.
+            if plan_in.units >= 2 * plan_in.workers && plan.key_chunk >= vis.max_keys() {
+                let engine_q = match attn.quantization().q {
+                    super::Granularity::PerRow => QScale::Row,
+                    _ => QScale::Unit,
+                };
+                let one = OnePass {
+                    attn,
+                    ws,
+                    kernel,
+                    par,
+                    shape,
+                    vis: vis.clone(),
+                    q,
+                    k,
+                    v,
+                };
+                let engine = Engine::new(attn, kernel, shape, vis, inputs.q, engine_q)?;
+                return one.run(engine, plan, out);
+            }
+        }
+        let scales = setup_scales(attn, par, &shape, &vis, &inputs)?;
         let rows = match inputs.kv {
             KvSide::Float { k, v } => KvRows::Float { k, v },
             KvSide::Int { k, v } => KvRows::Int {
@@ -212,6 +420,7 @@ impl<'a> Engine<'a> {
                 chunks: cs.iter().map(chunk_ref).collect(),
                 s_k: scales.k[u],
                 s_v: scales.v[u],
+                q_scales: Vec::new(),
             })
             .collect();
         let engine = Engine::new(attn, kernel, shape, vis, inputs.q, scales.q.clone());
@@ -392,13 +601,19 @@ impl<'a> Engine<'a> {
             let s_q = match self.q {
                 QSide::Float(view) => {
                     let row = view.row(b, h, i);
-                    let s = self.q_scale.of(b * self.shape.heads + h, || {
-                        let m = max_abs_bits(row);
-                        if m >= f32::INFINITY.to_bits() {
-                            self.bad_q.store(true, Ordering::Relaxed);
-                        }
-                        m
-                    });
+                    let group = self.shape.group();
+                    let s = self.q_scale.of(
+                        b * self.shape.heads + h,
+                        &unit.q_scales,
+                        h % group,
+                        || {
+                            let m = max_abs_bits(row);
+                            if m >= f32::INFINITY.to_bits() {
+                                self.bad_q.store(true, Ordering::Relaxed);
+                            }
+                            m
+                        },
+                    );
                     quantize_with_scale(row, s, dst);
                     s
                 }
@@ -613,12 +828,23 @@ impl<'a> Engine<'a> {
                 variant: SoftmaxVariant::Deferred | SoftmaxVariant::Normalized,
                 ..
             } => {
+                let deferred = matches!(
+                    self.rows.soft,
+                    Soft::Index {
+                        variant: SoftmaxVariant::Deferred,
+                        ..
+                    }
+                );
                 parts = par.map(parts, |mut pt| {
                     let st = &states[pt.block];
                     let chunks = chunks_of(st, &pt);
                     pt.sums = (0..st.blk.m)
                         .map(|r| self.split_row_exponents(st, &mut pt, chunks, lut, r))
                         .collect();
+                    if deferred {
+                        // The table values are final: multiply them by V while they are hot.
+                        self.split_pv(ws, st, units, &mut pt);
+                    }
                     pt
                 });
                 for pt in &parts {
@@ -656,35 +882,21 @@ impl<'a> Engine<'a> {
             }
         }
 
-        // Phase 3: partial P x V per split.
-        let parts = par.map(parts, |mut pt| {
-            let st = &states[pt.block];
-            let chunks = chunks_of(st, &pt);
-            let c0 = chunks[0].start;
-            let m = st.blk.m;
-            let mut scr = ws.take_scratch();
-            pt.acc.clear();
-            pt.acc.resize(m * d, 0);
-            for c in chunks {
-                let shifted = ChunkRef {
-                    start: HEAD_P + c.start - c0,
-                    ..*c
-                };
-                pv_chunk(
-                    self.kernel,
-                    &pt.p[..m * pt.ps],
-                    pt.ps,
-                    m,
-                    d,
-                    &shifted,
-                    &mut scr.o32,
-                    &mut scr.digits,
-                    &mut pt.acc,
-                );
+        // Phase 3: partial P x V per split (done in phase 2 for Deferred, whose P needs no
+        // whole-row sum).
+        let deferred = matches!(
+            self.rows.soft,
+            Soft::Index {
+                variant: SoftmaxVariant::Deferred,
+                ..
             }
-            ws.give_scratch(scr);
-            pt
-        });
+        );
+        if !deferred {
+            parts = par.map(parts, |mut pt| {
+                self.split_pv(ws, &states[pt.block], units, &mut pt);
+                pt
+            });
+        }
 
         // Phase 4: add the partial sums and convert, per block.
         let mut totals: Vec<Vec<i64>> = states.iter().map(|st| vec![0i64; st.blk.m * d]).collect();
@@ -718,6 +930,35 @@ impl<'a> Engine<'a> {
             }
         });
         Ok(())
+    }
+
+    /// A split part's P x V: its chunks' products summed into `pt.acc` (i64).
+    fn split_pv(&self, ws: &Workspace, st: &SplitBlock<'_>, units: &[UnitRef<'_>], pt: &mut Part) {
+        let d = self.shape.head_dim;
+        let chunks = &units[st.blk.u].chunks[pt.chunks.clone()];
+        let c0 = chunks[0].start;
+        let m = st.blk.m;
+        let mut scr = ws.take_scratch();
+        pt.acc.clear();
+        pt.acc.resize(m * d, 0);
+        for c in chunks {
+            let shifted = ChunkRef {
+                start: HEAD_P + c.start - c0,
+                ..*c
+            };
+            pv_chunk(
+                self.kernel,
+                &pt.p[..m * pt.ps],
+                pt.ps,
+                m,
+                d,
+                &shifted,
+                &mut scr.o32,
+                &mut scr.digits,
+                &mut pt.acc,
+            );
+        }
+        ws.give_scratch(scr);
     }
 
     /// Row `r` of a split part: table values of its visible keys against the block's common

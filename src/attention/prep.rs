@@ -27,16 +27,19 @@ pub(crate) enum QScale {
     Head(Vec<f32>),
     /// Each row's own `max |x| / 127`, computed with the row.
     Row,
+    /// One scale per query head, computed by the head's unit (the one-pass schedule).
+    Unit,
 }
 
 impl QScale {
-    /// The scale of a row of head `bh` whose largest magnitude (as bits) is `row_max` (only
-    /// read for [`QScale::Row`]).
-    pub fn of(&self, bh: usize, row_max: impl FnOnce() -> u32) -> f32 {
+    /// The scale of a row of head `bh` (head `hl` of its unit's group, whose own scales are
+    /// `unit`) whose largest magnitude (as bits) is `row_max` (only read for [`QScale::Row`]).
+    pub fn of(&self, bh: usize, unit: &[f32], hl: usize, row_max: impl FnOnce() -> u32) -> f32 {
         match self {
             QScale::Tensor(s) => *s,
             QScale::Head(s) => s[bh],
             QScale::Row => scale_of_max_bits(row_max()),
+            QScale::Unit => unit[hl],
         }
     }
 }
@@ -246,7 +249,7 @@ fn key_means(
 }
 
 /// The first NaN or infinity of Q, then K, then V, by logical index.
-fn first_non_finite(views: &[&TensorView<'_, f32>; 3]) -> Error {
+pub(crate) fn first_non_finite(views: &[&TensorView<'_, f32>; 3]) -> Error {
     for (view, name) in views.iter().zip(["Q", "K", "V"]) {
         if let Some(e) = non_finite_in(view, name) {
             return e;
@@ -317,9 +320,8 @@ pub(crate) fn prepare_chunks(
     rows: KvRows<'_>,
     key_chunk: usize,
 ) -> Result<Vec<Vec<Chunk>>> {
-    let (g_n, d, lk) = (shape.kv_heads, shape.head_dim, shape.kv_len);
+    let g_n = shape.kv_heads;
     let units = shape.batch * g_n;
-    let layout = kernel.layout();
     let chunk = key_chunk.max(1);
     let tasks: Vec<(usize, usize, usize)> = (0..units)
         .flat_map(|u| {
@@ -334,54 +336,21 @@ pub(crate) fn prepare_chunks(
         .map(|_| (ws.take_packed(), ws.take_packed()))
         .collect();
     let work: Vec<_> = tasks.into_iter().zip(storage).collect();
-    let made = par.map(
-        work,
-        |((u, start, len), (mut ks, mut vs))| -> Result<(usize, Chunk)> {
-            let (b, g) = (u / g_n, u % g_n);
-            ks.try_resize_zeroed(layout.k_len(len, d), "packed keys")?;
-            vs.try_resize_zeroed(layout.v_len(len, d), "packed values")?;
-            let mut scr = ws.take_scratch();
-            match rows {
-                KvRows::Float { k, v } => {
-                    let mean =
-                        (!scales.k_mean.is_empty()).then(|| &scales.k_mean[u * d..(u + 1) * d]);
-                    quantize_rows(
-                        &mut scr,
-                        len,
-                        d,
-                        |i| k.row(b, g, start + i),
-                        mean,
-                        scales.k[u],
-                    );
-                    kernel.pack_k_into(&scr.rows8, len, d, &mut ks);
-                    quantize_rows(
-                        &mut scr,
-                        len,
-                        d,
-                        |i| v.row(b, g, start + i),
-                        None,
-                        scales.v[u],
-                    );
-                    kernel.pack_v_into(&scr.rows8, len, d, &mut vs);
-                }
-                KvRows::Int { k, v } => {
-                    let at = (u * lk + start) * d;
-                    kernel.pack_k_into(&k[at..at + len * d], len, d, &mut ks);
-                    kernel.pack_v_into(&v[at..at + len * d], len, d, &mut vs);
-                }
-            }
-            ws.give_scratch(scr);
-            Ok((
-                u,
-                Chunk {
-                    start,
-                    len,
-                    k: PackedB::from_parts(ks, len, d, layout),
-                    v: PackedB::from_parts(vs, d, len, layout),
-                },
-            ))
-        },
-    );
+    let made = par.map(work, |((u, start, len), (ks, vs))| {
+        prepare_chunk(
+            ws,
+            kernel,
+            shape,
+            scales.unit(u),
+            rows,
+            u,
+            start,
+            len,
+            ks,
+            vs,
+        )
+        .map(|c| (u, c))
+    });
     let mut per_unit: Vec<Vec<Chunk>> = (0..units).map(|_| Vec::new()).collect();
     let mut err = None;
     for r in made {
@@ -395,6 +364,153 @@ pub(crate) fn prepare_chunks(
         return Err(e);
     }
     Ok(per_unit)
+}
+
+/// The scales one unit's keys and values are quantized with.
+#[derive(Clone, Copy)]
+pub(crate) struct UnitScales<'a> {
+    pub k: f32,
+    pub v: f32,
+    /// The mean key subtracted before quantizing (smoothing), `d` values.
+    pub k_mean: Option<&'a [f32]>,
+}
+
+impl Scales {
+    /// The scales of unit `u`.
+    pub fn unit(&self, u: usize) -> UnitScales<'_> {
+        let d = if self.k.is_empty() {
+            0
+        } else {
+            self.k_mean.len() / self.k.len()
+        };
+        UnitScales {
+            k: self.k[u],
+            v: self.v[u],
+            k_mean: (!self.k_mean.is_empty()).then(|| &self.k_mean[u * d..(u + 1) * d]),
+        }
+    }
+}
+
+/// Keys `start..start + len` of unit `u`, quantized with `scales` and packed into the storage
+/// `ks` and `vs` (resized; any earlier contents are overwritten).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prepare_chunk(
+    ws: &Workspace,
+    kernel: &dyn KernelImpl,
+    shape: &AttnShape,
+    scales: UnitScales<'_>,
+    rows: KvRows<'_>,
+    u: usize,
+    start: usize,
+    len: usize,
+    mut ks: crate::memory::AlignedVec<i8>,
+    mut vs: crate::memory::AlignedVec<i8>,
+) -> Result<Chunk> {
+    let (g_n, d, lk) = (shape.kv_heads, shape.head_dim, shape.kv_len);
+    let (b, g) = (u / g_n, u % g_n);
+    let layout = kernel.layout();
+    ks.try_resize_zeroed(layout.k_len(len, d), "packed keys")?;
+    vs.try_resize_zeroed(layout.v_len(len, d), "packed values")?;
+    let mut scr = ws.take_scratch();
+    match rows {
+        KvRows::Float { k, v } => {
+            quantize_rows(
+                &mut scr,
+                len,
+                d,
+                |i| k.row(b, g, start + i),
+                scales.k_mean,
+                scales.k,
+            );
+            kernel.pack_k_into(&scr.rows8, len, d, &mut ks);
+            quantize_rows(&mut scr, len, d, |i| v.row(b, g, start + i), None, scales.v);
+            kernel.pack_v_into(&scr.rows8, len, d, &mut vs);
+        }
+        KvRows::Int { k, v } => {
+            let at = (u * lk + start) * d;
+            kernel.pack_k_into(&k[at..at + len * d], len, d, &mut ks);
+            kernel.pack_v_into(&v[at..at + len * d], len, d, &mut vs);
+        }
+    }
+    ws.give_scratch(scr);
+    Ok(Chunk {
+        start,
+        len,
+        k: PackedB::from_parts(ks, len, d, layout),
+        v: PackedB::from_parts(vs, d, len, layout),
+    })
+}
+
+/// The per-head scales of unit `u` computed from its own rows (for a call whose K/V scales are
+/// per head; Q's per head too when `q_per_head`): K's (after the mean key, when smoothing) and
+/// V's, and the scale of each query head of its group. The same values as [`float_scales`]
+/// computes for the unit, by the same definitions. `None` if a value is not finite (the
+/// caller finds and reports the first one).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn own_unit_scales(
+    shape: &AttnShape,
+    vis: &Visibility,
+    quant: Quantization,
+    q: &TensorView<'_, f32>,
+    k: &TensorView<'_, f32>,
+    v: &TensorView<'_, f32>,
+    u: usize,
+    mean_out: &mut Vec<f32>,
+) -> Option<(f32, f32, Vec<f32>)> {
+    let (g_n, d) = (shape.kv_heads, shape.head_dim);
+    let (b, g) = (u / g_n, u % g_n);
+    let lk = shape.kv_len;
+    let max_rows = |view: &TensorView<'_, f32>, h: usize, n: usize| {
+        (0..n)
+            .map(|i| max_abs_bits(view.row(b, h, i)))
+            .max()
+            .unwrap_or(0)
+    };
+    let inf = f32::INFINITY.to_bits();
+    mean_out.clear();
+    let k_max = if quant.smooth_k {
+        let keys = vis.keys[b];
+        let mut total = vec![0f64; d];
+        for i0 in (0..keys).step_by(SUM_ROWS) {
+            let mut s = vec![0f64; d];
+            for i in i0..(i0 + SUM_ROWS).min(keys) {
+                for (acc, &x) in s.iter_mut().zip(k.row(b, g, i)) {
+                    *acc += x as f64;
+                }
+            }
+            for (t, x) in total.iter_mut().zip(s) {
+                *t += x;
+            }
+        }
+        mean_out.extend(total.iter().map(|&s| {
+            if keys == 0 {
+                0.0
+            } else {
+                (s / keys as f64) as f32
+            }
+        }));
+        let mut m = 0u32;
+        for i in 0..lk {
+            for (&x, &mu) in k.row(b, g, i).iter().zip(mean_out.iter()) {
+                m = m.max((x - mu).to_bits() & 0x7fff_ffff);
+            }
+        }
+        m
+    } else {
+        max_rows(k, g, lk)
+    };
+    let v_max = max_rows(v, g, lk);
+    let group = shape.group();
+    let mut q_scales = Vec::new();
+    let mut bad = k_max >= inf || v_max >= inf;
+    if quant.q == Granularity::PerHead {
+        for h in g * group..(g + 1) * group {
+            let m = max_rows(q, h, shape.q_len);
+            bad |= m >= inf;
+            q_scales.push(scale_of_max_bits(m));
+        }
+    }
+    (!bad).then(|| (scale_of_max_bits(k_max), scale_of_max_bits(v_max), q_scales))
 }
 
 /// Returns the storage of a call's chunks to the workspace.

@@ -64,7 +64,7 @@ pub(crate) fn run(
             s_q[i] = match inputs.q {
                 QSide::Float(view) => {
                     let row = view.row(b, h, i);
-                    let sq = scales.q.of(bh, || {
+                    let sq = scales.q.of(bh, &[], 0, || {
                         let m = max_abs_bits(row);
                         if m >= f32::INFINITY.to_bits() {
                             bad_q.store(true, Ordering::Relaxed);
