@@ -341,6 +341,9 @@ struct Engine<'a> {
     bad_out: AtomicBool,
 }
 
+/// A block and the output rows it writes (one part per query head of its unit's group).
+type BlockTask<'o> = (Block, Vec<Fresh<'o, f32>>);
+
 /// Rows `r0..r0 + m` of unit `u` (`r0` and `m` multiples of the GQA group).
 #[derive(Clone, Copy, Debug)]
 struct Block {
