@@ -206,15 +206,12 @@ impl OnePass<'_> {
             }
         }
         let tasks = engine.block_tasks(plan.rows, out);
-        let mut per_unit: Vec<Vec<(Block, Vec<Fresh<'_, f32>>)>> = (0..self.shape.batch
-            * self.shape.kv_heads)
-            .map(|_| Vec::new())
-            .collect();
+        let units = self.shape.batch * self.shape.kv_heads;
+        let mut per_unit: Vec<Vec<BlockTask<'_>>> = (0..units).map(|_| Vec::new()).collect();
         for t in tasks {
             per_unit[t.0.u].push(t);
         }
-        let work: Vec<(usize, Vec<(Block, Vec<Fresh<'_, f32>>)>)> =
-            per_unit.into_iter().enumerate().collect();
+        let work: Vec<(usize, Vec<BlockTask<'_>>)> = per_unit.into_iter().enumerate().collect();
         let bad_input = AtomicBool::new(false);
         let failed = AtomicBool::new(false);
         let d = self.shape.head_dim;
@@ -540,11 +537,7 @@ impl<'a> Engine<'a> {
 
     /// The blocks of every unit with the output rows each writes (one part per query head of
     /// the unit's group).
-    fn block_tasks<'o>(
-        &self,
-        rows: usize,
-        out: Fresh<'o, f32>,
-    ) -> Vec<(Block, Vec<Fresh<'o, f32>>)> {
+    fn block_tasks<'o>(&self, rows: usize, out: Fresh<'o, f32>) -> Vec<BlockTask<'o>> {
         let s = &self.shape;
         let (group, lq, d) = (s.group(), s.q_len, s.head_dim);
         // Positions per block (block rows are a multiple of the group).
