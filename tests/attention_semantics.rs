@@ -1137,7 +1137,7 @@ fn q8(x: f32, s: f32) -> i64 {
 
 /// IntAttention with Q scales per row or per head, K/V scales per head and optional K
 /// smoothing, written from section 6 in wide integers.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 fn finer_reference(
     s: &AttnShape,
     quant: Quantization,
