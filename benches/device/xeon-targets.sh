@@ -60,8 +60,9 @@ done
 [ "$CORE" -lt "$(nproc)" ] || { echo "error: CORE=$CORE but this machine has $(nproc) cores" >&2; exit 2; }
 [ -x "$BIN" ] || { echo "error: no binary at $BIN: cargo build --release first (or set BIN)" >&2; exit 2; }
 # A binary from before issue 13 would fail every decode row one by one: say so once.
-"$BIN" bench --help | grep -q -- --kv-cache ||
-  { echo "error: $BIN has no 'bench --kv-cache': rebuild it" >&2; exit 2; }
+# (The help is read whole first: grep -q closing the pipe early would fail it under pipefail.)
+BENCH_HELP=$("$BIN" bench --help) || { echo "error: $BIN bench --help failed" >&2; exit 2; }
+[[ $BENCH_HELP == *--kv-cache* ]] || { echo "error: $BIN has no 'bench --kv-cache': rebuild it" >&2; exit 2; }
 [ -f "$TORCH" ] || { echo "error: $TORCH not found" >&2; exit 2; }
 command -v taskset >/dev/null || { echo "error: taskset (util-linux) is needed for pinning" >&2; exit 2; }
 mkdir -p "$OUT"
