@@ -13,12 +13,16 @@
 
 use half::f16;
 
+use crate::attention::{column_maxima, unit_mean, v_slice_scales, Quantization};
 use crate::attention::{Attention, AttnShape, Workspace};
 use crate::error::{check_len, invalid, Error, Result};
 use crate::exec::{Executor, Par};
 use crate::kernels::{Kernel, KernelImpl, LayoutId, PackedB};
 use crate::memory::AlignedVec;
-use crate::ops::quant::{check_finite, max_abs_bits, quantize_with_scale, scale_of_max_bits};
+use crate::ops::quant::{
+    check_finite, divisors_of, max_abs_bits, quantize_with_divisors, quantize_with_scale,
+    scale_of_max_bits,
+};
 use crate::pipeline::Pipeline;
 use crate::tensor::TensorView;
 
@@ -56,12 +60,17 @@ enum Page {
 /// One key/value head of one sequence.
 #[derive(Clone, Default)]
 struct Head {
-    /// Base scales (0 until the first non-zero append).
+    /// Base scale of the keys (0 until the first non-zero append).
     k_base: f32,
-    v_base: f32,
+    /// Base scales of the values: one, or one per channel (empty until the first non-zero
+    /// append).
+    v_base: Vec<f32>,
     /// The mean key subtracted before quantizing (empty without smoothing or before the first
     /// append).
     mean: Vec<f32>,
+    /// The mean value subtracted before quantizing and added back to outputs (empty without
+    /// V smoothing or before the first append).
+    v_mean: Vec<f32>,
     pages: Vec<Page>,
 }
 
@@ -91,7 +100,7 @@ pub struct KvCache {
     executor: Executor,
     kv_heads: usize,
     head_dim: usize,
-    smooth_k: bool,
+    quant: Quantization,
     seqs: Vec<Seq>,
 }
 
@@ -137,7 +146,7 @@ impl KvCache {
             executor: attn.executor().clone(),
             kv_heads,
             head_dim,
-            smooth_k: attn.quantization().smooth_k,
+            quant: attn.quantization(),
             seqs: vec![
                 Seq {
                     len: 0,
@@ -192,7 +201,7 @@ impl KvCache {
             .iter()
             .flat_map(|s| &s.heads)
             .map(|h| {
-                h.mean.len() * 4
+                (h.mean.len() + h.v_mean.len() + h.v_base.len()) * 4
                     + h.pages
                         .iter()
                         .map(|p| match p {
@@ -226,7 +235,7 @@ impl KvCache {
         let n = k.dims()[2];
         let start = self.seqs[seq].len;
         let heads: Vec<(usize, &mut Head)> = self.seqs[seq].heads.iter_mut().enumerate().collect();
-        let ctx = AppendCtx::of(self.store, self.kernel, self.head_dim, self.smooth_k);
+        let ctx = AppendCtx::of(self.store, self.kernel, self.head_dim, self.quant);
         let results = self.executor.run(|par: Par| {
             par.map(heads, |(g, head)| {
                 ctx.append(head, start, n, |i| k.row(0, g, i), |i| v.row(0, g, i))
@@ -245,7 +254,7 @@ impl KvCache {
     pub fn append_all(&mut self, k: TensorView<'_, f32>, v: TensorView<'_, f32>) -> Result<()> {
         self.check_new(&k, &v, self.seqs.len())?;
         let n = k.dims()[2];
-        let ctx = AppendCtx::of(self.store, self.kernel, self.head_dim, self.smooth_k);
+        let ctx = AppendCtx::of(self.store, self.kernel, self.head_dim, self.quant);
         let mut work = Vec::new();
         for (b, s) in self.seqs.iter_mut().enumerate() {
             let start = s.len;
@@ -414,7 +423,13 @@ impl KvCache {
                         })
                         .collect(),
                     s_k: h.k_base,
-                    s_v: h.v_base,
+                    // Nothing non-zero appended yet: every value is stored as 0.
+                    s_v: if h.v_base.is_empty() {
+                        &[0.0]
+                    } else {
+                        &h.v_base
+                    },
+                    v_mean: &h.v_mean,
                     q_scales: Vec::new(),
                 })
             })
@@ -606,16 +621,16 @@ struct AppendCtx {
     store: Store,
     kernel: &'static dyn KernelImpl,
     d: usize,
-    smooth_k: bool,
+    quant: Quantization,
 }
 
 impl AppendCtx {
-    fn of(store: Store, kernel: Kernel, d: usize, smooth_k: bool) -> AppendCtx {
+    fn of(store: Store, kernel: Kernel, d: usize, quant: Quantization) -> AppendCtx {
         AppendCtx {
             store,
             kernel: kernel.imp(),
             d,
-            smooth_k,
+            quant,
         }
     }
 
@@ -638,38 +653,51 @@ impl AppendCtx {
         for _ in head.pages.len()..pages_needed {
             fresh.push(self.new_page()?);
         }
-        if start == 0 && self.smooth_k && matches!(self.store, Store::Int { .. }) {
-            head.mean = mean_rows(&k, n, d);
+        let int = matches!(self.store, Store::Int { .. });
+        // The means and smoothed rows are staged first, so that an error changes nothing.
+        let (mut k_mean, mut v_mean) = (head.mean.clone(), head.v_mean.clone());
+        if start == 0 && int {
+            if self.quant.smooth_k {
+                k_mean = unit_mean(&k, n, d);
+            }
+            if self.quant.smooth_v {
+                v_mean = unit_mean(&v, n, d);
+            }
         }
-        let mut tmp = vec![0f32; d];
-        let smoothed = |i: usize, tmp: &mut Vec<f32>| -> Vec<f32> {
-            let row = k(i);
-            if head.mean.is_empty() {
+        let smooth = |row: &[f32], mean: &[f32]| -> Vec<f32> {
+            if mean.is_empty() {
                 row.to_vec()
             } else {
-                for ((t, &x), &mu) in tmp.iter_mut().zip(row).zip(&head.mean) {
-                    *t = x - mu;
-                }
-                tmp.clone()
+                row.iter().zip(mean).map(|(&x, &mu)| x - mu).collect()
             }
         };
-        // Smoothed keys must stay finite: check before writing.
-        let keys: Vec<Vec<f32>> = (0..n).map(|i| smoothed(i, &mut tmp)).collect();
-        for row in &keys {
-            if check_finite("K", row).is_err() {
-                return Err(Error::Overflow {
-                    what: "a smoothed key (key minus the cache's mean key)",
-                    arithmetic: "f32",
-                    hint: "turn K smoothing off or scale the keys down",
-                });
-            }
+        // Smoothed rows must stay finite: check before writing.
+        let keys: Vec<Vec<f32>> = (0..n).map(|i| smooth(k(i), &k_mean)).collect();
+        let values: Vec<Vec<f32>> = (0..n).map(|i| smooth(v(i), &v_mean)).collect();
+        if keys
+            .iter()
+            .chain(&values)
+            .any(|r| check_finite("K", r).is_err())
+        {
+            return Err(Error::Overflow {
+                what: "a smoothed key or value (minus the cache's mean)",
+                arithmetic: "f32",
+                hint: "turn K or V smoothing off or scale the inputs down",
+            });
         }
-        if let Store::Int { .. } = self.store {
+        (head.mean, head.v_mean) = (k_mean, v_mean);
+        if int {
             if head.k_base == 0.0 {
                 head.k_base = base_of(keys.iter().map(|r| &r[..]));
             }
-            if head.v_base == 0.0 {
-                head.v_base = base_of((0..n).map(&v));
+            if head.v_base.is_empty() {
+                let mut cols = vec![0u32; d];
+                column_maxima(values.iter().map(|r| &r[..]), None, &mut cols);
+                let mut base = Vec::new();
+                v_slice_scales(&cols, self.quant.v_per_channel, &mut base);
+                if base.iter().any(|&b| b != 0.0) {
+                    head.v_base = base;
+                }
             }
         }
         head.pages.extend(fresh);
@@ -693,13 +721,13 @@ impl AppendCtx {
                     let mut rows = vec![0i8; PAGE * d];
                     for t in 0..PAGE {
                         let dst = &mut rows[t * d..(t + 1) * d];
-                        k_exp[t] = quantize_token(&keys[i + t], head.k_base, dst);
+                        k_exp[t] = quantize_token(&keys[i + t], &[head.k_base], dst);
                     }
                     pk.data_mut().fill(0);
                     self.kernel.pack_k_into(&rows, PAGE, d, pk.data_mut());
                     for t in 0..PAGE {
                         let dst = &mut rows[t * d..(t + 1) * d];
-                        v_exp[t] = quantize_token(v(i + t), head.v_base, dst);
+                        v_exp[t] = quantize_token(&values[i + t], &head.v_base, dst);
                     }
                     pv.data_mut().fill(0);
                     self.kernel.pack_v_into(&rows, PAGE, d, pv.data_mut());
@@ -717,11 +745,11 @@ impl AppendCtx {
                     v_max,
                 } => {
                     let layout = pk.layout();
-                    let e = quantize_token(&keys[i], head.k_base, &mut q8);
+                    let e = quantize_token(&keys[i], &[head.k_base], &mut q8);
                     layout.put_key(pk.data_mut(), PAGE, d, at, &q8);
                     k_exp[at] = e;
                     *k_max = (*k_max).max(e);
-                    let e = quantize_token(v(i), head.v_base, &mut q8);
+                    let e = quantize_token(&values[i], &head.v_base, &mut q8);
                     layout.put_value(pv.data_mut(), PAGE, d, at, &q8);
                     v_exp[at] = e;
                     *v_max = (*v_max).max(e);
@@ -784,43 +812,47 @@ fn try_vec<T: Clone + Default>(n: usize) -> Result<Vec<T>> {
     Ok(v)
 }
 
-/// The mean of `n` rows, as the engine's K smoothing defines it (docs/numerics.md, section
-/// 1): f64 sums per channel in blocks of 256 rows added in order, divided by `n`, to f32.
-fn mean_rows<'a>(row: &impl Fn(usize) -> &'a [f32], n: usize, d: usize) -> Vec<f32> {
-    let mut total = vec![0f64; d];
-    for i0 in (0..n).step_by(crate::attention::SUM_ROWS) {
-        let mut s = vec![0f64; d];
-        for i in i0..(i0 + crate::attention::SUM_ROWS).min(n) {
-            for (acc, &x) in s.iter_mut().zip(row(i)) {
-                *acc += x as f64;
-            }
-        }
-        for (t, x) in total.iter_mut().zip(s) {
-            *t += x;
-        }
-    }
-    total.iter().map(|&s| (s / n as f64) as f32).collect()
-}
-
 /// A base scale: `max |x| / 127` over rows (0 while they are all zero or subnormal).
 fn base_of<'a>(rows: impl Iterator<Item = &'a [f32]>) -> f32 {
     scale_of_max_bits(rows.map(max_abs_bits).max().unwrap_or(0))
 }
 
-/// Quantizes one token with scale `base * 2^e`, `e` the smallest exponent in `0..=MAX_EXP`
-/// that rounds the token's largest magnitude to at most 127 (docs/numerics.md, section 7);
-/// returns `e`. A zero base (nothing non-zero appended yet) stores zeros.
-fn quantize_token(x: &[f32], base: f32, out: &mut [i8]) -> u8 {
-    if base == 0.0 {
+/// Quantizes one token with scales `base[c] * 2^e` (`base` has one entry, or one per channel),
+/// `e` the smallest exponent in `0..=MAX_EXP` that rounds every `|x[c]| / (base[c] * 2^e)` to
+/// at most 127 (docs/numerics.md, section 7); returns `e`. A base that is not fixed yet
+/// (empty or 0: nothing non-zero appended) stores zeros.
+fn quantize_token(x: &[f32], base: &[f32], out: &mut [i8]) -> u8 {
+    if base.is_empty() || base == [0.0] {
         out.fill(0);
         return 0;
     }
-    let max = f32::from_bits(max_abs_bits(x));
+    let fits = |e: u8| -> bool {
+        let f = (e as f32).exp2();
+        if let [b] = base {
+            let max = f32::from_bits(max_abs_bits(x));
+            (max / (b * f)).round_ties_even() <= 127.0
+        } else {
+            x.iter()
+                .zip(base)
+                .all(|(&v, &b)| (v.abs() / (b * f)).round_ties_even() <= 127.0)
+        }
+    };
     let mut e = 0u8;
-    while e < MAX_EXP && (max / (base * (e as f32).exp2())).round_ties_even() > 127.0 {
+    while e < MAX_EXP && !fits(e) {
         e += 1;
     }
-    quantize_with_scale(x, base * (e as f32).exp2(), out);
+    let f = (e as f32).exp2();
+    if let [b] = base {
+        quantize_with_scale(x, b * f, out);
+    } else {
+        let mut div = Vec::with_capacity(base.len());
+        divisors_of(
+            &base.iter().map(|&b| b * f).collect::<Vec<_>>(),
+            base.len(),
+            &mut div,
+        );
+        quantize_with_divisors(x, &div, out);
+    }
     e
 }
 

@@ -52,7 +52,9 @@ mod rounding;
 mod simd;
 mod tensor;
 
-pub use attention::{Attention, AttnShape, Granularity, Quantization, Schedule, Workspace};
+pub use attention::{
+    Attention, AttnShape, Granularity, Quantization, Schedule, Workspace, DEFERRED_TABLE_BITS,
+};
 pub use backend::Backend;
 pub use cache::{KvCache, MAX_EXP, PAGE};
 pub use error::{Error, Result};

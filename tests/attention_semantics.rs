@@ -87,9 +87,11 @@ struct Case {
 }
 
 impl Case {
+    /// The contract's configuration (the paper's settings: b = 5, per-tensor scales).
     fn attention(&self, pipeline: Pipeline) -> Attention {
         let mut a = Attention::new(pipeline)
             .with_variant(self.variant)
+            .with_paper_settings()
             .with_causal(self.causal);
         if let Some(l) = &self.key_lens {
             a = a.with_key_lens(l.clone());
@@ -639,6 +641,7 @@ fn zero_k_also_gives_uniform_weights_and_every_variant_agrees_on_them() {
     for variant in SoftmaxVariant::ALL {
         let out = Attention::new(Pipeline::IntAttention)
             .with_variant(variant)
+            .with_paper_settings()
             .run(&s, &q, &k, &v)
             .unwrap();
         // n = 3: Normalized P = round_half_up(255 / 3) = 85 = 255 / 3 exactly, so all three
@@ -1135,11 +1138,33 @@ fn q8(x: f32, s: f32) -> i64 {
     }
 }
 
-/// IntAttention with Q scales per row or per head, K/V scales per head and optional K
-/// smoothing, written from section 6 in wide integers.
+/// The mean of rows by section 6: f64 sums of blocks of 256 rows in order, added in order,
+/// divided by the row count, rounded to f32.
+fn block_mean(rows: &[Vec<f32>], d: usize) -> Vec<f32> {
+    let mut total = vec![0f64; d];
+    for block in rows.chunks(256) {
+        let mut part = vec![0f64; d];
+        for r in block {
+            for (a, &x) in part.iter_mut().zip(r) {
+                *a += x as f64;
+            }
+        }
+        for (t, x) in total.iter_mut().zip(part) {
+            *t += x;
+        }
+    }
+    total
+        .iter()
+        .map(|&t| (t / rows.len() as f64) as f32)
+        .collect()
+}
+
+/// IntAttention with Q scales per row or per head, K/V scales per head, optional K smoothing,
+/// optional per-channel V scales and V smoothing, written from section 6 in wide integers.
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 fn finer_reference(
     s: &AttnShape,
+    bits: u32,
     quant: Quantization,
     variant: SoftmaxVariant,
     causal: bool,
@@ -1148,7 +1173,7 @@ fn finer_reference(
     v: &[f32],
 ) -> Vec<f32> {
     let (lq, lk, d) = (s.q_len, s.kv_len, s.head_dim);
-    let lut = Lut::new(5, 6.6).unwrap();
+    let lut = Lut::new(bits, 6.6).unwrap();
     let table = lut.entries();
     let n1 = (table.len() - 1) as i64;
     let scale = 1.0 / (d as f32).sqrt();
@@ -1159,22 +1184,13 @@ fn finer_reference(
         let (b, h) = (bh / s.heads, bh % s.heads);
         let u = b * s.kv_heads + h / (s.heads / s.kv_heads);
         // K: the mean over 256-key blocks in order, then the head's scale.
-        let mut mean = vec![0f32; d];
-        if quant.smooth_k {
-            let mut total = vec![0f64; d];
-            for j0 in (0..lk).step_by(256) {
-                let mut part = vec![0f64; d];
-                for j in j0..(j0 + 256).min(lk) {
-                    for (a, x) in part.iter_mut().zip(krow(k, u, j)) {
-                        *a += x as f64;
-                    }
-                }
-                for (t, x) in total.iter_mut().zip(part) {
-                    *t += x;
-                }
-            }
-            mean = total.iter().map(|&t| (t / lk as f64) as f32).collect();
-        }
+        let keys: Vec<Vec<f32>> = (0..lk).map(|j| krow(k, u, j)).collect();
+        let values: Vec<Vec<f32>> = (0..lk).map(|j| krow(v, u, j)).collect();
+        let mean = if quant.smooth_k {
+            block_mean(&keys, d)
+        } else {
+            vec![0f32; d]
+        };
         let ks: Vec<Vec<f32>> = (0..lk)
             .map(|j| {
                 krow(k, u, j)
@@ -1185,13 +1201,36 @@ fn finer_reference(
             })
             .collect();
         let s_k = scale_of(ks.iter().flatten().copied());
-        let s_v = scale_of((0..lk).flat_map(|j| krow(v, u, j)));
+        // V: minus its mean when smoothed; one scale, or one per channel with the floor.
+        let v_mean = if quant.smooth_v {
+            block_mean(&values, d)
+        } else {
+            vec![0f32; d]
+        };
+        let vs: Vec<Vec<f32>> = values
+            .iter()
+            .map(|r| r.iter().zip(&v_mean).map(|(x, m)| x - m).collect())
+            .collect();
+        let big = vs.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+        let s_v: Vec<f32> = (0..d)
+            .map(|c| {
+                if !quant.v_per_channel {
+                    scale_of(vs.iter().flatten().copied())
+                } else if big < f32::MIN_POSITIVE {
+                    0.0
+                } else {
+                    let m_c = vs.iter().fold(0f32, |m, r| m.max(r[c].abs()));
+                    m_c.max((big / 64.0).max(f32::MIN_POSITIVE)) / 127.0
+                }
+            })
+            .collect();
         let k8: Vec<Vec<i64>> = ks
             .iter()
             .map(|r| r.iter().map(|&x| q8(x, s_k)).collect())
             .collect();
-        let v8: Vec<Vec<i64>> = (0..lk)
-            .map(|j| krow(v, u, j).iter().map(|&x| q8(x, s_v)).collect())
+        let v8: Vec<Vec<i64>> = vs
+            .iter()
+            .map(|r| r.iter().zip(&s_v).map(|(&x, &s)| q8(x, s)).collect())
             .collect();
         let head_scale = scale_of((0..lq).flat_map(|i| row(q, bh, i)));
         for i in 0..lq {
@@ -1237,9 +1276,13 @@ fn finer_reference(
             };
             for c in 0..d {
                 let o32: i64 = (0..n).map(|j| p[j] * v8[j][c]).sum();
-                out.push(intattention::reference::dequantize_output(
-                    o32, s_v, div as u32,
-                ));
+                let o = intattention::reference::dequantize_output(o32, s_v[c], div as u32);
+                // The mean comes back only where the weights sum to something.
+                out.push(if quant.smooth_v && div != 0 {
+                    o + v_mean[c]
+                } else {
+                    o
+                });
             }
         }
     }
@@ -1260,6 +1303,10 @@ fn finer_scales_and_smoothing_equal_their_definition() {
             .with_kv(Granularity::PerHead)
             .with_smooth_k(true)
             .with_q(Granularity::PerHead),
+        Quantization::FINE.with_smooth_k(true),
+        Quantization::FINE.with_smooth_v(false),
+        Quantization::FINE.with_v_per_channel(false),
+        Quantization::FINE.with_q(Granularity::PerHead),
     ];
     // Units enough for the one-pass schedule (batch x kv heads >= 2 x workers) and one unit
     // with long keys (chunks and key splits).
@@ -1267,16 +1314,30 @@ fn finer_scales_and_smoothing_equal_their_definition() {
         let q = data(31, s.q_elems());
         // Keys with a common offset, where smoothing matters.
         let k: Vec<f32> = data(32, s.kv_elems()).iter().map(|x| x + 2.0).collect();
-        let v = data(33, s.kv_elems());
+        // Values with channels of very different sizes and offsets (per-channel scales and
+        // smoothing matter): one channel zero, one nearly so, and one about 1/48 of the
+        // largest (its scale sits on the floor of 1/64 of the largest maximum).
+        let d = s.head_dim as f32;
+        let v: Vec<f32> = data(33, s.kv_elems())
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match i % s.head_dim {
+                0 => 0.0,
+                1 => x * 1e-4,
+                2 => x * d / 48.0,
+                c => x * (c as f32) + 0.5 * (c % 3) as f32,
+            })
+            .collect();
         for quant in quants {
             for variant in [SoftmaxVariant::Deferred, SoftmaxVariant::Normalized] {
                 for causal in [false, true] {
-                    let want = finer_reference(&s, quant, variant, causal, &q, &k, &v);
+                    let want = finer_reference(&s, 5, quant, variant, causal, &q, &k, &v);
                     for kernel in Kernel::available() {
                         for schedule in [Schedule::Auto, Schedule::Unfused] {
                             for threads in [1, 3] {
                                 let attn = Attention::new(Pipeline::IntAttention)
                                     .with_variant(variant)
+                                    .with_table_bits(5)
                                     .with_causal(causal)
                                     .with_quantization(quant)
                                     .with_kernel(kernel)
@@ -1296,6 +1357,65 @@ fn finer_scales_and_smoothing_equal_their_definition() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The defaults: IntAttention's Deferred finish is the fine scheme with 7-bit tables (its
+/// definition, section 6); every other finish and pipeline keeps the paper's settings, bit for
+/// bit.
+#[test]
+fn defaults_are_fine_deferred_and_paper_elsewhere() {
+    let deferred = Attention::new(Pipeline::IntAttention);
+    assert_eq!(deferred.table_bits(), DEFERRED_TABLE_BITS);
+    assert_eq!(deferred.quantization(), Quantization::FINE);
+    let paper = deferred.clone().with_paper_settings();
+    assert_eq!(paper.table_bits(), 5);
+    assert_eq!(paper.quantization(), Quantization::PER_TENSOR);
+    for pipeline in Pipeline::ALL {
+        let a = Attention::new(pipeline).with_variant(SoftmaxVariant::Normalized);
+        assert_eq!(a.quantization(), Quantization::PER_TENSOR, "{pipeline}");
+        assert_eq!(a.table_bits(), 5, "{pipeline}");
+    }
+
+    let s = shape(2, 4, 2, 7, 300, 16);
+    let q = data(41, s.q_elems());
+    let k = data(42, s.kv_elems());
+    let v: Vec<f32> = data(43, s.kv_elems())
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x * (1 + i % 16) as f32 + 0.2)
+        .collect();
+    for causal in [false, true] {
+        let got = deferred
+            .clone()
+            .with_causal(causal)
+            .run(&s, &q, &k, &v)
+            .unwrap();
+        let want = finer_reference(
+            &s,
+            DEFERRED_TABLE_BITS,
+            Quantization::FINE,
+            SoftmaxVariant::Deferred,
+            causal,
+            &q,
+            &k,
+            &v,
+        );
+        assert_bits_eq(&got, &want, &format!("default Deferred, causal {causal}"));
+        for variant in [SoftmaxVariant::Normalized, SoftmaxVariant::PaperSim] {
+            let by_default = Attention::new(Pipeline::IntAttention)
+                .with_variant(variant)
+                .with_causal(causal)
+                .run(&s, &q, &k, &v)
+                .unwrap();
+            let paper = Attention::new(Pipeline::IntAttention)
+                .with_variant(variant)
+                .with_causal(causal)
+                .with_paper_settings()
+                .run(&s, &q, &k, &v)
+                .unwrap();
+            assert_bits_eq(&by_default, &paper, &format!("{variant} default"));
         }
     }
 }

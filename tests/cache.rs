@@ -26,8 +26,10 @@ fn q8(x: f32, s: f32) -> i64 {
 #[derive(Clone, Default)]
 struct RefHead {
     base_k: f32,
-    base_v: f32,
+    /// One base, or one per channel; empty until a non-zero append.
+    base_v: Vec<f32>,
     mean: Vec<f32>,
+    v_mean: Vec<f32>,
     k: Vec<Vec<i64>>,
     v: Vec<Vec<i64>>,
     ek: Vec<u32>,
@@ -44,73 +46,127 @@ fn base_of(rows: &[Vec<f32>]) -> f32 {
     }
 }
 
-/// The smallest `e` in 0..=15 with `round_half_even(max |x| / (base 2^e)) <= 127`.
-fn exponent(x: &[f32], base: f32) -> u32 {
-    if base == 0.0 {
+/// Section 6's V bases of rows: `M / 127` (`M` the largest magnitude), or per channel
+/// `max(m_c, max(M / 64, MIN_POSITIVE)) / 127`; empty while `M` is zero or subnormal.
+fn v_bases(rows: &[Vec<f32>], per_channel: bool) -> Vec<f32> {
+    let big = rows.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    if big < f32::MIN_POSITIVE {
+        return Vec::new();
+    }
+    if !per_channel {
+        return vec![big / 127.0];
+    }
+    (0..rows[0].len())
+        .map(|c| {
+            let m_c = rows.iter().fold(0f32, |m, r| m.max(r[c].abs()));
+            m_c.max((big / 64.0).max(f32::MIN_POSITIVE)) / 127.0
+        })
+        .collect()
+}
+
+/// The smallest `e` in 0..=15 with `round_half_even(|x[c]| / (base[c] 2^e)) <= 127` for every
+/// channel (`base` of one entry serves them all); 0 while the base is not fixed.
+fn exponent(x: &[f32], base: &[f32]) -> u32 {
+    if base.is_empty() || base == [0.0] {
         return 0;
     }
-    let m = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let b = |c: usize| if base.len() == 1 { base[0] } else { base[c] };
     (0..=15)
-        .find(|&e| (m / (base * 2f32.powi(e as i32))).round_ties_even() <= 127.0)
+        .find(|&e| {
+            x.iter()
+                .enumerate()
+                .all(|(c, v)| (v.abs() / (b(c) * 2f32.powi(e as i32))).round_ties_even() <= 127.0)
+        })
         .unwrap_or(15)
 }
 
-impl RefHead {
-    fn append(&mut self, k: &[Vec<f32>], v: &[Vec<f32>], smooth: bool) {
-        let d = k[0].len();
-        if self.k.is_empty() && smooth {
-            // f64 sums in blocks of 256 rows, added in order, divided by the row count.
-            let mut total = vec![0f64; d];
-            for block in k.chunks(256) {
-                let mut s = vec![0f64; d];
-                for row in block {
-                    for (a, &x) in s.iter_mut().zip(row) {
-                        *a += x as f64;
-                    }
-                }
-                for (t, x) in total.iter_mut().zip(s) {
-                    *t += x;
-                }
+/// f64 sums in blocks of 256 rows, added in order, divided by the row count.
+fn block_mean(rows: &[Vec<f32>]) -> Vec<f32> {
+    let d = rows[0].len();
+    let mut total = vec![0f64; d];
+    for block in rows.chunks(256) {
+        let mut s = vec![0f64; d];
+        for row in block {
+            for (a, &x) in s.iter_mut().zip(row) {
+                *a += x as f64;
             }
-            self.mean = total.iter().map(|&t| (t / k.len() as f64) as f32).collect();
         }
-        let k: Vec<Vec<f32>> = k
-            .iter()
-            .map(|r| {
-                if self.mean.is_empty() {
-                    r.clone()
-                } else {
-                    r.iter().zip(&self.mean).map(|(x, m)| x - m).collect()
-                }
-            })
-            .collect();
+        for (t, x) in total.iter_mut().zip(s) {
+            *t += x;
+        }
+    }
+    total
+        .iter()
+        .map(|&t| (t / rows.len() as f64) as f32)
+        .collect()
+}
+
+fn minus(rows: &[Vec<f32>], mean: &[f32]) -> Vec<Vec<f32>> {
+    rows.iter()
+        .map(|r| {
+            if mean.is_empty() {
+                r.clone()
+            } else {
+                r.iter().zip(mean).map(|(x, m)| x - m).collect()
+            }
+        })
+        .collect()
+}
+
+impl RefHead {
+    fn append(&mut self, k: &[Vec<f32>], v: &[Vec<f32>], quant: Quantization) {
+        if self.k.is_empty() {
+            if quant.smooth_k {
+                self.mean = block_mean(k);
+            }
+            if quant.smooth_v {
+                self.v_mean = block_mean(v);
+            }
+        }
+        let k = minus(k, &self.mean);
+        let v = minus(v, &self.v_mean);
         if self.base_k == 0.0 {
             self.base_k = base_of(&k);
         }
-        if self.base_v == 0.0 {
-            self.base_v = base_of(v);
+        if self.base_v.is_empty() {
+            self.base_v = v_bases(&v, quant.v_per_channel);
         }
         for r in &k {
-            let e = exponent(r, self.base_k);
+            let e = exponent(r, &[self.base_k]);
             let s = self.base_k * 2f32.powi(e as i32);
             self.k.push(r.iter().map(|&x| q8(x, s)).collect());
             self.ek.push(e);
         }
-        for r in v {
-            let e = exponent(r, self.base_v);
-            let s = self.base_v * 2f32.powi(e as i32);
-            self.v.push(r.iter().map(|&x| q8(x, s)).collect());
+        for r in &v {
+            let e = exponent(r, &self.base_v);
+            let s = |c: usize| match self.base_v.len() {
+                0 => 0.0,
+                1 => self.base_v[0] * 2f32.powi(e as i32),
+                _ => self.base_v[c] * 2f32.powi(e as i32),
+            };
+            self.v
+                .push(r.iter().enumerate().map(|(c, &x)| q8(x, s(c))).collect());
             self.ev.push(e);
+        }
+    }
+
+    /// The output scale of channel `c` (0 while the base is not fixed).
+    fn v_scale(&self, c: usize) -> f32 {
+        match self.base_v.len() {
+            0 => 0.0,
+            1 => self.base_v[0],
+            _ => self.base_v[c],
         }
     }
 }
 
-/// IntAttention of the query rows `q` (already int8, scale `s_q`) over a reference head,
+/// IntAttention of the query rows `q` (already int8, row `i` with scale `s_q[i]`) over a
+/// reference head,
 /// query `i` seeing keys `0..valid(i)`: the contract's IndexSoftmax on shifted scores.
 fn ref_attention(
     head: &RefHead,
     q: &[Vec<i64>],
-    s_q: f32,
+    s_q: &[f32],
     valid: impl Fn(usize) -> usize,
     variant: SoftmaxVariant,
     d: usize,
@@ -119,12 +175,13 @@ fn ref_attention(
     let table = lut.entries();
     let n1 = (table.len() - 1) as i64;
     let scale = 1.0 / (d as f32).sqrt();
-    let t = match variant {
-        SoftmaxVariant::PaperSim => threshold_paper_sim(C, s_q, head.base_k, scale).unwrap(),
-        _ => threshold_exact(C, s_q, head.base_k, scale).unwrap(),
-    } as i64;
     let mut out = Vec::new();
     for (i, qi) in q.iter().enumerate() {
+        let t = match variant {
+            SoftmaxVariant::PaperSim => threshold_paper_sim(C, s_q[i], head.base_k, scale),
+            _ => threshold_exact(C, s_q[i], head.base_k, scale),
+        }
+        .unwrap() as i64;
         let n = valid(i);
         let s: Vec<i64> = (0..n)
             .map(|j| qi.iter().zip(&head.k[j]).map(|(a, b)| a * b).sum::<i64>() << head.ek[j])
@@ -170,7 +227,13 @@ fn ref_attention(
                 .map(|j| (p[j] as i128 * head.v[j][c] as i128) << head.ev[j])
                 .sum();
             let div = if sum == 0 { 0 } else { div as u32 };
-            out.push(dequantize_output(o32 as i64, head.base_v, div));
+            let o = dequantize_output(o32 as i64, head.v_scale(c), div);
+            // Smoothed V: the mean comes back where the weights sum to something.
+            out.push(if head.v_mean.is_empty() || div == 0 {
+                o
+            } else {
+                o + head.v_mean[c]
+            });
         }
     }
     out
@@ -197,7 +260,7 @@ struct Case {
     d: usize,
     lq: usize,
     grow: bool,
-    smooth: bool,
+    quant: Quantization,
 }
 
 /// Builds the cache (in appends of uneven sizes) and the reference, runs `lq` causal queries
@@ -209,7 +272,8 @@ fn check(case: &Case, kernel: Kernel, threads: usize, variant: SoftmaxVariant) {
         .with_causal(true)
         .with_kernel(kernel)
         .with_executor(support::threads(threads))
-        .with_quantization(Quantization::PER_TENSOR.with_smooth_k(case.smooth));
+        .with_table_bits(5)
+        .with_quantization(case.quant);
     let mut cache = KvCache::new(&attn, case.lens.len(), g, d).unwrap();
     let mut refs = vec![vec![RefHead::default(); g]; case.lens.len()];
     for (b, &len) in case.lens.iter().enumerate() {
@@ -230,7 +294,7 @@ fn check(case: &Case, kernel: Kernel, threads: usize, variant: SoftmaxVariant) {
                 let v: Vec<Vec<f32>> = (at..at + n)
                     .map(|j| token(b as u64 * 100 + gg as u64 + 50, j, d, case.grow))
                     .collect();
-                head.append(&k, &v, case.smooth);
+                head.append(&k, &v, case.quant);
                 kf.extend(k.concat());
                 vf.extend(v.concat());
             }
@@ -246,7 +310,8 @@ fn check(case: &Case, kernel: Kernel, threads: usize, variant: SoftmaxVariant) {
     }
     assert_eq!(cache.lens(), case.lens);
     let q = support::data(7, case.lens.len() * h * case.lq * d);
-    let s_q = q.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+    let max = |x: &[f32]| x.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+    let s_tensor = max(&q);
     let mut got = vec![f32::NAN; q.len()];
     let qv = TensorView::new(&q, [case.lens.len(), h, case.lq, d]).unwrap();
     attn.run_cached(&mut Workspace::new(), &cache, qv, &mut got)
@@ -254,21 +319,31 @@ fn check(case: &Case, kernel: Kernel, threads: usize, variant: SoftmaxVariant) {
     for (b, &len) in case.lens.iter().enumerate() {
         for hh in 0..h {
             let at = (b * h + hh) * case.lq * d;
-            let rows: Vec<Vec<i64>> = q[at..at + case.lq * d]
+            let head_q = &q[at..at + case.lq * d];
+            let s_q: Vec<f32> = head_q
                 .chunks(d)
-                .map(|r| r.iter().map(|&x| q8(x, s_q)).collect())
+                .map(|r| match case.quant.q {
+                    Granularity::PerRow => max(r),
+                    Granularity::PerHead => max(head_q),
+                    _ => s_tensor,
+                })
+                .collect();
+            let rows: Vec<Vec<i64>> = head_q
+                .chunks(d)
+                .zip(&s_q)
+                .map(|(r, &s)| r.iter().map(|&x| q8(x, s)).collect())
                 .collect();
             let head = &refs[b][hh / (h / g)];
-            let want = ref_attention(head, &rows, s_q, |i| len - case.lq + i + 1, variant, d);
+            let want = ref_attention(head, &rows, &s_q, |i| len - case.lq + i + 1, variant, d);
             for (i, (w, gt)) in want.iter().zip(&got[at..at + case.lq * d]).enumerate() {
                 assert!(
                     w.to_bits() == gt.to_bits(),
                     "{} {variant} {threads} threads seq {b} head {hh} entry {i}: got {gt:e}, \
-                     want {w:e} (lens {:?}, grow {}, smooth {})",
+                     want {w:e} (lens {:?}, grow {}, {:?})",
                     kernel.name(),
                     case.lens,
                     case.grow,
-                    case.smooth
+                    case.quant
                 );
             }
         }
@@ -286,7 +361,7 @@ fn cache_equals_its_scalar_reference() {
             d: 32,
             lq: 1,
             grow: true,
-            smooth: false,
+            quant: Quantization::PER_TENSOR,
         },
         // Several causal queries over a cache, smoothed keys, no exponents.
         Case {
@@ -296,7 +371,7 @@ fn cache_equals_its_scalar_reference() {
             d: 64,
             lq: 5,
             grow: false,
-            smooth: true,
+            quant: Quantization::PER_TENSOR.with_smooth_k(true),
         },
         // Both, odd sizes.
         Case {
@@ -306,7 +381,30 @@ fn cache_equals_its_scalar_reference() {
             d: 7,
             lq: 3,
             grow: true,
-            smooth: true,
+            quant: Quantization::PER_TENSOR.with_smooth_k(true),
+        },
+        // The fine scheme: per-channel V bases with smoothed V, per-row Q, exponents.
+        Case {
+            lens: vec![450, 3],
+            heads: 4,
+            kv_heads: 2,
+            d: 16,
+            lq: 2,
+            grow: true,
+            quant: Quantization::FINE,
+        },
+        // Per-channel V without smoothing, smoothed K, decode.
+        Case {
+            lens: vec![401],
+            heads: 2,
+            kv_heads: 1,
+            d: 9,
+            lq: 1,
+            grow: true,
+            quant: Quantization::FINE
+                .with_smooth_v(false)
+                .with_smooth_k(true)
+                .with_q(Granularity::PerTensor),
         },
     ];
     for kernel in Kernel::available() {
@@ -333,14 +431,16 @@ fn one_prefill_append_equals_per_call_attention() {
         let k = support::data(2, shape.kv_elems());
         let v = support::data(3, shape.kv_elems());
         for pipeline in Pipeline::ALL {
-            for smooth in [false, true] {
+            let per_head = Quantization::PER_TENSOR.with_kv(Granularity::PerHead);
+            for quant in [
+                per_head,
+                per_head.with_smooth_k(true),
+                Quantization::FINE,
+                Quantization::FINE.with_smooth_k(true).with_smooth_v(false),
+            ] {
                 let attn = Attention::new(pipeline)
                     .with_causal(true)
-                    .with_quantization(
-                        Quantization::PER_TENSOR
-                            .with_kv(Granularity::PerHead)
-                            .with_smooth_k(smooth),
-                    );
+                    .with_quantization(quant);
                 let want = attn.run(&shape, &q, &k, &v).unwrap();
                 let mut cache = KvCache::new(&attn, b, g, d).unwrap();
                 for s in 0..b {
@@ -362,7 +462,7 @@ fn one_prefill_append_equals_per_call_attention() {
                         got.iter()
                             .zip(&want)
                             .all(|(a, w)| a.to_bits() == w.to_bits()),
-                        "{pipeline} lq {lq} smooth {smooth}"
+                        "{pipeline} lq {lq} {quant:?}"
                     );
                 } else {
                     // Float pages sum P x V page by page: the same products, another order.

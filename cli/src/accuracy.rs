@@ -12,6 +12,7 @@ use intattention::{Attention, AttnShape, Pipeline, SoftmaxVariant};
 
 use crate::data::{self, Family};
 use crate::error::{param_err, shape_err, Error, Result};
+use crate::settings::Settings;
 use crate::threads;
 
 /// The Q, K and V slices of flat head index `bh = b * heads + h` (contiguous inputs).
@@ -227,7 +228,9 @@ pub struct AccuracyConfig {
     /// IndexSoftmax variants, reported for the IntAttention pipeline.
     #[serde(serialize_with = "variant_names")]
     pub variants: Vec<SoftmaxVariant>,
-    pub table_bits: u32,
+    /// Overrides of the IntAttention settings (none: each finish's default).
+    #[serde(serialize_with = "settings_text")]
+    pub settings: Settings,
     pub clip: f32,
     pub seed: u64,
     /// Worker threads (0: one per core); the results do not depend on it.
@@ -246,7 +249,7 @@ impl Default for AccuracyConfig {
             head_dim: 64,
             pipelines: Pipeline::ALL.to_vec(),
             variants: SoftmaxVariant::ALL.to_vec(),
-            table_bits: intattention::lut::DEFAULT_TABLE_BITS,
+            settings: Settings::default(),
             clip: intattention::lut::DEFAULT_CLIP,
             seed: 0,
             threads: 0,
@@ -299,6 +302,8 @@ pub struct Row {
     /// The IndexSoftmax variant (IntAttention rows only).
     #[serde(serialize_with = "variant_name")]
     pub variant: Option<SoftmaxVariant>,
+    /// The integer pipelines' settings in words (table bits and scales).
+    pub settings: Option<String>,
     #[serde(flatten)]
     pub metrics: Metrics,
 }
@@ -342,29 +347,89 @@ impl std::fmt::Display for Report {
         let c = &self.config;
         writeln!(
             f,
-            "accuracy vs f64 reference: batch {} heads {} d {} seed {} kernel {} (IndexSoftmax b={} c={})",
-            c.batch, c.heads, c.head_dim, c.seed, self.kernel, c.table_bits, c.clip
+            "accuracy vs f64 reference: batch {} heads {} d {} seed {} kernel {} (IndexSoftmax c={}; \
+             settings {})",
+            c.batch,
+            c.heads,
+            c.head_dim,
+            c.seed,
+            self.kernel,
+            c.clip,
+            describe_settings(&c.settings)
         )?;
         writeln!(
             f,
-            "{:<9} {:>6}  {:<20} {:>10} {:>10} {:>10} {:>10}",
+            "{:<9} {:>6}  {:<20} {:>10} {:>10} {:>10} {:>10}  settings",
             "family", "L", "pipeline", "cosine", "1-cosine", "rel_l2", "max_abs"
         )?;
         for r in &self.rows {
             writeln!(
                 f,
-                "{:<9} {:>6}  {:<20} {:>10.6} {:>10.2e} {:>10.2e} {:>10.2e}",
+                "{:<9} {:>6}  {:<20} {:>10.6} {:>10.2e} {:>10.2e} {:>10.2e}  {}",
                 r.family.as_str(),
                 r.len,
                 r.label(),
                 r.metrics.cosine,
                 1.0 - r.metrics.cosine,
                 r.metrics.rel_l2,
-                r.metrics.max_abs
+                r.metrics.max_abs,
+                r.settings.as_deref().unwrap_or("")
             )?;
         }
         Ok(())
     }
+}
+
+/// The settings of an integer pipeline's row in words: `b7, q row, kv head, ...` (IntAttention),
+/// the scales alone (int8); `None` for the float pipelines.
+pub fn row_settings(attn: &Attention) -> Option<String> {
+    let scales = crate::settings::describe(&attn.quantization());
+    match attn.pipeline() {
+        Pipeline::IntAttention => Some(format!("b{}, {scales}", attn.table_bits())),
+        Pipeline::Int8 => Some(scales),
+        _ => None,
+    }
+}
+
+/// A [`Settings`] override in words (`default` when it overrides nothing).
+pub fn describe_settings(s: &Settings) -> String {
+    let mut parts = Vec::new();
+    if s.paper {
+        parts.push("paper".to_string());
+    }
+    if let Some(b) = s.bits {
+        parts.push(format!("bits {b}"));
+    }
+    if let Some(p) = s.quant {
+        parts.push(format!("quant {}", format!("{p:?}").to_lowercase()));
+    }
+    if let Some(g) = s.q_scales {
+        parts.push(format!("q {}", crate::settings::granularity_name(g)));
+    }
+    if let Some(g) = s.kv_scales {
+        parts.push(format!("kv {}", crate::settings::granularity_name(g)));
+    }
+    for (name, v) in [
+        ("smooth-k", s.smooth_k),
+        ("v-channels", s.v_channels),
+        ("smooth-v", s.smooth_v),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{name} {v}"));
+        }
+    }
+    if parts.is_empty() {
+        "default".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn settings_text<S: serde::Serializer>(
+    s: &Settings,
+    out: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    out.serialize_str(&describe_settings(s))
 }
 
 /// The (pipeline, variant) pairs a config asks for, in report order.
@@ -402,7 +467,6 @@ pub fn run_with_progress(cfg: &AccuracyConfig, mut on_row: impl FnMut(&Row)) -> 
             let base = Attention::new(Pipeline::Fp32)
                 .with_causal(family.causal())
                 .with_executor(threads::executor(cfg.threads)?)
-                .with_table_bits(cfg.table_bits)
                 .with_clip(cfg.clip);
             let reference = reference_attention(&base, &shape, &inputs.q, &inputs.k, &inputs.v)?;
             for (pipeline, variant) in configurations(cfg) {
@@ -411,12 +475,14 @@ pub fn run_with_progress(cfg: &AccuracyConfig, mut on_row: impl FnMut(&Row)) -> 
                 if let Some(v) = variant {
                     attn = attn.with_variant(v);
                 }
+                let attn = cfg.settings.apply(attn);
                 let out = attn.run(&shape, &inputs.q, &inputs.k, &inputs.v)?;
                 let row = Row {
                     family,
                     len,
                     pipeline,
                     variant,
+                    settings: row_settings(&attn),
                     metrics: Metrics::between(&out, &reference)?,
                 };
                 on_row(&row);
@@ -668,6 +734,8 @@ pub struct RealRow {
     pub pipeline: String,
     #[serde(serialize_with = "variant_name")]
     pub variant: Option<SoftmaxVariant>,
+    /// The integer pipelines' settings in words (table bits and scales).
+    pub settings: Option<String>,
     /// Relative L2 error of a head's output: mean and worst over all heads.
     #[serde(flatten)]
     pub stats: ErrStats,
@@ -695,7 +763,9 @@ pub struct RealConfig {
     pub pipelines: Vec<Pipeline>,
     #[serde(serialize_with = "variant_names")]
     pub variants: Vec<SoftmaxVariant>,
-    pub table_bits: u32,
+    /// Overrides of the IntAttention settings (none: each finish's default).
+    #[serde(serialize_with = "settings_text")]
+    pub settings: Settings,
     pub clip: f32,
     #[serde(skip)]
     pub threads: usize,
@@ -707,7 +777,7 @@ impl Default for RealConfig {
         RealConfig {
             pipelines: a.pipelines,
             variants: a.variants,
-            table_bits: a.table_bits,
+            settings: a.settings,
             clip: a.clip,
             threads: 0,
         }
@@ -744,6 +814,7 @@ fn real_row(
     suite: &RealSuite,
     pipeline: String,
     variant: Option<SoftmaxVariant>,
+    settings: Option<String>,
     per_call: Vec<Vec<f64>>,
 ) -> RealRow {
     let m = &suite.manifest;
@@ -779,6 +850,7 @@ fn real_row(
     RealRow {
         pipeline,
         variant,
+        settings,
         stats: ErrStats::of(&heads),
         worst_head: worst.map(|(_, id)| id).expect("the suite has heads"),
         per_layer: by_layer.iter().map(|e| ErrStats::of(e)).collect(),
@@ -806,7 +878,6 @@ pub fn run_real(suite: &RealSuite, cfg: &RealConfig) -> Result<RealReport> {
             .with_scale(m.scale as f32)
             .with_key_lens(call.key_lens.clone())
             .with_executor(executor.clone())
-            .with_table_bits(cfg.table_bits)
             .with_clip(cfg.clip)
     };
     let references = suite
@@ -821,7 +892,7 @@ pub fn run_real(suite: &RealSuite, cfg: &RealConfig) -> Result<RealReport> {
         .zip(&references)
         .map(|(c, r)| head_errors(c, &c.o, r))
         .collect::<Result<Vec<_>>>()?;
-    rows.push(real_row(suite, "capture".into(), None, captured));
+    rows.push(real_row(suite, "capture".into(), None, None, captured));
     let pseudo = AccuracyConfig {
         pipelines: cfg.pipelines.clone(),
         variants: cfg.variants.clone(),
@@ -829,16 +900,20 @@ pub fn run_real(suite: &RealSuite, cfg: &RealConfig) -> Result<RealReport> {
     };
     for (pipeline, variant) in configurations(&pseudo) {
         let mut per_call = Vec::new();
+        let mut settings = None;
         for (c, r) in suite.calls.iter().zip(&references) {
             let mut attn = base(c);
             attn = attn.with_pipeline(pipeline);
             if let Some(v) = variant {
                 attn = attn.with_variant(v);
             }
+            let attn = cfg.settings.apply(attn);
+            settings = row_settings(&attn);
             let out = attn.run(&c.shape, &c.q, &c.k, &c.v)?;
             per_call.push(head_errors(c, &out, r)?);
         }
-        rows.push(real_row(suite, pipeline.as_str().into(), variant, per_call));
+        let name = pipeline.as_str().into();
+        rows.push(real_row(suite, name, variant, settings, per_call));
     }
     Ok(RealReport {
         kernel,
@@ -873,7 +948,7 @@ impl std::fmt::Display for RealReport {
             self.head_dim,
             self.head_count,
             self.kernel,
-            c.table_bits,
+            describe_settings(&c.settings),
             c.clip
         )?;
         writeln!(
@@ -886,6 +961,7 @@ impl std::fmt::Display for RealReport {
             "{:<20} {:>9} {:>9}  {:<14}",
             "pipeline", "mean", "worst", "worst head"
         )?;
+        // (Each row's settings follow the per-layer means.)
         for l in 0..self.layers {
             write!(f, " {:>8}", format!("L{l} mean"))?;
         }
@@ -902,7 +978,7 @@ impl std::fmt::Display for RealReport {
             for s in &r.per_layer {
                 write!(f, " {:>8.2e}", s.mean)?;
             }
-            writeln!(f)?;
+            writeln!(f, "  {}", r.settings.as_deref().unwrap_or(""))?;
         }
         Ok(())
     }

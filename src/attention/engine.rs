@@ -30,7 +30,7 @@ use crate::exec::Par;
 use crate::kernels::{Kernel, KernelImpl, PackedB, MAX_K_U8S8};
 use crate::lut::{Lut, MAX_ROW_LEN};
 use crate::memory::Fresh;
-use crate::ops::output::output_row;
+use crate::ops::output::output_row_channels;
 use crate::ops::quant::{max_abs_bits, quantize_with_scale, QTensor};
 use crate::ops::softmax::SoftmaxVariant;
 use crate::tensor::TensorView;
@@ -83,9 +83,12 @@ pub(crate) struct ChunkRef<'a> {
 /// One unit's keys and values.
 pub(crate) struct UnitRef<'a> {
     pub chunks: Vec<ChunkRef<'a>>,
-    /// Scale (or base scale, with exponents) of the unit's keys and of its values.
+    /// Scale (or base scale, with exponents) of the unit's keys.
     pub s_k: f32,
-    pub s_v: f32,
+    /// Scale (or base scale) of its values: one, or one per channel.
+    pub s_v: &'a [f32],
+    /// The mean value added back to every output row (smoothed V; empty otherwise).
+    pub v_mean: &'a [f32],
     /// The scales of the unit's query heads when the unit computed them itself (per-head Q
     /// scales in the one-pass schedule; [`QScale::Unit`]).
     pub q_scales: Vec<f32>,
@@ -216,11 +219,10 @@ impl OnePass<'_> {
         let failed = AtomicBool::new(false);
         let d = self.shape.head_dim;
         self.par.for_each(work, |(u, blocks)| {
-            let mut mean = Vec::new();
-            let (s_k, s_v, q_scales, k_mean) = match &scales {
+            let own = match &scales {
                 Some(sc) => {
-                    let us = sc.unit(u);
-                    let qs = match &sc.q {
+                    let us = sc.unit(u, d);
+                    let q = match &sc.q {
                         QScale::Head(h) => {
                             let group = self.shape.group();
                             let b = u / self.shape.kv_heads;
@@ -230,7 +232,13 @@ impl OnePass<'_> {
                         }
                         _ => Vec::new(),
                     };
-                    (us.k, us.v, qs, us.k_mean.map(|m| m.to_vec()))
+                    prep::OwnScales {
+                        k: us.k,
+                        v: us.v.to_vec(),
+                        q,
+                        k_mean: us.k_mean.map(<[f32]>::to_vec).unwrap_or_default(),
+                        v_mean: us.v_mean.map(<[f32]>::to_vec).unwrap_or_default(),
+                    }
                 }
                 None => match prep::own_unit_scales(
                     &self.shape,
@@ -240,12 +248,8 @@ impl OnePass<'_> {
                     &self.k,
                     &self.v,
                     u,
-                    &mut mean,
                 ) {
-                    Some((sk, sv, qs)) => {
-                        let m = (!mean.is_empty()).then(|| mean.clone());
-                        (sk, sv, qs, m)
-                    }
+                    Some(own) => own,
                     None => {
                         bad_input.store(true, Ordering::Relaxed);
                         for (_, outs) in blocks {
@@ -261,11 +265,7 @@ impl OnePass<'_> {
             let chunk = if keys == 0 {
                 None
             } else {
-                let us = prep::UnitScales {
-                    k: s_k,
-                    v: s_v,
-                    k_mean: k_mean.as_deref(),
-                };
+                let us = own.unit();
                 let rows = KvRows::Float {
                     k: self.k,
                     v: self.v,
@@ -291,9 +291,10 @@ impl OnePass<'_> {
             };
             let unit = UnitRef {
                 chunks: chunk.iter().map(chunk_ref).collect(),
-                s_k,
-                s_v,
-                q_scales,
+                s_k: own.k,
+                s_v: &own.v,
+                v_mean: &own.v_mean,
+                q_scales: own.q.clone(),
             };
             let mut scr = self.ws.take_scratch();
             for (blk, outs) in blocks {
@@ -308,9 +309,8 @@ impl OnePass<'_> {
                 self.ws.give_packed(c.v.into_storage());
             }
         });
-        let _ = d;
         if bad_input.into_inner() {
-            return Err(prep::first_non_finite(&[&self.q, &self.k, &self.v]));
+            return Err(prep::input_error(&[&self.q, &self.k, &self.v]));
         }
         if failed.into_inner() {
             return Err(Error::Allocation {
@@ -419,7 +419,8 @@ impl<'a> Engine<'a> {
             .map(|(u, cs)| UnitRef {
                 chunks: cs.iter().map(chunk_ref).collect(),
                 s_k: scales.k[u],
-                s_v: scales.v[u],
+                s_v: scales.unit(u, shape.head_dim).v,
+                v_mean: scales.unit(u, shape.head_dim).v_mean.unwrap_or(&[]),
                 q_scales: Vec::new(),
             })
             .collect();
@@ -717,9 +718,21 @@ impl<'a> Engine<'a> {
             let (hl, pl) = (r % group, r / group);
             let orow = &mut outs[hl][pl * d..(pl + 1) * d];
             if one {
-                output_row(&scr.o32[r * d..(r + 1) * d], div, unit.s_v, orow);
+                output_row_channels(
+                    &scr.o32[r * d..(r + 1) * d],
+                    div,
+                    unit.s_v,
+                    unit.v_mean,
+                    orow,
+                );
             } else {
-                output_row(&scr.acc[r * d..(r + 1) * d], div, unit.s_v, orow);
+                output_row_channels(
+                    &scr.acc[r * d..(r + 1) * d],
+                    div,
+                    unit.s_v,
+                    unit.v_mean,
+                    orow,
+                );
             }
             bad |= !orow.iter().all(|x| x.is_finite());
         }
@@ -918,7 +931,13 @@ impl<'a> Engine<'a> {
                     _ => 255,
                 };
                 let orow = &mut outs[r % group][(r / group) * d..(r / group + 1) * d];
-                output_row(&acc[r * d..(r + 1) * d], divisor, unit.s_v, orow);
+                output_row_channels(
+                    &acc[r * d..(r + 1) * d],
+                    divisor,
+                    unit.s_v,
+                    unit.v_mean,
+                    orow,
+                );
                 bad |= !orow.iter().all(|x| x.is_finite());
             }
             if bad {
@@ -1267,6 +1286,8 @@ fn cache_q_scales(
         q: qs,
         k: Vec::new(),
         v: Vec::new(),
+        v_width: 1,
         k_mean: Vec::new(),
+        v_mean: Vec::new(),
     })
 }

@@ -29,7 +29,7 @@ pub(crate) use float::{
     finish as float_finish, fp16_range, gather, head as float_head, FloatPage, HeadError,
 };
 pub(crate) use mask::Visibility;
-pub(crate) use prep::{non_finite_in, SUM_ROWS};
+pub(crate) use prep::{column_maxima, non_finite_in, unit_mean, v_slice_scales};
 
 use crate::error::{check_len, invalid, Error, Result};
 use crate::exec::Executor;
@@ -91,7 +91,7 @@ impl FromStr for Granularity {
     }
 }
 
-/// How the integer pipelines quantize Q, K and V (docs/numerics.md, section 1).
+/// How the integer pipelines quantize Q, K and V (docs/numerics.md, sections 1 and 6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Quantization {
@@ -103,6 +103,15 @@ pub struct Quantization {
     /// softmax row is unchanged in exact arithmetic (each logit moves by the same `q . mean`),
     /// while the keys' int8 range no longer has to cover their common offset.
     pub smooth_k: bool,
+    /// One V scale per column (head-dimension channel) of each K/V slice instead of one for
+    /// the slice: the output's column `c` is multiplied by its own scale, which costs nothing
+    /// in the integer products.
+    pub v_per_channel: bool,
+    /// Subtract the mean value of each head (per channel, over its valid keys) before
+    /// quantizing V, and add it back to the output. Exact for the Deferred finish, whose
+    /// weights sum to one; for the 8-bit finishes it also fills in the probability mass that
+    /// their rounding loses.
+    pub smooth_v: bool,
 }
 
 impl Quantization {
@@ -111,13 +120,19 @@ impl Quantization {
         q: Granularity::PerTensor,
         kv: Granularity::PerTensor,
         smooth_k: false,
+        v_per_channel: false,
+        smooth_v: false,
     };
 
-    /// Per-row Q scales, per-head K and V scales, smoothed K.
+    /// Per-row Q scales, per-head K scales, per-head and per-channel V scales with smoothed V:
+    /// the most accurate scheme on real activations (docs/accuracy-study.md), and the default
+    /// of IntAttention's Deferred finish.
     pub const FINE: Quantization = Quantization {
         q: Granularity::PerRow,
         kv: Granularity::PerHead,
-        smooth_k: true,
+        smooth_k: false,
+        v_per_channel: true,
+        smooth_v: true,
     };
 
     /// The same with Q scales of granularity `q`.
@@ -135,6 +150,18 @@ impl Quantization {
     /// The same with K smoothing on or off.
     pub fn with_smooth_k(mut self, smooth_k: bool) -> Self {
         self.smooth_k = smooth_k;
+        self
+    }
+
+    /// The same with per-channel V scales on or off.
+    pub fn with_v_per_channel(mut self, on: bool) -> Self {
+        self.v_per_channel = on;
+        self
+    }
+
+    /// The same with V smoothing on or off.
+    pub fn with_smooth_v(mut self, on: bool) -> Self {
+        self.smooth_v = on;
         self
     }
 
@@ -162,7 +189,8 @@ impl Default for Quantization {
 pub struct Attention {
     pipeline: Pipeline,
     variant: SoftmaxVariant,
-    table_bits: u32,
+    /// `None`: the finish's default (see [`Attention::table_bits`]).
+    table_bits: Option<u32>,
     clip: f32,
     scale: Option<f32>,
     causal: bool,
@@ -171,8 +199,14 @@ pub struct Attention {
     block_rows: Option<usize>,
     kernel: Option<Kernel>,
     executor: Executor,
-    quantization: Quantization,
+    /// `None`: the finish's default (see [`Attention::quantization`]).
+    quantization: Option<Quantization>,
 }
+
+/// IndexSoftmax table bits of the Deferred finish unless set: 7 bits (128 entries) give the
+/// finish about 0.5 points of relative error less than the contract's 5 on real activations
+/// (docs/accuracy.md) for a few percent of time.
+pub const DEFERRED_TABLE_BITS: u32 = 7;
 
 impl Default for Attention {
     fn default() -> Self {
@@ -181,14 +215,16 @@ impl Default for Attention {
 }
 
 impl Attention {
-    /// A configuration with the contract's defaults: Deferred IndexSoftmax, b = 5, c = 6.6,
-    /// per-tensor scales, scale 1/sqrt(d), no masks, the fastest kernel, the current rayon
-    /// pool.
+    /// A configuration with the defaults: Deferred IndexSoftmax with its accurate settings
+    /// (b = 7 and [`Quantization::FINE`]; the other finishes and pipelines default to the
+    /// paper's b = 5 and per-tensor scales), c = 6.6, scale 1/sqrt(d), no masks, the fastest
+    /// kernel, the current rayon pool. [`Attention::with_paper_settings`] gives the published
+    /// method's settings for every finish.
     pub fn new(pipeline: Pipeline) -> Self {
         Attention {
             pipeline,
             variant: SoftmaxVariant::Deferred,
-            table_bits: DEFAULT_TABLE_BITS,
+            table_bits: None,
             clip: DEFAULT_CLIP,
             scale: None,
             causal: false,
@@ -197,8 +233,21 @@ impl Attention {
             block_rows: None,
             kernel: None,
             executor: Executor::CurrentPool,
-            quantization: Quantization::PER_TENSOR,
+            quantization: None,
         }
+    }
+
+    /// The same with the published IntAttention's settings, whatever the finish: b = 5,
+    /// c = 6.6 and per-tensor scales (the contract's defaults; docs/numerics.md section 3).
+    pub fn with_paper_settings(self) -> Self {
+        self.with_table_bits(DEFAULT_TABLE_BITS)
+            .with_clip(DEFAULT_CLIP)
+            .with_quantization(Quantization::PER_TENSOR)
+    }
+
+    /// Whether the accurate defaults apply (IntAttention's Deferred finish).
+    fn accurate_defaults(&self) -> bool {
+        self.pipeline == Pipeline::IntAttention && self.variant == SoftmaxVariant::Deferred
     }
 
     /// The same configuration for another pipeline.
@@ -216,7 +265,7 @@ impl Attention {
     /// The same with IndexSoftmax table bits `b`, 4..=8 (IntAttention only; checked when a
     /// call runs).
     pub fn with_table_bits(mut self, b: u32) -> Self {
-        self.table_bits = b;
+        self.table_bits = Some(b);
         self
     }
 
@@ -274,7 +323,7 @@ impl Attention {
 
     /// The same quantizing Q, K and V as `q` says (integer pipelines).
     pub fn with_quantization(mut self, q: Quantization) -> Self {
-        self.quantization = q;
+        self.quantization = Some(q);
         self
     }
 
@@ -288,9 +337,14 @@ impl Attention {
         self.variant
     }
 
-    /// IndexSoftmax table bits.
+    /// IndexSoftmax table bits: as set, else [`DEFERRED_TABLE_BITS`] for IntAttention's
+    /// Deferred finish and the contract's 5 otherwise.
     pub fn table_bits(&self) -> u32 {
-        self.table_bits
+        self.table_bits.unwrap_or(if self.accurate_defaults() {
+            DEFERRED_TABLE_BITS
+        } else {
+            DEFAULT_TABLE_BITS
+        })
     }
 
     /// IndexSoftmax clip.
@@ -333,9 +387,14 @@ impl Attention {
         &self.executor
     }
 
-    /// The quantization scheme.
+    /// The quantization scheme: as set, else [`Quantization::FINE`] for IntAttention's
+    /// Deferred finish and [`Quantization::PER_TENSOR`] otherwise.
     pub fn quantization(&self) -> Quantization {
-        self.quantization
+        self.quantization.unwrap_or(if self.accurate_defaults() {
+            Quantization::FINE
+        } else {
+            Quantization::PER_TENSOR
+        })
     }
 
     /// The logit scale in use for a head dimension.
@@ -365,10 +424,10 @@ impl Attention {
                 });
             }
         }
-        self.quantization.check()?;
+        self.quantization().check()?;
         if self.pipeline == Pipeline::IntAttention {
             IndexSoftmaxParams::new(1, self.variant)?
-                .with_table_bits(self.table_bits)?
+                .with_table_bits(self.table_bits())?
                 .with_clip(self.clip)?;
         }
         Ok(())

@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 use crate::exec::Par;
 use crate::kernels::{KernelImpl, PackedB};
 use crate::ops::quant::{
-    check_finite, max_abs_bits, quantize_with_scale, scale_of_max_bits, QTensor,
+    check_finite, divisors_of, max_abs_bits, quantize_centered, quantize_with_divisors,
+    quantize_with_scale, scale_of_max_bits, QTensor,
 };
 use crate::tensor::TensorView;
 
@@ -50,11 +51,15 @@ pub(crate) struct Scales {
     pub q: QScale,
     /// Per unit (`b * kv_heads + g`).
     pub k: Vec<f32>,
-    /// Per unit.
+    /// Per unit, `v_width` values each: one scale, or one per channel (per-channel V).
     pub v: Vec<f32>,
+    pub v_width: usize,
     /// Per unit, `d` values each: the mean key subtracted before quantizing K (empty when K is
     /// not smoothed).
     pub k_mean: Vec<f32>,
+    /// Per unit, `d` values each: the mean value subtracted before quantizing V and added back
+    /// to the output (empty when V is not smoothed).
+    pub v_mean: Vec<f32>,
 }
 
 /// The scales of int8 inputs given by the caller (one per tensor).
@@ -63,7 +68,9 @@ pub(crate) fn given_scales(q: &QTensor, k: &QTensor, v: &QTensor, units: usize) 
         q: QScale::Tensor(q.scale()),
         k: vec![k.scale(); units],
         v: vec![v.scale(); units],
+        v_width: 1,
         k_mean: Vec::new(),
+        v_mean: Vec::new(),
     }
 }
 
@@ -107,7 +114,7 @@ pub(crate) fn float_scales(
         let wanted = match t {
             0 => quant.q != Granularity::PerRow,
             1 => !quant.smooth_k,
-            _ => true,
+            _ => !fine_v(quant),
         };
         if !wanted {
             continue;
@@ -143,12 +150,20 @@ pub(crate) fn float_scales(
         .flatten()
         .any(|&m| m >= f32::INFINITY.to_bits())
     {
-        return Err(first_non_finite(&views));
+        return Err(input_error(&views));
     }
 
+    let per = |maxima: &[u32], per_tensor: bool| -> Vec<f32> {
+        if per_tensor {
+            let m = maxima.iter().copied().max().unwrap_or(0);
+            vec![scale_of_max_bits(m); maxima.len()]
+        } else {
+            maxima.iter().map(|&m| scale_of_max_bits(m)).collect()
+        }
+    };
     let mut k_mean = Vec::new();
     if quant.smooth_k {
-        k_mean = key_means(par, shape, vis, k)?;
+        k_mean = head_means(par, shape, vis, k)?;
         // The largest magnitude of the smoothed keys, over every row of each head.
         let tasks: Vec<(usize, usize)> = (0..units)
             .flat_map(|u| {
@@ -172,24 +187,64 @@ pub(crate) fn float_scales(
             head_max[1][*u] = head_max[1][*u].max(m);
         }
         if head_max[1].iter().any(|&m| m >= f32::INFINITY.to_bits()) {
-            // Two finite values whose difference overflows: report it as what it is.
-            return Err(Error::Overflow {
-                what: "a smoothed key (key minus the mean key)",
-                arithmetic: "f32",
-                hint: "turn K smoothing off or scale the inputs down",
-            });
+            return Err(input_error(&views));
         }
     }
 
-    let per = |maxima: &[u32], per_tensor: bool| -> Vec<f32> {
-        if per_tensor {
-            let m = maxima.iter().copied().max().unwrap_or(0);
-            vec![scale_of_max_bits(m); maxima.len()]
-        } else {
-            maxima.iter().map(|&m| scale_of_max_bits(m)).collect()
-        }
-    };
+    // V at a finer grain: per-channel maxima of every unit (of the smoothed values when V is
+    // smoothed), then its scales.
     let kv_tensor = quant.kv == Granularity::PerTensor;
+    let (v_scales, v_width, v_mean) = if fine_v(quant) {
+        let v_mean = if quant.smooth_v {
+            head_means(par, shape, vis, v)?
+        } else {
+            Vec::new()
+        };
+        let tasks: Vec<(usize, usize)> = (0..units)
+            .flat_map(|u| {
+                (0..shape.kv_len)
+                    .step_by(rows_per_task)
+                    .map(move |i0| (u, i0))
+            })
+            .collect();
+        let col = par.map(tasks.clone(), |(u, i0)| {
+            let mean = (!v_mean.is_empty()).then(|| &v_mean[u * d..(u + 1) * d]);
+            let mut m = vec![0u32; d];
+            let rows = i0..(i0 + rows_per_task).min(shape.kv_len);
+            column_maxima(rows.map(|i| v.row(u / g_n, u % g_n, i)), mean, &mut m);
+            m
+        });
+        let mut unit_col = vec![0u32; units * d];
+        for ((u, _), m) in tasks.iter().zip(col) {
+            for (a, x) in unit_col[u * d..(u + 1) * d].iter_mut().zip(m) {
+                *a = (*a).max(x);
+            }
+        }
+        if unit_col.iter().any(|&m| m >= f32::INFINITY.to_bits()) {
+            return Err(input_error(&views));
+        }
+        if kv_tensor {
+            // One slice: every unit's channel c shares the tensor's channel maximum.
+            let mut all = vec![0u32; d];
+            for m in unit_col.chunks_exact(d.max(1)) {
+                for (a, &x) in all.iter_mut().zip(m) {
+                    *a = (*a).max(x);
+                }
+            }
+            for m in unit_col.chunks_exact_mut(d.max(1)) {
+                m.copy_from_slice(&all);
+            }
+        }
+        let mut scales = Vec::with_capacity(units * d);
+        for m in unit_col.chunks_exact(d.max(1)).take(units) {
+            v_slice_scales(m, quant.v_per_channel, &mut scales);
+        }
+        let width = if quant.v_per_channel { d } else { 1 };
+        (scales, width, v_mean)
+    } else {
+        (per(&head_max[2], kv_tensor), 1, Vec::new())
+    };
+
     let q_scale = match quant.q {
         Granularity::PerRow => QScale::Row,
         Granularity::PerHead => QScale::Head(per(&head_max[0], false)),
@@ -198,20 +253,92 @@ pub(crate) fn float_scales(
     Ok(Scales {
         q: q_scale,
         k: per(&head_max[1], kv_tensor),
-        v: per(&head_max[2], kv_tensor),
+        v: v_scales,
+        v_width,
         k_mean,
+        v_mean,
     })
 }
 
-/// The mean key of every unit over its valid keys (docs/numerics.md, section 1): per channel,
+/// Whether V needs more than one maximum per head (per-channel scales or smoothing).
+fn fine_v(quant: Quantization) -> bool {
+    quant.v_per_channel || quant.smooth_v
+}
+
+/// Raises `max[c]` to the largest `|x[c] - mean[c]|` (as bits) of the rows (`|x[c]|` without a
+/// mean). A NaN, an infinity or an overflowing difference shows as infinity's bits or more.
+pub(crate) fn column_maxima<'a>(
+    rows: impl Iterator<Item = &'a [f32]>,
+    mean: Option<&[f32]>,
+    max: &mut [u32],
+) {
+    for row in rows {
+        match mean {
+            Some(mean) => {
+                for ((m, &x), &mu) in max.iter_mut().zip(row).zip(mean) {
+                    *m = (*m).max((x - mu).to_bits() & 0x7fff_ffff);
+                }
+            }
+            None => {
+                for (m, &x) in max.iter_mut().zip(row) {
+                    *m = (*m).max(x.to_bits() & 0x7fff_ffff);
+                }
+            }
+        }
+    }
+}
+
+/// A channel's scale never goes below the largest channel's maximum over this (a power of
+/// two, so the floor is exact): per-channel scales stop where the narrowest channels would
+/// only gain precision nobody needs, and a KV cache's later tokens, whose channels can grow
+/// past the first append's, need at most 6 more exponent steps for a channel that was near 0.
+pub(crate) const CHANNEL_FLOOR: f32 = 1.0 / 64.0;
+
+/// Appends the V scales of one slice from its per-channel maxima (bits): one per channel
+/// `max(m_c, max(M * CHANNEL_FLOOR, f32::MIN_POSITIVE)) / 127` (`M` the largest `m_c`; all 0
+/// when `M` is 0 or subnormal), or the single scale `M / 127` (docs/numerics.md section 6).
+pub(crate) fn v_slice_scales(col_max: &[u32], per_channel: bool, out: &mut Vec<f32>) {
+    let big = col_max.iter().copied().max().unwrap_or(0);
+    if !per_channel {
+        out.push(scale_of_max_bits(big));
+        return;
+    }
+    if f32::from_bits(big) < f32::MIN_POSITIVE {
+        out.extend(col_max.iter().map(|_| 0.0));
+        return;
+    }
+    let floor = (f32::from_bits(big) * CHANNEL_FLOOR)
+        .max(f32::MIN_POSITIVE)
+        .to_bits();
+    out.extend(col_max.iter().map(|&m| scale_of_max_bits(m.max(floor))));
+}
+
+/// The error for input statistics that reached infinity: the first NaN or infinity of Q, then
+/// K, then V; or, when every input is finite, the smoothed key or value whose difference from
+/// its mean overflowed f32.
+pub(crate) fn input_error(views: &[&TensorView<'_, f32>; 3]) -> Error {
+    for (view, name) in views.iter().zip(["Q", "K", "V"]) {
+        if let Some(e) = non_finite_in(view, name) {
+            return e;
+        }
+    }
+    Error::Overflow {
+        what: "a smoothed key or value (minus its head's mean)",
+        arithmetic: "f32",
+        hint: "turn K or V smoothing off or scale the inputs down",
+    }
+}
+
+/// The mean key (or value) of every unit over its valid keys (docs/numerics.md, section 6): per
+/// channel,
 /// f64 sums of [`SUM_ROWS`] consecutive keys each, added in key order, divided by the key
 /// count and rounded to f32 (0 for a unit without keys). The order never depends on the
 /// workers, so neither do the bits.
-fn key_means(
+fn head_means(
     par: Par,
     shape: &AttnShape,
     vis: &Visibility,
-    k: &TensorView<'_, f32>,
+    x: &TensorView<'_, f32>,
 ) -> Result<Vec<f32>> {
     let (g_n, d) = (shape.kv_heads, shape.head_dim);
     let units = shape.batch * g_n;
@@ -225,8 +352,8 @@ fn key_means(
     let sums = par.map(tasks.clone(), |(u, i0)| {
         let mut s = vec![0f64; d];
         for i in i0..(i0 + SUM_ROWS).min(vis.keys[u / g_n]) {
-            for (acc, &x) in s.iter_mut().zip(k.row(u / g_n, u % g_n, i)) {
-                *acc += x as f64;
+            for (acc, &e) in s.iter_mut().zip(x.row(u / g_n, u % g_n, i)) {
+                *acc += e as f64;
             }
         }
         s
@@ -246,21 +373,6 @@ fn key_means(
                 .map(move |&s| if n == 0 { 0.0 } else { (s / n as f64) as f32 })
         })
         .collect())
-}
-
-/// The first NaN or infinity of Q, then K, then V, by logical index.
-pub(crate) fn first_non_finite(views: &[&TensorView<'_, f32>; 3]) -> Error {
-    for (view, name) in views.iter().zip(["Q", "K", "V"]) {
-        if let Some(e) = non_finite_in(view, name) {
-            return e;
-        }
-    }
-    // Not reached: a maximum at or past infinity's bits comes from a non-finite value.
-    Error::NonFinite {
-        tensor: "input",
-        index: 0,
-        value: f32::NAN,
-    }
 }
 
 /// The first NaN or infinity of one view, by logical index.
@@ -341,7 +453,7 @@ pub(crate) fn prepare_chunks(
             ws,
             kernel,
             shape,
-            scales.unit(u),
+            scales.unit(u, shape.head_dim),
             rows,
             u,
             start,
@@ -370,23 +482,26 @@ pub(crate) fn prepare_chunks(
 #[derive(Clone, Copy)]
 pub(crate) struct UnitScales<'a> {
     pub k: f32,
-    pub v: f32,
+    /// One scale, or one per channel.
+    pub v: &'a [f32],
     /// The mean key subtracted before quantizing (smoothing), `d` values.
     pub k_mean: Option<&'a [f32]>,
+    /// The mean value subtracted before quantizing (smoothing), `d` values.
+    pub v_mean: Option<&'a [f32]>,
 }
 
 impl Scales {
-    /// The scales of unit `u`.
-    pub fn unit(&self, u: usize) -> UnitScales<'_> {
-        let d = if self.k.is_empty() {
-            0
-        } else {
-            self.k_mean.len() / self.k.len()
-        };
+    /// The scales of unit `u` (whose head dimension is `d`).
+    pub fn unit(&self, u: usize, d: usize) -> UnitScales<'_> {
+        let w = self.v_width;
+        fn mean(m: &[f32], u: usize, d: usize) -> Option<&[f32]> {
+            (!m.is_empty()).then(|| &m[u * d..(u + 1) * d])
+        }
         UnitScales {
             k: self.k[u],
-            v: self.v[u],
-            k_mean: (!self.k_mean.is_empty()).then(|| &self.k_mean[u * d..(u + 1) * d]),
+            v: &self.v[u * w..(u + 1) * w],
+            k_mean: mean(&self.k_mean, u, d),
+            v_mean: mean(&self.v_mean, u, d),
         }
     }
 }
@@ -420,10 +535,17 @@ pub(crate) fn prepare_chunk(
                 d,
                 |i| k.row(b, g, start + i),
                 scales.k_mean,
-                scales.k,
+                &[scales.k],
             );
             kernel.pack_k_into(&scr.rows8, len, d, &mut ks);
-            quantize_rows(&mut scr, len, d, |i| v.row(b, g, start + i), None, scales.v);
+            quantize_rows(
+                &mut scr,
+                len,
+                d,
+                |i| v.row(b, g, start + i),
+                scales.v_mean,
+                scales.v,
+            );
             kernel.pack_v_into(&scr.rows8, len, d, &mut vs);
         }
         KvRows::Int { k, v } => {
@@ -441,12 +563,35 @@ pub(crate) fn prepare_chunk(
     })
 }
 
-/// The per-head scales of unit `u` computed from its own rows (for a call whose K/V scales are
-/// per head; Q's per head too when `q_per_head`): K's (after the mean key, when smoothing) and
-/// V's, and the scale of each query head of its group. The same values as [`float_scales`]
-/// computes for the unit, by the same definitions. `None` if a value is not finite (the
-/// caller finds and reports the first one).
-#[allow(clippy::too_many_arguments)]
+/// The scales one unit computed from its own rows (see [`own_unit_scales`]).
+#[derive(Default)]
+pub(crate) struct OwnScales {
+    pub k: f32,
+    pub v: Vec<f32>,
+    /// The scale of each query head of the unit's group (per-head Q scales only).
+    pub q: Vec<f32>,
+    pub k_mean: Vec<f32>,
+    pub v_mean: Vec<f32>,
+}
+
+impl OwnScales {
+    /// The scales the unit's keys and values are quantized with.
+    pub fn unit(&self) -> UnitScales<'_> {
+        UnitScales {
+            k: self.k,
+            v: &self.v,
+            k_mean: (!self.k_mean.is_empty()).then_some(&self.k_mean[..]),
+            v_mean: (!self.v_mean.is_empty()).then_some(&self.v_mean[..]),
+        }
+    }
+}
+
+/// The scales of unit `u` computed from its own rows, for a call whose K/V scales are per
+/// head (Q's per head too when so configured): K's (after the mean key, when smoothing), V's
+/// (per channel and after the mean value, when so configured) and the scale of each query
+/// head of its group. The same values as [`float_scales`] computes for the unit, by the same
+/// definitions. `None` if a statistic is not finite (the caller reports it with
+/// [`input_error`]).
 pub(crate) fn own_unit_scales(
     shape: &AttnShape,
     vis: &Visibility,
@@ -455,11 +600,11 @@ pub(crate) fn own_unit_scales(
     k: &TensorView<'_, f32>,
     v: &TensorView<'_, f32>,
     u: usize,
-    mean_out: &mut Vec<f32>,
-) -> Option<(f32, f32, Vec<f32>)> {
+) -> Option<OwnScales> {
     let (g_n, d) = (shape.kv_heads, shape.head_dim);
     let (b, g) = (u / g_n, u % g_n);
     let lk = shape.kv_len;
+    let keys = vis.keys[b];
     let max_rows = |view: &TensorView<'_, f32>, h: usize, n: usize| {
         (0..n)
             .map(|i| max_abs_bits(view.row(b, h, i)))
@@ -467,50 +612,61 @@ pub(crate) fn own_unit_scales(
             .unwrap_or(0)
     };
     let inf = f32::INFINITY.to_bits();
-    mean_out.clear();
+    let mut own = OwnScales::default();
     let k_max = if quant.smooth_k {
-        let keys = vis.keys[b];
-        let mut total = vec![0f64; d];
-        for i0 in (0..keys).step_by(SUM_ROWS) {
-            let mut s = vec![0f64; d];
-            for i in i0..(i0 + SUM_ROWS).min(keys) {
-                for (acc, &x) in s.iter_mut().zip(k.row(b, g, i)) {
-                    *acc += x as f64;
-                }
-            }
-            for (t, x) in total.iter_mut().zip(s) {
-                *t += x;
-            }
-        }
-        mean_out.extend(total.iter().map(|&s| {
-            if keys == 0 {
-                0.0
-            } else {
-                (s / keys as f64) as f32
-            }
-        }));
-        let mut m = 0u32;
-        for i in 0..lk {
-            for (&x, &mu) in k.row(b, g, i).iter().zip(mean_out.iter()) {
-                m = m.max((x - mu).to_bits() & 0x7fff_ffff);
-            }
-        }
-        m
+        own.k_mean = unit_mean(|i| k.row(b, g, i), keys, d);
+        let mut m = vec![0u32; d];
+        column_maxima((0..lk).map(|i| k.row(b, g, i)), Some(&own.k_mean), &mut m);
+        m.into_iter().max().unwrap_or(0)
     } else {
         max_rows(k, g, lk)
     };
-    let v_max = max_rows(v, g, lk);
+    let mut bad = k_max >= inf;
+    own.k = scale_of_max_bits(k_max);
+    if fine_v(quant) {
+        if quant.smooth_v {
+            own.v_mean = unit_mean(|i| v.row(b, g, i), keys, d);
+        }
+        let mean = (!own.v_mean.is_empty()).then_some(&own.v_mean[..]);
+        let mut m = vec![0u32; d];
+        column_maxima((0..lk).map(|i| v.row(b, g, i)), mean, &mut m);
+        bad |= m.iter().any(|&x| x >= inf);
+        v_slice_scales(&m, quant.v_per_channel, &mut own.v);
+    } else {
+        let m = max_rows(v, g, lk);
+        bad |= m >= inf;
+        own.v.push(scale_of_max_bits(m));
+    }
     let group = shape.group();
-    let mut q_scales = Vec::new();
-    let mut bad = k_max >= inf || v_max >= inf;
     if quant.q == Granularity::PerHead {
         for h in g * group..(g + 1) * group {
             let m = max_rows(q, h, shape.q_len);
             bad |= m >= inf;
-            q_scales.push(scale_of_max_bits(m));
+            own.q.push(scale_of_max_bits(m));
         }
     }
-    (!bad).then(|| (scale_of_max_bits(k_max), scale_of_max_bits(v_max), q_scales))
+    (!bad).then_some(own)
+}
+
+/// The mean of rows `0..n` by [`head_means`]'s definition (blocks of [`SUM_ROWS`] added in
+/// order).
+pub(crate) fn unit_mean<'a>(row: impl Fn(usize) -> &'a [f32], n: usize, d: usize) -> Vec<f32> {
+    let mut total = vec![0f64; d];
+    for i0 in (0..n).step_by(SUM_ROWS) {
+        let mut s = vec![0f64; d];
+        for i in i0..(i0 + SUM_ROWS).min(n) {
+            for (acc, &x) in s.iter_mut().zip(row(i)) {
+                *acc += x as f64;
+            }
+        }
+        for (t, x) in total.iter_mut().zip(s) {
+            *t += x;
+        }
+    }
+    total
+        .iter()
+        .map(|&s| if n == 0 { 0.0 } else { (s / n as f64) as f32 })
+        .collect()
 }
 
 /// Returns the storage of a call's chunks to the workspace.
@@ -521,29 +677,26 @@ pub(crate) fn give_back(ws: &Workspace, chunks: Vec<Vec<Chunk>>) {
     }
 }
 
-/// `len` rows of `d` values from `row(i)`, minus `mean` when given, quantized with `scale`
-/// into `scr.rows8` (row-major).
+/// `len` rows of `d` values from `row(i)`, minus `mean` when given, quantized with `scales`
+/// (one, or one per channel) into `scr.rows8` (row-major).
 fn quantize_rows<'a>(
     scr: &mut Scratch,
     len: usize,
     d: usize,
     row: impl Fn(usize) -> &'a [f32],
     mean: Option<&[f32]>,
-    scale: f32,
+    scales: &[f32],
 ) {
     scr.rows8.resize(len * d, 0);
-    if mean.is_some() {
-        scr.rows32.resize(d, 0.0);
+    let mut div = Vec::new();
+    if scales.len() > 1 || mean.is_some() {
+        divisors_of(scales, d, &mut div);
     }
     for (i, dst) in scr.rows8.chunks_exact_mut(d.max(1)).take(len).enumerate() {
         match mean {
-            Some(mean) => {
-                for ((t, &x), &mu) in scr.rows32.iter_mut().zip(row(i)).zip(mean) {
-                    *t = x - mu;
-                }
-                quantize_with_scale(&scr.rows32, scale, dst);
-            }
-            None => quantize_with_scale(row(i), scale, dst),
+            Some(mean) => quantize_centered(row(i), mean, &div, dst),
+            None if div.is_empty() => quantize_with_scale(row(i), scales[0], dst),
+            None => quantize_with_divisors(row(i), &div, dst),
         }
     }
 }

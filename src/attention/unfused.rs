@@ -14,8 +14,8 @@ use crate::exec::Par;
 use crate::kernels::{KernelImpl, MAX_K_U8S8};
 use crate::lut::MAX_ROW_LEN;
 use crate::memory::{AlignedVec, Fresh};
-use crate::ops::output::output_row;
-use crate::ops::quant::{max_abs_bits, quantize_with_scale};
+use crate::ops::output::output_row_channels;
+use crate::ops::quant::{divisors_of, max_abs_bits, quantize_with_divisors, quantize_with_scale};
 
 /// Runs an integer pipeline unfused into `out` (shaped like Q); inputs are checked.
 pub(crate) fn run(
@@ -83,20 +83,32 @@ pub(crate) fn run(
         let (mut k8, mut v8) = (vec![0i8; lk * d], vec![0i8; lk * d]);
         match inputs.kv {
             KvSide::Float { k, v } => {
+                let us = scales.unit(u, d);
                 let mut tmp = vec![0f32; d];
-                for j in 0..lk {
-                    let row = k.row(b, g, j);
-                    let dst = &mut k8[j * d..(j + 1) * d];
-                    if scales.k_mean.is_empty() {
-                        quantize_with_scale(row, scales.k[u], dst);
-                    } else {
-                        let mean = &scales.k_mean[u * d..(u + 1) * d];
-                        for ((t, &x), &mu) in tmp.iter_mut().zip(row).zip(mean) {
-                            *t = x - mu;
+                let mut div = Vec::new();
+                divisors_of(us.v, d, &mut div);
+                // Row `x` minus `mean` (when smoothed), quantized with `scales`.
+                let mut quantize =
+                    |x: &[f32], mean: Option<&[f32]>, scales: &[f32], dst: &mut [i8]| {
+                        let x = match mean {
+                            Some(mean) => {
+                                for ((t, &e), &mu) in tmp.iter_mut().zip(x).zip(mean) {
+                                    *t = e - mu;
+                                }
+                                &tmp[..]
+                            }
+                            None => x,
+                        };
+                        match scales {
+                            [s] => quantize_with_scale(x, *s, dst),
+                            _ => quantize_with_divisors(x, &div, dst),
                         }
-                        quantize_with_scale(&tmp, scales.k[u], dst);
-                    }
-                    quantize_with_scale(v.row(b, g, j), scales.v[u], &mut v8[j * d..(j + 1) * d]);
+                    };
+                for j in 0..lk {
+                    let dst = &mut k8[j * d..(j + 1) * d];
+                    quantize(k.row(b, g, j), us.k_mean, &[us.k], dst);
+                    let dst = &mut v8[j * d..(j + 1) * d];
+                    quantize(v.row(b, g, j), us.v_mean, us.v, dst);
                 }
             }
             KvSide::Int { k, v, .. } => {
@@ -128,7 +140,9 @@ pub(crate) fn run(
         let mut bad = false;
         for i in 0..lq {
             let orow = &mut o[i * d..(i + 1) * d];
-            output_row(&o32[i * d..(i + 1) * d], divisor[i], scales.v[u], orow);
+            let us = scales.unit(u, d);
+            let mean = us.v_mean.unwrap_or(&[]);
+            output_row_channels(&o32[i * d..(i + 1) * d], divisor[i], us.v, mean, orow);
             bad |= !orow.iter().all(|x| x.is_finite());
         }
         if bad {

@@ -93,8 +93,6 @@ pub(crate) struct Scratch {
     pub digits: AlignedVec<u8>,
     /// Quantized key or value rows of a chunk being prepared.
     pub rows8: Vec<i8>,
-    /// K rows minus their mean (smoothing), f32.
-    pub rows32: Vec<f32>,
 }
 
 impl Scratch {
@@ -108,6 +106,5 @@ impl Scratch {
             + self.frow.capacity() * 4
             + self.wide.capacity() * 8
             + self.rows8.capacity()
-            + self.rows32.capacity() * 4
     }
 }

@@ -15,6 +15,93 @@ pub(crate) fn output_row<T: O32>(o32: &[T], divisor: u32, v_scale: f32, out: &mu
     output_row_at(crate::simd::level(), o32, divisor, v_scale, out)
 }
 
+/// One output row whose columns have their own V scales (`v_scales[c]`, per-channel V) and
+/// optionally a mean to add back (`v_mean[c]`, smoothed V): entry `c` is
+/// `fl32(fl32(O32[c] * v_scales[c] / divisor) + v_mean[c])` (docs/numerics.md section 6), the
+/// first rounding exact as in [`output_row`]. `v_scales` of length 1 is one scale for every
+/// column; an empty `v_mean` adds nothing, and neither does a fully masked row (divisor 0).
+pub(crate) fn output_row_channels<T: O32>(
+    o32: &[T],
+    divisor: u32,
+    v_scales: &[f32],
+    v_mean: &[f32],
+    out: &mut [f32],
+) {
+    if v_scales.len() == 1 {
+        output_row(o32, divisor, v_scales[0], out);
+    } else {
+        channels_at(crate::simd::level(), o32, divisor, v_scales, out);
+    }
+    // A row that saw no key stays zero (section 2): its weights do not sum to one.
+    if divisor != 0 && !v_mean.is_empty() {
+        for (o, &m) in out.iter_mut().zip(v_mean) {
+            *o += m;
+        }
+    }
+}
+
+crate::simd::dispatch! {
+    /// [`channels_body`] compiled for a given [`crate::simd::Level`].
+    fn channels_at<T: O32>(o32: &[T], divisor: u32, v_scales: &[f32], out: &mut [f32])
+        => channels_body
+}
+
+/// Per-channel scales: `q = fl64(fl64(O32 * s_c) * fl64(1 / divisor))`, three roundings of
+/// at most 2^-53 each, so `q` is within 3 f64 ulps of the exact quotient: inside the window
+/// of 16 ulps around the f32 halfway points that [`output_row`]'s check declines, so the same
+/// check (per entry, in integer lanes) proves the rounding to f32 correct; the rest take
+/// [`output_exact`]. One division per row instead of one per channel.
+#[inline(always)]
+fn channels_body<T: O32>(o32: &[T], divisor: u32, v_scales: &[f32], out: &mut [f32]) {
+    const GROUP: usize = 8;
+    if divisor == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let inv = 1.0 / divisor as f64;
+    let one = |o: &mut f32, x: T, s: f32| {
+        let x: i64 = x.into();
+        *o = output_exact(x, s, divisor);
+    };
+    let mut outs = out.chunks_exact_mut(GROUP);
+    let mut ins = o32.chunks_exact(GROUP);
+    let mut scales = v_scales.chunks_exact(GROUP);
+    for ((o, x), s) in (&mut outs).zip(&mut ins).zip(&mut scales) {
+        let x: [T; GROUP] = x.try_into().expect("group");
+        let s: &[f32; GROUP] = s.try_into().expect("group");
+        let o: &mut [f32; GROUP] = o.try_into().expect("group");
+        const MIN_BITS: u64 = (f32::MIN_POSITIVE as f64).to_bits();
+        const MAX_BITS: u64 = (f32::MAX as f64).to_bits();
+        let mut bad = 0u64;
+        for ((o, &x), &s) in o.iter_mut().zip(&x).zip(s) {
+            let x: i64 = x.into();
+            let q = (x as f64 * s as f64) * inv;
+            let bits = q.to_bits();
+            let mag = bits & !(1 << 63);
+            let low = bits & ((1 << 29) - 1);
+            let big = (x.unsigned_abs() >= 1 << 53) as u64;
+            // A zero product (x or s zero) is exact: +0.0, as output_exact gives.
+            let range = ((mag.wrapping_sub(MIN_BITS) >= MAX_BITS - MIN_BITS) & (mag != 0)) as u64;
+            let near = (low.wrapping_sub((1 << 28) - 16) <= 32) as u64;
+            bad |= big | range | near;
+            *o = q as f32 + 0.0;
+        }
+        if bad != 0 {
+            for ((o, &x), &s) in o.iter_mut().zip(&x).zip(s) {
+                one(o, x, s);
+            }
+        }
+    }
+    for ((o, &x), &s) in outs
+        .into_remainder()
+        .iter_mut()
+        .zip(ins.remainder())
+        .zip(scales.remainder())
+    {
+        one(o, x, s);
+    }
+}
+
 /// An exact P x V result entry: i32 (one key chunk) or i64 (chunks summed).
 pub(crate) trait O32: Copy + Into<i64> {}
 impl O32 for i32 {}
@@ -137,6 +224,67 @@ mod tests {
             .all(|(g, &x)| g.to_bits() == dequantize_output(x.into(), s_v, div).to_bits()));
     }
 
+    /// `output_row_channels` against `dequantize_output` column by column (plus the mean).
+    fn check_channels<T: super::O32 + std::fmt::Debug>(
+        o32: &[T],
+        scales: &[f32],
+        mean: &[f32],
+        div: u32,
+    ) {
+        for level in crate::simd::levels() {
+            let mut got = vec![f32::NAN; o32.len()];
+            super::channels_at(level, o32, div, scales, &mut got);
+            for (i, ((&x, &g), &s)) in o32.iter().zip(&got).zip(scales).enumerate() {
+                let want = dequantize_output(x.into(), s, div);
+                assert!(
+                    g.to_bits() == want.to_bits(),
+                    "{level:?}, entry {i}: {x:?} * {s:e} / {div}: got {g:e}, want {want:e}"
+                );
+            }
+        }
+        let mut got = vec![f32::NAN; o32.len()];
+        super::output_row_channels(o32, div, scales, mean, &mut got);
+        for (i, (&x, &g)) in o32.iter().zip(&got).enumerate() {
+            let mut want = dequantize_output(x.into(), scales[i], div);
+            if div != 0 && !mean.is_empty() {
+                want += mean[i];
+            }
+            assert_eq!(g.to_bits(), want.to_bits(), "entry {i} with the mean");
+        }
+    }
+
+    #[test]
+    fn channels_on_halfway_families_and_edges() {
+        let scales: Vec<f32> = [
+            0.9f32 / 127.0,
+            1.0 / 127.0,
+            3.0 * 2f32.powi(-20),
+            0.1,
+            1e-44,
+        ]
+        .iter()
+        .chain(&[3e38, 0.0, 1.0])
+        .copied()
+        .cycle()
+        .take(3000)
+        .collect();
+        let mean: Vec<f32> = (0..3000).map(|i| (i as f32 - 1500.0) * 1e-3).collect();
+        for div in [255u32, 3 * 255, 17 * 255, 256, 7, 1, 0, u32::MAX] {
+            let row: Vec<i32> = (-1500..1500).map(|x| x * 255).collect();
+            check_channels(&row, &scales, &mean, div);
+            check_channels(&row, &scales, &[], div);
+            let wide: Vec<i64> = (-1500i64..1493)
+                .map(|x| x * 255)
+                .chain([1 << 53, -(1 << 53) - 1, i64::MAX, i64::MIN, 0, 1, -1])
+                .collect();
+            check_channels(&wide, &scales, &mean, div);
+        }
+        // Exact halfway products with divisor 1 (per channel: s = 1 + k ulps).
+        let s: Vec<f32> = (0..1000).map(|k| 1.0 + f32::EPSILON * k as f32).collect();
+        let o: Vec<i64> = (0..1000).map(|k| (1 << 24) + 1 + 2 * k).collect();
+        check_channels(&o, &s, &[], 1);
+    }
+
     #[test]
     fn output_row_on_halfway_families_and_edges() {
         for s_v in [
@@ -164,6 +312,22 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn channels_match_the_reference(
+            row in prop::collection::vec((any::<i32>(), any::<i64>()), 0..40),
+            scales in prop::collection::vec(
+                prop_oneof![(0u32..0x7f80_0000).prop_map(f32::from_bits), 1e-4f32..0.05],
+                40,
+            ),
+            div in prop_oneof![Just(255u32), 0u32..100_000, any::<u32>()],
+        ) {
+            let narrow: Vec<i32> = row.iter().map(|r| r.0).collect();
+            let wide: Vec<i64> = row.iter().map(|r| r.1 >> (r.0 as u32 % 40)).collect();
+            let n = row.len();
+            check_channels(&narrow, &scales[..n], &[], div);
+            check_channels(&wide, &scales[..n], &scales[..n], div);
+        }
 
         #[test]
         fn output_row_matches_the_reference(

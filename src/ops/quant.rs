@@ -100,6 +100,61 @@ fn quantize_portable(x: &[f32], scale: f32, out: &mut [i8]) {
     }
 }
 
+/// Quantizes `x` with one scale per element (a row of per-channel scales):
+/// `clamp(round_half_even(x[c] / div[c]), -127, 127)`. Every `div[c]` must be non-zero: a
+/// channel whose scale is 0 (section 1: its values are zero or subnormal) passes 1, which
+/// rounds each of its values to 0 as the contract says.
+pub(crate) fn quantize_with_divisors(x: &[f32], div: &[f32], out: &mut [i8]) {
+    debug_assert!(x.len() == out.len() && x.len() == div.len());
+    quantize_divisors_at(crate::simd::level(), x, div, out)
+}
+
+crate::simd::dispatch! {
+    /// [`quantize_divisors_portable`] compiled for a given level (AVX2 / AVX-512 on x86-64).
+    fn quantize_divisors_at(x: &[f32], div: &[f32], out: &mut [i8]) => quantize_divisors_portable
+}
+
+#[inline(always)]
+fn quantize_divisors_portable(x: &[f32], div: &[f32], out: &mut [i8]) {
+    for ((o, &v), &s) in out.iter_mut().zip(x).zip(div) {
+        // The same magic-number rounding as `quantize_portable`.
+        let r = (v / s).clamp(-127.0, 127.0) + MAGIC;
+        *o = r.to_bits() as u8 as i8;
+    }
+}
+
+/// [`quantize_with_divisors`] of `x - mean` (an f32 subtraction per element, as smoothing
+/// defines it) without writing the differences anywhere.
+pub(crate) fn quantize_centered(x: &[f32], mean: &[f32], div: &[f32], out: &mut [i8]) {
+    debug_assert!(x.len() == out.len() && x.len() == div.len() && x.len() == mean.len());
+    quantize_centered_at(crate::simd::level(), x, mean, div, out)
+}
+
+crate::simd::dispatch! {
+    /// [`quantize_centered_portable`] compiled for a given level (AVX2 / AVX-512 on x86-64).
+    fn quantize_centered_at(x: &[f32], mean: &[f32], div: &[f32], out: &mut [i8])
+        => quantize_centered_portable
+}
+
+#[inline(always)]
+fn quantize_centered_portable(x: &[f32], mean: &[f32], div: &[f32], out: &mut [i8]) {
+    for (((o, &v), &mu), &s) in out.iter_mut().zip(x).zip(mean).zip(div) {
+        let r = ((v - mu) / s).clamp(-127.0, 127.0) + MAGIC;
+        *o = r.to_bits() as u8 as i8;
+    }
+}
+
+/// The divisors [`quantize_with_divisors`] takes for per-channel `scales` (0 becomes 1).
+/// (`scales` of one entry gives `d` copies of it.)
+pub(crate) fn divisors_of(scales: &[f32], d: usize, out: &mut Vec<f32>) {
+    out.clear();
+    let div = |s: f32| if s == 0.0 { 1.0 } else { s };
+    match scales {
+        [s] => out.resize(d, div(*s)),
+        _ => out.extend(scales.iter().map(|&s| div(s))),
+    }
+}
+
 /// NEON versions of the two passes (the portable loops do not vectorise well on aarch64: the
 /// maximum came out as scalar code, and the magic-number rounding needs a narrowing chain that
 /// FCVTNS + saturating narrows do in fewer instructions). Same results bit for bit: FCVTNS

@@ -8,7 +8,9 @@ use clap::Args;
 
 use crate::accuracy::{self, AccuracyConfig, RealConfig, RealSuite, LARGE_LEN, REAL_DIR};
 use crate::data::Family;
-use intattention::lut::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
+use intattention::lut::DEFAULT_CLIP;
+
+use crate::settings::Settings;
 use intattention::{Pipeline, SoftmaxVariant};
 
 #[derive(Args, Debug)]
@@ -35,9 +37,8 @@ pub struct AccuracyArgs {
     /// IndexSoftmax variants of the intattn pipeline [default: all three].
     #[arg(long, value_delimiter = ',')]
     pub variants: Vec<SoftmaxVariant>,
-    /// IndexSoftmax table bits b, 4..=8.
-    #[arg(long, default_value_t = DEFAULT_TABLE_BITS)]
-    pub bits: u32,
+    #[command(flatten)]
+    pub settings: Settings,
     /// IndexSoftmax clip c in logit units.
     #[arg(long, default_value_t = DEFAULT_CLIP, allow_negative_numbers = true)]
     pub clip: f32,
@@ -81,7 +82,7 @@ pub fn run(a: AccuracyArgs) -> Result<()> {
         head_dim: a.d,
         pipelines: or_default(a.pipes, defaults.pipelines),
         variants: or_default(a.variants, defaults.variants),
-        table_bits: a.bits,
+        settings: a.settings,
         clip: a.clip,
         seed: a.seed,
         threads: a.threads,
@@ -111,7 +112,7 @@ fn run_real(a: AccuracyArgs, dir: PathBuf) -> Result<()> {
     let cfg = RealConfig {
         pipelines: or_default(a.pipes, defaults.pipelines),
         variants: or_default(a.variants, defaults.variants),
-        table_bits: a.bits,
+        settings: a.settings,
         clip: a.clip,
         threads: a.threads,
     };

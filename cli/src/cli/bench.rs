@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use intattention::backend;
-use intattention::{AttnShape, KvCache, TensorView, Workspace};
+use intattention::{AttnShape, KvCache, Pipeline, TensorView, Workspace};
 
 use super::{resolved_threads, AttnOpts};
 use crate::data::{self, Family};
@@ -91,9 +91,15 @@ struct BenchReport {
     seq_lens: Option<Vec<usize>>,
     /// Bytes the KV cache holds (with --kv-cache).
     cache_bytes: Option<usize>,
+    /// IndexSoftmax table bits (intattn only).
+    table_bits: Option<u32>,
     q_scales: String,
     kv_scales: String,
     smooth_k: bool,
+    v_channels: bool,
+    smooth_v: bool,
+    /// The scheme in words (`tensor`, or `q row, kv head, v channel, smooth v`).
+    scheme: String,
     seed: u64,
     warmup: usize,
     runs: usize,
@@ -129,6 +135,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         (time_calls(&a, &attn, &shape)?, None, None)
     };
     let s = Stats::of(&times);
+    let quant = attn.quantization();
     let kv_total: f64 = match &seq_lens {
         Some(l) => l.iter().map(|&n| (n + a.len) as f64).sum::<f64>() * a.heads as f64,
         None => (shape.batch * shape.heads * shape.kv_len) as f64,
@@ -145,7 +152,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         q_len: shape.q_len,
         kv_len: shape.kv_len,
         d: shape.head_dim,
-        causal: a.attn.causal,
+        // Cached steps always run causal (each new token sees the tokens before it).
+        causal: a.attn.causal || a.kv_cache,
         key_len: a.key_len,
         variant: a.attn.reported_variant().map(|v| v.as_str()),
         schedule: format!("{:?}", a.attn.schedule).to_lowercase(),
@@ -154,9 +162,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         kv_cache: a.kv_cache,
         seq_lens,
         cache_bytes,
-        q_scales: format!("{:?}", a.attn.q_scales).to_lowercase(),
-        kv_scales: format!("{:?}", a.attn.kv_scales).to_lowercase(),
-        smooth_k: a.attn.smooth_k,
+        table_bits: (attn.pipeline() == Pipeline::IntAttention).then(|| attn.table_bits()),
+        q_scales: crate::settings::granularity_name(quant.q).to_string(),
+        kv_scales: crate::settings::granularity_name(quant.kv).to_string(),
+        smooth_k: quant.smooth_k,
+        v_channels: quant.v_per_channel,
+        smooth_v: quant.smooth_v,
+        scheme: crate::settings::describe(&quant),
         seed: a.seed,
         warmup: a.warmup,
         runs: a.runs,
@@ -297,6 +309,12 @@ fn print_text(r: &BenchReport) {
         "pipe {} | backend {} | kernel {} | threads {} | schedule {}{variant}{rows}",
         r.pipe, r.backend, r.kernel, r.threads, r.schedule
     );
+    if r.pipe == "intattn" || r.pipe == "int8" {
+        let bits = r
+            .table_bits
+            .map_or(String::new(), |b| format!("table bits {b} | "));
+        println!("{bits}scales {}", r.scheme);
+    }
     let mut masks = Vec::new();
     if r.causal {
         masks.push("causal".to_string());

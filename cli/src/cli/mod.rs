@@ -12,10 +12,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use intattention::lut::{DEFAULT_CLIP, DEFAULT_TABLE_BITS};
-use intattention::{
-    Attention, Backend, Granularity, Kernel, Pipeline, Quantization, Schedule, SoftmaxVariant,
-};
+use intattention::lut::DEFAULT_CLIP;
+use intattention::{Attention, Backend, Kernel, Pipeline, Schedule, SoftmaxVariant};
+
+use crate::settings::{Preset, Settings};
 
 use crate::npy::{self, NpyArray};
 
@@ -66,9 +66,6 @@ pub struct AttnOpts {
     /// IndexSoftmax finish (intattn only): normalized, deferred or paper-sim.
     #[arg(long, default_value = "deferred")]
     pub variant: SoftmaxVariant,
-    /// IndexSoftmax table bits b, 4..=8 (intattn only).
-    #[arg(long, default_value_t = DEFAULT_TABLE_BITS)]
-    pub bits: u32,
     /// IndexSoftmax clip c in logit units (intattn only).
     #[arg(long, default_value_t = DEFAULT_CLIP, allow_negative_numbers = true)]
     pub clip: f32,
@@ -87,22 +84,16 @@ pub struct AttnOpts {
     /// Query rows per block of the fused schedule [default: from cache sizes and threads].
     #[arg(long)]
     pub block_rows: Option<usize>,
-    /// Where attention runs: native or acl.
+    /// Where attention runs: native or acl (ACL quantizes per tensor: its integer pipelines
+    /// take `--quant tensor` unless the scale options say otherwise, and refuse finer ones).
     #[arg(long, default_value = "native")]
     pub backend: Backend,
     /// Kernel (generic, avx2, avxvnni, avx512vnni, avx512vbmi, amx, neon, dotprod, i8mm)
     /// [default: $INTATTENTION_KERNEL, else the fastest this CPU runs].
     #[arg(long)]
     pub kernel: Option<String>,
-    /// Scales of Q (integer pipelines): tensor, head or row.
-    #[arg(long = "q-scales", default_value = "tensor")]
-    pub q_scales: Granularity,
-    /// Scales of K and V (integer pipelines): tensor or head.
-    #[arg(long = "kv-scales", default_value = "tensor")]
-    pub kv_scales: Granularity,
-    /// Subtract each head's mean key before quantizing K (integer pipelines).
-    #[arg(long = "smooth-k")]
-    pub smooth_k: bool,
+    #[command(flatten)]
+    pub settings: Settings,
 }
 
 impl AttnOpts {
@@ -121,21 +112,18 @@ impl AttnOpts {
 
     /// The attention configuration of these options.
     pub fn attention(&self, key_lens: Option<Vec<usize>>) -> Result<Attention> {
-        let mut a = Attention::new(self.pipe)
-            .with_variant(self.variant)
-            .with_table_bits(self.bits)
+        let mut settings = self.settings;
+        if self.backend == Backend::Acl && settings.quant.is_none() {
+            settings.quant = Some(Preset::Tensor);
+        }
+        let mut a = settings
+            .apply(Attention::new(self.pipe).with_variant(self.variant))
             .with_clip(self.clip)
             .with_causal(self.causal)
             .with_schedule(self.schedule)
             .with_key_lens(key_lens)
             .with_kernel(self.kernel()?)
-            .with_executor(crate::threads::executor(self.threads)?)
-            .with_quantization(
-                Quantization::PER_TENSOR
-                    .with_q(self.q_scales)
-                    .with_kv(self.kv_scales)
-                    .with_smooth_k(self.smooth_k),
-            );
+            .with_executor(crate::threads::executor(self.threads)?);
         if let Some(s) = self.scale {
             a = a.with_scale(s);
         }
