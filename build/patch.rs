@@ -163,33 +163,74 @@ fn contains_run(have: &[&str], run: &[String]) -> bool {
             .any(|w| w.iter().zip(run).all(|(a, b)| *a == b.as_str()))
 }
 
-/// Applies `patch` (an absolute path) to `tree`, then verifies it. `git apply` checks the whole
-/// patch before it writes anything; without git, `patch -p1` is used.
-pub fn apply_and_verify(tree: &Path, patch: &Path) -> Result<(), String> {
+/// What became of one patch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied and verified.
+    Applied,
+    /// An optional patch whose context is not in the tree (a release that no longer needs it):
+    /// the tool's complaint.
+    NotNeeded(String),
+}
+
+/// Whether the patch's preamble says `Optional: ...`: it fixes something a later ACL release may
+/// have fixed itself, so a tree its context does not fit is built without it.
+pub fn is_optional(text: &str) -> bool {
+    text.lines()
+        .take_while(|l| !l.starts_with("diff ") && !l.starts_with("--- "))
+        .any(|l| l.starts_with("Optional:"))
+}
+
+/// Applies `patch` (an absolute path) to `tree`, then verifies it. The whole patch is checked
+/// before anything is written (`git apply --check`, or `patch --dry-run` without git).
+pub fn apply_and_verify(tree: &Path, patch: &Path) -> Result<Outcome, String> {
     let text =
         fs::read_to_string(patch).map_err(|e| format!("cannot read {}: {e}", patch.display()))?;
     let files = parse(&text).map_err(|e| format!("{}: {e}", patch.display()))?;
+    if let Err(why) = check(tree, patch) {
+        return if is_optional(&text) {
+            Ok(Outcome::NotNeeded(why))
+        } else {
+            Err(why)
+        };
+    }
     apply(tree, patch)?;
     verify(tree, &files).map_err(|e| {
         format!(
             "{} was applied but the tree does not show it: {e}",
             patch.display()
         )
-    })
+    })?;
+    Ok(Outcome::Applied)
+}
+
+/// Whether the patch fits, without changing anything; `Err` carries the tool's complaint.
+fn check(tree: &Path, patch: &Path) -> Result<(), String> {
+    let out = match git_apply(tree, patch, true) {
+        Ok(out) => out,
+        // git missing: patch(1)'s dry run.
+        Err(_) => Command::new("patch")
+            .args(["-p1", "--forward", "--batch", "--dry-run", "-i"])
+            .arg(patch)
+            .current_dir(tree)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("neither git nor patch runs ({e})"))?,
+    };
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(tool_output(&out))
+    }
 }
 
 /// Runs the tool; `Err` carries its complaint.
 fn apply(tree: &Path, patch: &Path) -> Result<(), String> {
-    match git_apply(tree, patch, true) {
-        Ok(out) if out.status.success() => {
-            let out = git_apply(tree, patch, false).map_err(|e| e.to_string())?;
-            if out.status.success() {
-                return skipped(&out).map_or(Ok(()), Err);
-            }
-            return Err(tool_output(&out));
+    if let Ok(out) = git_apply(tree, patch, false) {
+        if out.status.success() {
+            return skipped(&out).map_or(Ok(()), Err);
         }
-        Ok(out) => return Err(tool_output(&out)),
-        Err(_) => {} // git missing: try patch(1)
+        return Err(tool_output(&out));
     }
     let out = Command::new("patch")
         .args(["-p1", "--forward", "--batch", "-i"])

@@ -195,10 +195,19 @@ pub fn build(src: &Path, b: &SourceBuild<'_>, tool: Tool) -> Result<AclInstall, 
             work_src.display()
         )
     })?;
+    let mut not_needed = Vec::new();
     for (name, _) in &patches {
         let path = b.patches_dir.join(name);
-        patch::apply_and_verify(&work_src, &path)
-            .map_err(|e| patch_error(&path, &version_tag, &e))?;
+        match patch::apply_and_verify(&work_src, &path) {
+            Ok(patch::Outcome::Applied) => {}
+            Ok(patch::Outcome::NotNeeded(why)) => {
+                eprintln!(
+                    "intattention: {name} does not fit ACL {version_tag} and is optional: {why}"
+                );
+                not_needed.push(name.clone());
+            }
+            Err(e) => return Err(patch_error(&path, &version_tag, &e)),
+        }
     }
 
     let started = Instant::now();
@@ -233,7 +242,7 @@ pub fn build(src: &Path, b: &SourceBuild<'_>, tool: Tool) -> Result<AclInstall, 
     // later builds that reuse this script's output.
     println!(
         "cargo:warning=intattention: built ACL {version_tag} from source with {} in {} min {} s \
-         ({}, {} jobs{}); cached in {}, later builds reuse it",
+         ({}, {} jobs{}{}); cached in {}, later builds reuse it",
         match tool {
             Tool::Scons => "scons",
             Tool::Cmake => "CMake (scons is not installed; scons builds only our operators)",
@@ -246,6 +255,11 @@ pub fn build(src: &Path, b: &SourceBuild<'_>, tool: Tool) -> Result<AclInstall, 
             String::new()
         } else {
             format!(", IndexSoftmax patch verified: {} symbols", symbols.len())
+        },
+        if not_needed.is_empty() {
+            String::new()
+        } else {
+            format!("; optional patches not needed: {}", not_needed.join(", "))
         },
         entry.display()
     );

@@ -1151,7 +1151,10 @@ fn patches_apply_inside_a_git_checkout() {
         "{not_applied}"
     );
 
-    patch::apply_and_verify(&tree, &patch_path).unwrap();
+    assert_eq!(
+        patch::apply_and_verify(&tree, &patch_path).unwrap(),
+        patch::Outcome::Applied
+    );
     assert_eq!(
         fs::read_to_string(tree.join("list.txt")).unwrap(),
         "one\ntwo\nthree\nthree and a half\nfour\nfive\n"
@@ -1194,6 +1197,34 @@ fn patches_apply_with_offsets_and_report_trees_they_do_not_fit() {
         !other.path().join("deep/dir/new.cpp").exists(),
         "a patch that does not fit changes nothing"
     );
+}
+
+/// An optional patch (a fix a later ACL may have made itself) that does not fit is reported as
+/// not needed and changes nothing; one that fits is applied and verified like any other.
+#[test]
+fn optional_patches_are_skipped_only_when_they_do_not_fit() {
+    let optional = TOY_PATCH.replace("Provides-Symbol:", "Optional: yes\nProvides-Symbol:");
+    assert!(patch::is_optional(&optional));
+    assert!(!patch::is_optional(TOY_PATCH));
+    let tmp = TempDir::new("optional");
+    let patch_path = tmp.path().join("toy.patch");
+    write(&patch_path, optional.as_bytes());
+
+    let misfit = tmp.path().join("misfit");
+    write(&misfit.join("list.txt"), b"nothing alike\n");
+    match patch::apply_and_verify(&misfit, &patch_path).unwrap() {
+        patch::Outcome::NotNeeded(why) => assert!(why.contains("list.txt"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!misfit.join("deep/dir/new.cpp").exists());
+
+    let fits = tmp.path().join("fits");
+    toy_tree(&fits);
+    assert_eq!(
+        patch::apply_and_verify(&fits, &patch_path).unwrap(),
+        patch::Outcome::Applied
+    );
+    assert!(fits.join("deep/dir/new.cpp").is_file());
 }
 
 #[test]
@@ -1250,6 +1281,20 @@ fn the_index_softmax_patch_declares_its_symbols() {
     );
     let files = patch::parse(&text).unwrap();
     assert!(files.iter().filter(|f| f.new_file).count() >= 4);
+    assert!(
+        !patch::is_optional(&text),
+        "the IndexSoftmax patch is never skipped"
+    );
+    // The SME2 detection fix is optional: a release that fixed ACL's detection lacks its context.
+    let sme2 = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("patches/0002-sme2-detection.patch"),
+    )
+    .unwrap();
+    assert!(patch::is_optional(&sme2));
+    assert_eq!(
+        patch::parse(&sme2).unwrap()[0].path,
+        "src/common/cpuinfo/CpuIsaInfo.cpp"
+    );
 }
 
 // ---- archive.rs: symbol indexes of static libraries ----------------------------------------
