@@ -387,7 +387,7 @@ fn run_scons(
     // replay it on every later build). `cargo build -vv` shows this line as the build starts.
     eprintln!(
         "intattention: building ACL {version_tag} with scons ({} operators, {}, {} jobs) in {}; \
-         measured: 25-30 minutes on 2 shared cores for the multi-ISA build, once per cache key",
+         about 22 minutes on 2 cores for the reduced multi-ISA build (518 objects), once per cache key",
         scons::OPERATORS.len(),
         b.arch.why,
         b.jobs,

@@ -685,9 +685,9 @@ fn the_offline_error_text_is_exact() {
          already have: ACL_ROOT_DIR=/path/to/acl for a built ACL (a directory with arm_compute/ \
          headers and libarm_compute in lib/ or build/; 20.08 or 52.x), or \
          ACL_SOURCE_DIR=/path/to/ComputeLibrary for a v52.5.0 source tree that this build \
-         patches and compiles with scons (about 40 minutes on 2 cores). On Debian or Ubuntu, \
-         `apt install libarm-compute-dev` is found without any variable. To build without the \
-         ACL backend, use --no-default-features."
+         patches and compiles with scons (tens of minutes on 2 cores, once). On Debian or \
+         Ubuntu, `apt install libarm-compute-dev` is found without any variable. To build \
+         without the ACL backend, leave out `--features acl`."
     );
 }
 
