@@ -2,9 +2,10 @@
 //! or builds ACL, then compiles the C shim with its bindings. Each step lives in `build/`;
 //! the README's "On ARM" section describes them for users. Strategies, in order:
 //!
-//! a. ACL off (not aarch64, no `acl` feature, docs.rs): the crate builds without it.
+//! a. ACL off (no `acl` feature, which is opt-in; not aarch64; docs.rs): the crate builds
+//!    without it, and without the feature this script uses no build-dependency at all.
 //! b. A built ACL: `ACL_ROOT_DIR` (or `ACL_INCLUDE_DIR` + `ACL_LIB_DIR`).
-//! c. A source tree: `ACL_SOURCE_DIR`, patched and built in a cache.
+//! c. A source tree: `ACL_SOURCE_DIR`, patched (and the patch verified) and built in a cache.
 //! b. The system's ACL (Debian/Ubuntu multiarch), unless `INTATTENTION_ACL_NO_SYSTEM`.
 //! c. The git-ignored `ComputeLibrary/` checkout beside Cargo.toml.
 //! d. A clone of the pinned release, then as c; offline, one error naming the variables.
@@ -12,35 +13,55 @@
 //! A failure of an explicit setting (b or c) stops the build with its reason: silently
 //! building something else than what the user named would hide the mistake.
 
+// Without the `acl` feature only `env` and `support` are compiled: the build script then has
+// no build-dependencies at all (bindgen, cc and cmake are optional, enabled by `acl`).
+#[cfg(feature = "acl")]
 #[path = "build/acl_install.rs"]
 mod acl_install;
+#[cfg(feature = "acl")]
+#[path = "build/archive.rs"]
+mod archive;
+#[cfg(feature = "acl")]
 #[path = "build/cache.rs"]
 mod cache;
+#[cfg(feature = "acl")]
 #[path = "build/download.rs"]
 mod download;
+// Without the feature only `Env::var` is used.
+#[cfg_attr(not(feature = "acl"), allow(dead_code))]
 #[path = "build/env.rs"]
 mod env;
+#[cfg(feature = "acl")]
 #[path = "build/link.rs"]
 mod link;
+#[cfg(feature = "acl")]
+#[path = "build/patch.rs"]
+mod patch;
+#[cfg(feature = "acl")]
 #[path = "build/prebuilt.rs"]
 mod prebuilt;
+#[cfg(feature = "acl")]
 #[path = "build/scons.rs"]
 mod scons;
+#[cfg(feature = "acl")]
 #[path = "build/shim.rs"]
 mod shim;
+#[cfg(feature = "acl")]
 #[path = "build/source.rs"]
 mod source;
 #[path = "build/support.rs"]
 mod support;
+#[cfg(feature = "acl")]
 #[path = "build/version.rs"]
 mod version;
 
 use std::path::{Path, PathBuf};
 
-use acl_install::AclInstall;
 use env::Env;
 
 /// What cargo tells every build script.
+// Without the `acl` feature only the fields strategy a reads are used.
+#[cfg_attr(not(feature = "acl"), allow(dead_code))]
 struct Cargo {
     target: String,
     host: String,
@@ -76,18 +97,25 @@ fn main() {
 
     // a.
     let docs_rs = env.var("DOCS_RS").is_some();
-    if let Some(reason) = support::acl_off_reason(&support::BuildTarget {
+    match support::acl_off_reason(&support::BuildTarget {
         triple: &cargo.target,
         arch: &cargo.target_arch,
         acl_feature: cargo.acl_feature,
         docs_rs,
     }) {
-        acl_off(&reason);
-        return;
+        Some(reason) => acl_off(&reason),
+        // b, c, d: only reached with the `acl` feature (acl_off_reason says so otherwise).
+        #[cfg(feature = "acl")]
+        None => with_acl(&cargo, &env),
+        #[cfg(not(feature = "acl"))]
+        None => unreachable!("acl_off_reason answers for builds without the `acl` feature"),
     }
+}
 
-    // b, c, d.
-    let install = match find_or_build_acl(&cargo, &env) {
+/// Strategies b, c and d, then the shim and the link lines.
+#[cfg(feature = "acl")]
+fn with_acl(cargo: &Cargo, env: &Env) {
+    let install = match find_or_build_acl(cargo, env) {
         Ok(install) => install,
         Err(message) => fail(&message),
     };
@@ -106,7 +134,7 @@ fn main() {
                 install.origin,
                 install.lib_dir.display(),
                 if install.patched {
-                    ", IndexSoftmax patch"
+                    ", IndexSoftmax patch verified"
                 } else {
                     ""
                 }
@@ -120,7 +148,8 @@ fn main() {
 }
 
 /// The order of strategies b, c and d (see the top of this file).
-fn find_or_build_acl(cargo: &Cargo, env: &Env) -> Result<AclInstall, String> {
+#[cfg(feature = "acl")]
+fn find_or_build_acl(cargo: &Cargo, env: &Env) -> Result<acl_install::AclInstall, String> {
     let prefer_static = env.flag("ACL_STATIC");
     let path = |name: &str| env.var(name).map(PathBuf::from);
 
@@ -161,7 +190,8 @@ fn find_or_build_acl(cargo: &Cargo, env: &Env) -> Result<AclInstall, String> {
 }
 
 /// Strategy c for one tree.
-fn build_source(dir: &Path, cargo: &Cargo, env: &Env) -> Result<AclInstall, String> {
+#[cfg(feature = "acl")]
+fn build_source(dir: &Path, cargo: &Cargo, env: &Env) -> Result<acl_install::AclInstall, String> {
     let tool = if download::have_program("scons") {
         source::Tool::Scons
     } else if download::have_program("cmake") {
@@ -176,6 +206,12 @@ fn build_source(dir: &Path, cargo: &Cargo, env: &Env) -> Result<AclInstall, Stri
         .var("INTATTENTION_ACL_SCONS_ARGS")
         .map(|s| s.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
+    let arch = scons::choose_arch(&scons::ArchRequest {
+        target: &cargo.target,
+        host: &cargo.host,
+        requested: env.var("INTATTENTION_ACL_ARCH").as_deref(),
+        build_machine_features: scons::build_machine_features,
+    })?;
     let build = source::SourceBuild {
         target: &cargo.target,
         host: &cargo.host,
@@ -183,13 +219,15 @@ fn build_source(dir: &Path, cargo: &Cargo, env: &Env) -> Result<AclInstall, Stri
         patches_dir: &cargo.manifest_dir.join("patches"),
         jobs: cargo.jobs,
         toolchain: target_toolchain()?,
+        arch,
         extra_scons_args,
     };
     source::build(dir, &build, tool)
 }
 
 /// Strategy d: the pinned release, cloned once into the cache.
-fn download_and_build(cargo: &Cargo, env: &Env) -> Result<AclInstall, String> {
+#[cfg(feature = "acl")]
+fn download_and_build(cargo: &Cargo, env: &Env) -> Result<acl_install::AclInstall, String> {
     let cache_root = cache_root(cargo, env);
     let tree = cache_root.join(format!("ComputeLibrary-{}", version::PINNED_TAG));
     if !tree.join("SConscript").is_file() {
@@ -230,6 +268,7 @@ fn download_and_build(cargo: &Cargo, env: &Env) -> Result<AclInstall, String> {
     build_source(&tree, cargo, env)
 }
 
+#[cfg(feature = "acl")]
 fn cache_root(cargo: &Cargo, env: &Env) -> PathBuf {
     cache::cache_root(
         env.var("INTATTENTION_ACL_CACHE").as_deref(),
@@ -240,6 +279,7 @@ fn cache_root(cargo: &Cargo, env: &Env) -> PathBuf {
 
 /// The target's C++ compiler, as the `cc` crate resolves it (CXX_<target>, CXX, cross
 /// defaults such as aarch64-linux-gnu-g++).
+#[cfg(feature = "acl")]
 fn target_toolchain() -> Result<scons::Toolchain, String> {
     let compiler = cc::Build::new()
         .cpp(true)
@@ -262,6 +302,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// Ends the build with one message; cargo shows a failed build script's stderr.
+#[cfg(feature = "acl")]
 fn fail(message: &str) -> ! {
     if message.starts_with("intattention:") {
         eprintln!("{message}");

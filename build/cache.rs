@@ -1,8 +1,14 @@
 //! Where built ACLs are kept between builds, and under which key. A reduced ACL build takes
-//! about 40 minutes on 2 cores, so a rebuild of this crate (another profile, a `cargo clean`
+//! tens of minutes on 2 cores (docs/acl-source-tier.md), so a rebuild of this crate (another profile, a `cargo clean`
 //! of the crate alone, a new checkout of the same tree) must find the previous one.
 
 use std::path::{Path, PathBuf};
+
+/// What an entry built by this version of the build script guarantees: the patches were
+/// verified in the tree and the archive defines their symbols. Part of every key, so that
+/// entries from before that check (some built without the patch, under the same key) are not
+/// reused.
+pub const ENTRY_FORMAT: &str = "2: patches verified in the tree and in the archive";
 
 /// FNV-1a, 64 bits: stable across Rust releases and platforms, unlike `DefaultHasher`.
 pub fn fnv1a64(chunks: &[&[u8]]) -> u64 {
@@ -61,6 +67,7 @@ pub fn cache_key(i: &CacheInputs<'_>) -> String {
     let patch = i.patch_hash.to_le_bytes();
     let config = crate::scons::build_config_json();
     let mut chunks: Vec<&[u8]> = vec![
+        ENTRY_FORMAT.as_bytes(),
         i.version.as_bytes(),
         i.source_id.as_bytes(),
         &patch,

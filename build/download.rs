@@ -44,9 +44,9 @@ pub fn offline_error(reason: &str) -> String {
          downloaded because {reason}. Point the build at an ACL you already have: \
          ACL_ROOT_DIR=/path/to/acl for a built ACL (a directory with arm_compute/ headers and \
          libarm_compute in lib/ or build/; 20.08 or 52.x), or ACL_SOURCE_DIR=/path/to/ComputeLibrary \
-         for a {PINNED_TAG} source tree that this build patches and compiles with scons (about 40 \
-         minutes on 2 cores). On Debian or Ubuntu, `apt install libarm-compute-dev` is found \
-         without any variable. To build without the ACL backend, use --no-default-features."
+         for a {PINNED_TAG} source tree that this build patches and compiles with scons (tens of \
+         minutes on 2 cores, once). On Debian or Ubuntu, `apt install libarm-compute-dev` is \
+         found without any variable. To build without the ACL backend, leave out `--features acl`."
     )
 }
 

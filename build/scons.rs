@@ -27,23 +27,133 @@ pub const DATA_TYPES: &[&str] = &["fp32", "fp16", "qasymm8", "qasymm8_signed", "
 
 pub const DATA_LAYOUTS: &[&str] = &["nhwc", "nchw"];
 
-/// scons' `os` and `arch` for a Rust target triple; `None` for targets ACL cannot run on.
-pub fn scons_os_arch(triple: &str) -> Option<(&'static str, &'static str)> {
-    let arch = triple.split('-').next()?;
-    if arch != "aarch64" {
+/// scons' `os` for a Rust target triple; `None` for targets ACL cannot run on.
+pub fn scons_os(triple: &str) -> Option<&'static str> {
+    if triple.split('-').next()? != "aarch64" {
         return None;
     }
-    // armv8.6-a: the paper's platforms (Apple M2, RK3588's Cortex-A76 lacks i8mm but ACL
-    // selects kernels at run time within what the build enables).
     if triple.contains("-apple-darwin") {
-        Some(("macos", "armv8.6-a"))
+        Some("macos")
     } else if triple.contains("-linux-android") {
-        Some(("android", "armv8.6-a"))
+        Some("android")
     } else if triple.contains("-linux-") {
-        Some(("linux", "armv8.6-a"))
+        Some("linux")
     } else {
         None
     }
+}
+
+/// ACL's scons `arch` values for 64-bit Arm (SConstruct's list without 32-bit and x86).
+pub const AARCH64_ARCHS: &[&str] = &[
+    "armv8a",
+    "armv8.2-a",
+    "armv8.2-a-sve",
+    "armv8.2-a-sve2",
+    "armv8.6-a",
+    "armv8.6-a-sve",
+    "armv8.6-a-sve2",
+    "armv8.6-a-sve2-sme2",
+    "arm64-v8a",
+    "arm64-v8.2-a",
+    "arm64-v8.2-a-sve",
+    "arm64-v8.2-a-sve2",
+];
+
+/// The instruction set ACL is compiled for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchChoice {
+    /// scons `arch=`.
+    pub arch: String,
+    /// scons `multi_isa=1`: the common code for `arch`, each kernel also for the extensions it
+    /// uses, chosen at run time by ACL's CPU detection.
+    pub multi_isa: bool,
+    /// One phrase for messages: why this choice.
+    pub why: String,
+}
+
+/// What the choice depends on.
+pub struct ArchRequest<'a> {
+    pub target: &'a str,
+    pub host: &'a str,
+    /// `INTATTENTION_ACL_ARCH`: `multi-isa` (the default), `native`, or one of
+    /// [`AARCH64_ARCHS`].
+    pub requested: Option<&'a str>,
+    /// The build machine's CPU features as Linux lists them (`/proc/cpuinfo`, "Features"), for
+    /// `native`.
+    pub build_machine_features: fn() -> Option<String>,
+}
+
+/// The ACL arch for a build. By default ACL's multi-ISA variant on an Armv8-A baseline: a
+/// library built anywhere runs on every 64-bit Arm core (a Cortex-A72 without LSE atomics,
+/// dotprod or fp16 included) and still uses dotprod, i8mm, fp16 and SVE kernels where the core
+/// has them. A single-ISA build for a newer arch dies with SIGILL on older cores (it lets the
+/// compiler use LSE atomics anywhere), so it is only chosen on request: `native` picks the
+/// build machine's arch (native builds only), any name in [`AARCH64_ARCHS`] is taken as is.
+pub fn choose_arch(r: &ArchRequest<'_>) -> Result<ArchChoice, String> {
+    let requested = r.requested.map(str::trim).unwrap_or("");
+    match requested {
+        "" | "multi-isa" | "multi_isa" => Ok(ArchChoice {
+            arch: "armv8a".to_string(),
+            multi_isa: true,
+            why: "multi-ISA on an Armv8-A baseline: runs on every 64-bit Arm core, picks \
+                  dotprod/i8mm/fp16/SVE kernels at run time"
+                .to_string(),
+        }),
+        "native" => {
+            if r.target != r.host {
+                return Err(format!(
+                    "INTATTENTION_ACL_ARCH=native describes the build machine, but this build \
+                     cross-compiles ({} for {}); leave it unset (multi-ISA) or name an arch \
+                     ({})",
+                    r.host,
+                    r.target,
+                    AARCH64_ARCHS.join(", ")
+                ));
+            }
+            let features = (r.build_machine_features)().ok_or_else(|| {
+                "INTATTENTION_ACL_ARCH=native: cannot read this machine's CPU features \
+                 (/proc/cpuinfo); name an arch instead"
+                    .to_string()
+            })?;
+            let arch = arch_for_features(&features);
+            Ok(ArchChoice {
+                arch: arch.to_string(),
+                multi_isa: false,
+                why: format!("{arch} for the build machine (INTATTENTION_ACL_ARCH=native)"),
+            })
+        }
+        name if AARCH64_ARCHS.contains(&name) => Ok(ArchChoice {
+            arch: name.to_string(),
+            multi_isa: false,
+            why: format!("{name} (INTATTENTION_ACL_ARCH)"),
+        }),
+        other => Err(format!(
+            "INTATTENTION_ACL_ARCH={other} is not one of multi-isa, native, {}",
+            AARCH64_ARCHS.join(", ")
+        )),
+    }
+}
+
+/// The newest single ACL arch whose code a core with these Linux feature flags executes:
+/// `armv8.6-a` needs i8mm and bf16, `armv8.2-a` needs LSE atomics, fp16 arithmetic and dotprod.
+pub fn arch_for_features(features: &str) -> &'static str {
+    let has = |f: &str| features.split_whitespace().any(|x| x == f);
+    if has("i8mm") && has("bf16") && has("atomics") && has("asimdhp") && has("asimddp") {
+        "armv8.6-a"
+    } else if has("atomics") && has("fphp") && has("asimdhp") && has("asimddp") {
+        "armv8.2-a"
+    } else {
+        "armv8a"
+    }
+}
+
+/// The "Features" line of this machine's /proc/cpuinfo (Linux on Arm), if any.
+pub fn build_machine_features() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        (key.trim() == "Features").then(|| value.trim().to_string())
+    })
 }
 
 /// The build_config JSON: operators, data types and layouts.
@@ -113,7 +223,7 @@ pub fn split_toolchain(cxx_path: &str) -> Toolchain {
 /// Everything the scons command line depends on.
 pub struct SconsConfig<'a> {
     pub os: &'a str,
-    pub arch: &'a str,
+    pub arch: &'a ArchChoice,
     /// `None` for a native build (scons then forces empty prefixes), `Some(prefix)` to cross
     /// compile.
     pub cross_prefix: Option<&'a str>,
@@ -130,7 +240,8 @@ pub fn scons_args(c: &SconsConfig<'_>) -> Vec<String> {
     let mut args = vec![
         format!("-j{}", c.jobs.max(1)),
         format!("os={}", c.os),
-        format!("arch={}", c.arch),
+        format!("arch={}", c.arch.arch),
+        format!("multi_isa={}", u8::from(c.arch.multi_isa)),
         "neon=1".to_string(),
         "opencl=0".to_string(),
         "examples=0".to_string(),
@@ -150,6 +261,10 @@ pub fn scons_args(c: &SconsConfig<'_>) -> Vec<String> {
     args.push(format!("build_dir={}", c.build_dir.display()));
     args.push(format!("build_config={}", c.build_config.display()));
     args.extend(c.extra.iter().cloned());
+    // The static library's alias as the only target: a multi-ISA build otherwise also compiles
+    // every source a second time as a shared object (SConscript marks both as default
+    // targets, standalone=1 or not), which doubles the build time.
+    args.push("arm_compute".to_string());
     args
 }
 

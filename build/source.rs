@@ -1,17 +1,22 @@
 //! Strategy c: build ACL from a source tree (`ACL_SOURCE_DIR`, the git-ignored
 //! `ComputeLibrary/` checkout, or the pinned clone of strategy d). The tree is never modified:
 //! it is copied into the cache under a key of (version, commit, patch set, build arguments),
-//! patched there with `patches/*.patch`, and built with scons (or, where scons is missing,
-//! with ACL's CMake, which cannot be reduced to our operators and takes much longer).
+//! patched there with `patches/*.patch` (build/patch.rs: applied wherever the cache lies, then
+//! read back), and built with scons (or, where scons is missing, with ACL's CMake, which cannot
+//! be reduced to our operators and takes much longer). The built archive must define the
+//! symbols each patch declares (build/archive.rs), after the build and on every cache hit.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use crate::acl_install::{AclInstall, AclOrigin};
+use crate::archive;
 use crate::cache::{self, CacheInputs};
-use crate::scons::{self, SconsConfig, Toolchain};
+use crate::patch;
+use crate::scons::{self, ArchChoice, SconsConfig, Toolchain};
 use crate::version;
 
 /// What the source build needs from cargo and the environment.
@@ -23,6 +28,8 @@ pub struct SourceBuild<'a> {
     pub jobs: u32,
     /// The target's C++ compiler as the `cc` crate found it.
     pub toolchain: Toolchain,
+    /// The instruction set (scons `arch`, `multi_isa`), from build/scons.rs' `choose_arch`.
+    pub arch: ArchChoice,
     pub extra_scons_args: Vec<String>,
 }
 
@@ -95,15 +102,20 @@ pub fn build(src: &Path, b: &SourceBuild<'_>, tool: Tool) -> Result<AclInstall, 
     let version_tag = tree_version(src)?;
     let version = version::check_source_version(&version_tag)?;
     let patches = read_patches(b.patches_dir)?;
-    let (os, arch) = scons::scons_os_arch(b.target)
-        .ok_or_else(|| format!("ACL cannot be built for {}", b.target))?;
+    let os =
+        scons::scons_os(b.target).ok_or_else(|| format!("ACL cannot be built for {}", b.target))?;
     let cross_prefix = (b.target != b.host).then_some(b.toolchain.prefix.as_str());
+    // Symbols the patched library must define (each patch's `Provides-Symbol:` lines).
+    let symbols: Vec<String> = patches
+        .iter()
+        .flat_map(|(_, body)| patch::provided_symbols(&String::from_utf8_lossy(body)))
+        .collect();
 
     // Arguments as they enter the key: paths are placeholders (the key names the path).
     let key_args = match tool {
         Tool::Scons => scons::scons_args(&SconsConfig {
             os,
-            arch,
+            arch: &b.arch,
             cross_prefix,
             build_dir: Path::new("build"),
             build_config: Path::new("build_config.json"),
@@ -128,16 +140,18 @@ pub fn build(src: &Path, b: &SourceBuild<'_>, tool: Tool) -> Result<AclInstall, 
         target: b.target,
     });
     let entry = b.cache_root.join(&key);
-    let (include_dirs, lib_dir, lib_names) = match tool {
+    let (include_dirs, lib_dir, lib_names, archive) = match tool {
         Tool::Scons => (
             vec![entry.join("src"), entry.join("src/include")],
             entry.join("build"),
             vec!["arm_compute-static".to_string()],
+            "build/libarm_compute-static.a",
         ),
         Tool::Cmake => (
             vec![entry.join("cmake/include")],
             entry.join("cmake/lib"),
             vec!["arm_compute".to_string()],
+            "cmake/lib/libarm_compute.a",
         ),
     };
     let install = AclInstall {
@@ -150,10 +164,14 @@ pub fn build(src: &Path, b: &SourceBuild<'_>, tool: Tool) -> Result<AclInstall, 
         origin: AclOrigin::Source,
     };
     if entry.join(COMPLETE).is_file() {
-        println!(
-            "cargo:warning=intattention: using the ACL {version_tag} built earlier in {}",
-            entry.display()
-        );
+        // Quiet: cargo replays a build script's warnings whenever it reuses its output, and a
+        // cache hit is the normal case. The check is cheap (the archive's index only).
+        check_symbols(&entry.join(archive), &symbols).map_err(|e| {
+            format!(
+                "the cached ACL in {} {e}; remove that directory to rebuild it",
+                entry.display()
+            )
+        })?;
         return Ok(install);
     }
 
@@ -177,14 +195,34 @@ pub fn build(src: &Path, b: &SourceBuild<'_>, tool: Tool) -> Result<AclInstall, 
             work_src.display()
         )
     })?;
+    let mut not_needed = Vec::new();
     for (name, _) in &patches {
-        apply_patch(&work_src, &b.patches_dir.join(name), &version_tag)?;
+        let path = b.patches_dir.join(name);
+        match patch::apply_and_verify(&work_src, &path) {
+            Ok(patch::Outcome::Applied) => {}
+            Ok(patch::Outcome::NotNeeded(why)) => {
+                eprintln!(
+                    "intattention: {name} does not fit ACL {version_tag} and is optional: {why}"
+                );
+                not_needed.push(name.clone());
+            }
+            Err(e) => return Err(patch_error(&path, &version_tag, &e)),
+        }
     }
 
+    let started = Instant::now();
     match tool {
-        Tool::Scons => run_scons(&work, os, arch, cross_prefix, b, &version_tag)?,
+        Tool::Scons => run_scons(&work, os, cross_prefix, b, &version_tag)?,
         Tool::Cmake => run_cmake(&work, b, &version_tag)?,
     }
+    let elapsed = started.elapsed().as_secs();
+    check_symbols(&work.join(archive), &symbols).map_err(|e| {
+        format!(
+            "ACL {version_tag} was built in {} but {e}: the patch did not make it into the \
+             library",
+            work.display()
+        )
+    })?;
 
     // Publish: another build may have finished the same key meanwhile; either copy is good.
     if fs::rename(&work, &entry).is_err() {
@@ -200,7 +238,49 @@ pub fn build(src: &Path, b: &SourceBuild<'_>, tool: Tool) -> Result<AclInstall, 
     }
     fs::write(entry.join(COMPLETE), format!("{version_tag}\n"))
         .map_err(|e| format!("cannot write {}: {e}", entry.join(COMPLETE).display()))?;
+    // Past tense on purpose: cargo shows this after the build script ends, and replays it on
+    // later builds that reuse this script's output.
+    println!(
+        "cargo:warning=intattention: built ACL {version_tag} from source with {} in {} min {} s \
+         ({}, {} jobs{}{}); cached in {}, later builds reuse it",
+        match tool {
+            Tool::Scons => "scons",
+            Tool::Cmake => "CMake (scons is not installed; scons builds only our operators)",
+        },
+        elapsed / 60,
+        elapsed % 60,
+        b.arch.why,
+        b.jobs,
+        if symbols.is_empty() {
+            String::new()
+        } else {
+            format!(", IndexSoftmax patch verified: {} symbols", symbols.len())
+        },
+        if not_needed.is_empty() {
+            String::new()
+        } else {
+            format!("; optional patches not needed: {}", not_needed.join(", "))
+        },
+        entry.display()
+    );
     Ok(install)
+}
+
+/// `Err` naming what is missing when the archive lacks any of `symbols`.
+fn check_symbols(archive_path: &Path, symbols: &[String]) -> Result<(), String> {
+    if symbols.is_empty() {
+        return Ok(());
+    }
+    let missing = archive::missing_symbols(archive_path, symbols)?;
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} does not define {}",
+            archive_path.display(),
+            missing.join(", ")
+        ))
+    }
 }
 
 /// Copies an ACL tree without its git data and build outputs. Symbolic links stay links.
@@ -247,64 +327,6 @@ fn copy_entry(src: &Path, dst: &Path, ty: fs::FileType) -> std::io::Result<()> {
     fs::copy(src, dst).map(|_| ())
 }
 
-/// Applies one patch to the copied tree: `git apply` (checked first, so a failure leaves the
-/// tree as it was), else `patch -p1`.
-fn apply_patch(tree: &Path, patch: &Path, version_tag: &str) -> Result<(), String> {
-    let git = |check: bool| {
-        let mut cmd = Command::new("git");
-        cmd.arg("apply");
-        if check {
-            cmd.arg("--check");
-        }
-        cmd.arg(patch)
-            .current_dir(tree)
-            .stdin(Stdio::null())
-            .output()
-    };
-    match git(true) {
-        Ok(out) if out.status.success() => {
-            return match git(false) {
-                Ok(o) if o.status.success() => Ok(()),
-                Ok(o) => Err(patch_error(
-                    patch,
-                    version_tag,
-                    &String::from_utf8_lossy(&o.stderr),
-                )),
-                Err(e) => Err(patch_error(patch, version_tag, &e.to_string())),
-            };
-        }
-        Ok(out) => {
-            return Err(patch_error(
-                patch,
-                version_tag,
-                &String::from_utf8_lossy(&out.stderr),
-            ))
-        }
-        Err(_) => {} // git missing: try patch(1)
-    }
-    let out = Command::new("patch")
-        .args(["-p1", "--forward", "--batch", "-i"])
-        .arg(patch)
-        .current_dir(tree)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| {
-            format!(
-                "cannot apply {}: neither git nor patch runs ({e})",
-                patch.display()
-            )
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(patch_error(
-            patch,
-            version_tag,
-            &String::from_utf8_lossy(&out.stdout),
-        ))
-    }
-}
-
 fn patch_error(patch: &Path, version_tag: &str, detail: &str) -> String {
     format!(
         "{} does not apply to ACL {version_tag} (it is written for {}): {}",
@@ -343,7 +365,6 @@ fn run_logged(mut cmd: Command, work: &Path, name: &str) -> Result<(), String> {
 fn run_scons(
     work: &Path,
     os: &str,
-    arch: &str,
     cross_prefix: Option<&str>,
     b: &SourceBuild<'_>,
     version_tag: &str,
@@ -355,18 +376,22 @@ fn run_scons(
     let build_dir = work.join("build");
     let args = scons::scons_args(&SconsConfig {
         os,
-        arch,
+        arch: &b.arch,
         cross_prefix,
         build_dir: &build_dir,
         build_config: &config_path,
         jobs: b.jobs,
         extra: &b.extra_scons_args,
     });
-    println!(
-        "cargo:warning=intattention: building ACL {version_tag} with scons ({} operators, {} jobs); \
-         this takes about 40 minutes on 2 cores, a few minutes on 8 or more, once per cache key",
+    // stderr, not a cargo warning: cargo would only show a warning once the script ends (and
+    // replay it on every later build). `cargo build -vv` shows this line as the build starts.
+    eprintln!(
+        "intattention: building ACL {version_tag} with scons ({} operators, {}, {} jobs) in {}; \
+         about 22 minutes on 2 cores for the reduced multi-ISA build (518 objects), once per cache key",
         scons::OPERATORS.len(),
-        b.jobs
+        b.arch.why,
+        b.jobs,
+        work.display()
     );
     let mut cmd = Command::new("scons");
     cmd.args(&args)
@@ -385,8 +410,8 @@ fn run_scons(
 }
 
 fn run_cmake(work: &Path, b: &SourceBuild<'_>, version_tag: &str) -> Result<(), String> {
-    println!(
-        "cargo:warning=intattention: scons is not installed, building ACL {version_tag} with its \
+    eprintln!(
+        "intattention: scons is not installed, building ACL {version_tag} with its \
          CMake instead: CMake cannot be reduced to the operators this crate uses, so it compiles \
          all of ACL (~1,040 sources, several ISAs) and takes hours on 2 cores; install scons for \
          a much faster build"

@@ -56,9 +56,9 @@ plugin=$("$repo/tools/qemu-insn-plugin/build.sh")
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 [ -n "$bin" ] || bin="$target_dir/aarch64-unknown-linux-gnu/release/intattention"
 if [ "$build" = 1 ]; then
-  log "building the aarch64 CLI (release)"
+  log "building the aarch64 CLI (release, with the ACL backend: --features acl)"
   (cd "$repo" && CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-    cargo +debian-web build --release --target aarch64-unknown-linux-gnu --bin intattention >&2)
+    cargo +debian-web build --release --target aarch64-unknown-linux-gnu --features acl --bin intattention >&2)
 fi
 [ -x "$bin" ] || { log "no aarch64 binary at $bin"; exit 1; }
 

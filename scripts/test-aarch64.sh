@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The emulated aarch64 test tier. Installs what it needs (scripts/setup-aarch64.sh), builds the
 # whole test suite for aarch64-unknown-linux-gnu in release mode, runs all of it (doctests too)
-# under `qemu-aarch64 -cpu max` (NEON, dotprod, i8mm, fp16), then the kernel tests again under
+# under `qemu-aarch64 -cpu max` (NEON, dotprod, i8mm, fp16) with the ACL backend (`--features
+# acl`, Debian's ACL 20.08), then the kernel tests again under
 # CPU models without i8mm (neoverse-n1: dotprod) and without dotprod (cortex-a72: NEON only),
 # so that every aarch64 kernel path runs. Each run must report exactly the kernel set its CPU
 # model implies (tests/kernels_aarch64.rs checks INTATTENTION_EXPECT_KERNELS, and this script
@@ -41,7 +42,8 @@ qemu-aarch64 --version | head -1
 # The linker and the default runner come from .cargo/config.toml; set them here as well so the
 # script also works from a checkout whose config was changed.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-test_cmd=("${cargo[@]}" test --release --target "$TARGET" "$@")
+# --features acl: the ACL backend (opt-in) is part of this tier, against Debian's ACL 20.08.
+test_cmd=("${cargo[@]}" test --release --target "$TARGET" --features acl "$@")
 
 # run_model CPU EXPECTED_KERNELS [test selection...]: a failure is recorded and the next model
 # still runs, so one CI log shows every failing model.

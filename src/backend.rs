@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::attention::{Attention, AttnShape, Quantization, Workspace};
+use crate::attention::{Attention, AttnShape, Workspace};
 use crate::error::{check_len, invalid, Error, Result};
 use crate::tensor::TensorView;
 
@@ -138,18 +138,7 @@ pub fn prepare(
             shape: *shape,
             ws: Workspace::new(),
         })),
-        Backend::Acl => {
-            // ACL's quantization info holds one scale per tensor.
-            if attn.pipeline().is_integer() && attn.quantization() != Quantization::PER_TENSOR {
-                return invalid(
-                    "quantization for the ACL backend",
-                    format!("{:?}", attn.quantization()),
-                    "Quantization::PER_TENSOR (ACL quantizes per tensor; see \
-                     Attention::with_paper_settings)",
-                );
-            }
-            prepare_acl(attn, shape)
-        }
+        Backend::Acl => prepare_acl(attn, shape),
     }
 }
 

@@ -6,10 +6,21 @@
 
 use half::f16;
 use intattention::acl::{self, DataType, Function, GemmOptions, Tensor, TensorDesc};
-use intattention::attention::{Attention, AttnShape, Pipeline};
+use intattention::kernels::Kernel;
 use intattention::reference;
-use intattention::softmax::{index_softmax, IndexSoftmaxParams, ScoreMask, SoftmaxVariant};
+use intattention::{index_softmax, IndexSoftmaxParams, ScoreMask, SoftmaxVariant};
+use intattention::{Attention, AttnShape, Pipeline, Quantization};
 use intattention::{Error, QTensor};
+
+/// Keys query `i` of batch row `b` sees: its key length, cut by the causal mask.
+fn valid_keys(attn: &Attention, shape: &AttnShape, b: usize, i: usize) -> usize {
+    let keys = attn.key_lens().map_or(shape.kv_len, |l| l[b]);
+    if attn.causal() {
+        keys.min((i + shape.kv_len + 1).saturating_sub(shape.q_len))
+    } else {
+        keys
+    }
+}
 
 /// xorshift64*: deterministic inputs without a dependency.
 struct Rng(u64);
@@ -62,6 +73,34 @@ fn build_info_names_the_acl_family() {
     assert!(matches!(info.acl_major, 20 | 52), "{info:?}");
     // IndexSoftmax runs inside ACL exactly when ACL carries our patch.
     assert_eq!(info.index_softmax_in_tree, info.patched, "{info:?}");
+}
+
+/// A C++ exception on one of ACL's worker threads would end the process if it left the thread;
+/// the shim's scheduler catches it there and the call that ran the kernel returns it as an
+/// error, after every worker has finished. ACL keeps working afterwards.
+#[test]
+fn an_exception_on_an_acl_worker_thread_is_an_error() {
+    for threads in [2, 4] {
+        match acl::selftest_worker_exception(threads) {
+            Err(Error::Acl(msg)) => assert!(
+                msg.contains("thrown on an ACL worker thread") && msg.contains("[exception]"),
+                "{msg}"
+            ),
+            other => panic!("{threads} threads: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        acl::selftest_worker_exception(1),
+        Err(Error::Acl(_))
+    ));
+    let a = Tensor::new(&q2(DataType::QAsymm8Signed, 4, 8, 1.0, 0)).unwrap();
+    let b = Tensor::new(&q2(DataType::QAsymm8Signed, 8, 4, 1.0, 0)).unwrap();
+    let d = Tensor::new(&d2(DataType::S32, 4, 4)).unwrap();
+    let mut f = Function::gemm_lowp(&a, &b, &d, STREAMED).unwrap();
+    a.write(&[1i8; 32]).unwrap();
+    b.write(&[2i8; 32]).unwrap();
+    f.run().unwrap();
+    assert_eq!(d.to_vec::<i32>().unwrap(), vec![16; 16]);
 }
 
 #[test]
@@ -280,8 +319,18 @@ fn logits_mask_and_scale_feed_softmax() {
     }
 }
 
-/// Casts and (de)quantization: S32 -> F32 exact below 2^24; F32 -> QAsymm8 with scale 1/255
-/// rounds x * 255 half to even, as the native int8 pipeline does; dequantization is exact.
+/// Casts and (de)quantization: S32 -> F32 exact below 2^24; dequantization exact; F32 ->
+/// QAsymm8 with scale 1/255, which depends on the ACL version (both quantize with
+/// round-half-to-even, but not of the same product):
+///
+/// - ACL 20.08 walks each row of 8 separately, shorter than its 16-wide vector loop, so every
+///   element takes the scalar path `round(x / s)`: bit-exact with the native int8 pipeline's
+///   `round(x * 255)` (checked equal for these inputs).
+/// - ACL 52.x merges the 8 x 8 tensor into one 64-element row, so elements take the vector path
+///   `round(x * f32(1 / s))`. `f32(1 / s)` is not 255 exactly (1/255 is not exact in f32), and at
+///   an exact tie the product lands on either side: 1.5/255 gives 1.49999988 and quantizes to 1
+///   where `x / s` gives 2. ACL's arithmetic, not a binding error: every element must equal one
+///   of the two ACL formulas and be at most 1 from the native value.
 #[test]
 fn cast_quantize_dequantize_match_native_arithmetic() {
     let n = 64;
@@ -309,12 +358,34 @@ fn cast_quantize_dequantize_match_native_arithmetic() {
     pf.write(&probs).unwrap();
     quant.run().unwrap();
     let got = pq.to_vec::<u8>().unwrap();
-    let want: Vec<u8> = probs
-        .iter()
-        .map(|&f| (f * 255.0).round_ties_even().clamp(0.0, 255.0) as u8)
-        .collect();
-    let diffs = got.iter().zip(&want).filter(|(a, b)| a != b).count();
-    assert_eq!(diffs, 0, "{got:?} vs {want:?}");
+    let q = |v: f32| v.round_ties_even().clamp(0.0, 255.0) as u8;
+    let s = 1.0f32 / 255.0;
+    let native: Vec<u8> = probs.iter().map(|&f| q(f * 255.0)).collect();
+    let scalar_path: Vec<u8> = probs.iter().map(|&f| q(f / s)).collect();
+    let vector_path: Vec<u8> = probs.iter().map(|&f| q(f * (1.0 / s))).collect();
+    match acl::build_info().unwrap().acl_major {
+        20 => {
+            assert_eq!(
+                scalar_path, native,
+                "x / s and x * 255 agree on these inputs"
+            );
+            assert_eq!(got, native, "20.08: the scalar path, bit-exact");
+        }
+        _ => {
+            for (i, &g) in got.iter().enumerate() {
+                assert!(
+                    g == scalar_path[i] || g == vector_path[i],
+                    "52.x [{i}] x = {}: {g} is neither x / s ({}) nor x * f32(1/s) ({})",
+                    probs[i],
+                    scalar_path[i],
+                    vector_path[i]
+                );
+                assert!(g.abs_diff(native[i]) <= 1, "[{i}] {g} vs {}", native[i]);
+            }
+            // The tie that differs, so that the statement above stays checked.
+            assert_eq!((vector_path[1], scalar_path[1]), (1, 2));
+        }
+    }
 
     let qi = rng.vec_i8(n);
     let qt = Tensor::new(&q2(DataType::QAsymm8Signed, 8, 8, 0.03, 0)).unwrap();
@@ -352,10 +423,10 @@ fn index_softmax_kernel_is_bit_exact() {
             let mut f = Function::index_softmax(&s, &p, Some(&sums), &params).unwrap();
             for t in [1, 777, 5000, 1 << 30] {
                 f.set_threshold(t).unwrap();
-                let params = IndexSoftmaxParams {
-                    threshold: t,
-                    ..params
-                };
+                let params = IndexSoftmaxParams::new(t, variant)
+                    .unwrap()
+                    .with_table_bits(bits)
+                    .unwrap();
                 for masked in [false, true] {
                     f.set_row_limits(masked.then_some(&limits[..])).unwrap();
                     f.run().unwrap();
@@ -369,7 +440,7 @@ fn index_softmax_kernel_is_bit_exact() {
                         index_softmax(&scores, rows, cols, &params, mask, &mut want).unwrap();
                     let ctx = format!("{variant} b={bits} T={t} masked={masked}");
                     assert_eq!(p.to_vec::<u8>().unwrap(), want, "{ctx}");
-                    assert_eq!(sums.to_vec::<u32>().unwrap(), want_sums.0, "{ctx}");
+                    assert_eq!(sums.to_vec::<u32>().unwrap(), want_sums.as_slice(), "{ctx}");
                 }
             }
             assert!(f.set_threshold(0).is_err());
@@ -476,14 +547,9 @@ fn inputs(shape: &AttnShape, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 }
 
 fn gqa_shape() -> AttnShape {
-    AttnShape {
-        batch: 2,
-        heads: 4,
-        kv_heads: 2,
-        q_len: 17,
-        kv_len: 33,
-        head_dim: 16,
-    }
+    AttnShape::new(2, 4, 17, 16)
+        .with_kv_heads(2)
+        .with_kv_len(33)
 }
 
 /// IntAttention on ACL equals the native pipeline bit for bit, in every IndexSoftmax variant,
@@ -495,9 +561,11 @@ fn intattention_pipeline_is_bit_exact_with_native() {
     let (q, k, v) = inputs(&shape, 10);
     for variant in SoftmaxVariant::ALL {
         for masked in [false, true] {
-            let mut attn = Attention::new(Pipeline::IntAttention).variant(variant);
+            let mut attn = Attention::new(Pipeline::IntAttention)
+                .with_quantization(Quantization::PER_TENSOR)
+                .with_variant(variant);
             if masked {
-                attn = attn.causal(true).key_lens(vec![33, 5]);
+                attn = attn.with_causal(true).with_key_lens(vec![33, 5]);
             }
             let native = attn.run(&shape, &q, &k, &v).unwrap();
             let mut runner = acl::AclAttention::prepare(&attn, &shape).unwrap();
@@ -529,35 +597,39 @@ fn check_traces(
     for (bh, t) in traces.iter().enumerate() {
         let (b, h) = (bh / shape.heads, bh % shape.heads);
         let kv = b * shape.kv_heads + h / (shape.heads / shape.kv_heads);
-        let qh = &q.data[bh * lq * d..(bh + 1) * lq * d];
-        let kh = &k.data[kv * lk * d..(kv + 1) * lk * d];
-        let vh = &v.data[kv * lk * d..(kv + 1) * lk * d];
+        let qh = &q.data()[bh * lq * d..(bh + 1) * lq * d];
+        let kh = &k.data()[kv * lk * d..(kv + 1) * lk * d];
+        let vh = &v.data()[kv * lk * d..(kv + 1) * lk * d];
         let mut s = vec![0i32; lq * lk];
-        intattention::gemm_s8s8_nt(qh, kh, lq, lk, d, &mut s).unwrap();
+        Kernel::generic()
+            .gemm_s8s8_nt(qh, kh, lq, lk, d, &mut s)
+            .unwrap();
         assert_eq!(t.scores, s, "scores of head {bh}");
-        if attn.pipeline == Pipeline::IntAttention {
+        if attn.pipeline() == Pipeline::IntAttention {
             let params = IndexSoftmaxParams::from_scales(
-                q.scale,
-                k.scale,
+                q.scale(),
+                k.scale(),
                 attn.softmax_scale(d),
-                attn.table_bits,
-                attn.clip,
-                attn.variant,
+                attn.table_bits(),
+                attn.clip(),
+                attn.variant(),
             )
             .unwrap();
-            let lens: Vec<usize> = (0..lq).map(|i| attn.valid_keys(shape, b, i)).collect();
+            let lens: Vec<usize> = (0..lq).map(|i| valid_keys(attn, shape, b, i)).collect();
             let mut p = vec![0u8; lq * lk];
             let sums =
                 index_softmax(&s, lq, lk, &params, ScoreMask::Prefix(&lens), &mut p).unwrap();
             assert_eq!(t.probs, p, "P of head {bh}");
-            if attn.variant == SoftmaxVariant::Deferred {
-                assert_eq!(t.row_sums, sums.0, "row sums of head {bh}");
+            if attn.variant() == SoftmaxVariant::Deferred {
+                assert_eq!(t.row_sums, sums.as_slice(), "row sums of head {bh}");
             } else {
                 assert!(t.row_sums.is_empty());
             }
         }
         let mut o = vec![0i32; lq * d];
-        intattention::gemm_u8s8(&t.probs, vh, lq, d, lk, &mut o).unwrap();
+        Kernel::generic()
+            .gemm_u8s8(&t.probs, vh, lq, d, lk, &mut o)
+            .unwrap();
         assert_eq!(t.o32, o, "P x V of head {bh}");
     }
 }
@@ -572,7 +644,7 @@ fn int8_pipeline_matches_native() {
     for masked in [false, true] {
         let mut attn = Attention::new(Pipeline::Int8);
         if masked {
-            attn = attn.causal(true).key_lens(vec![20, 33]);
+            attn = attn.with_causal(true).with_key_lens(vec![20, 33]);
         }
         let native = attn.run(&shape, &q, &k, &v).unwrap();
         let mut runner = acl::AclAttention::prepare(&attn, &shape).unwrap();
@@ -592,7 +664,7 @@ fn fp32_pipeline_matches_native() {
     for masked in [false, true] {
         let mut attn = Attention::new(Pipeline::Fp32);
         if masked {
-            attn = attn.causal(true).key_lens(vec![0, 30]);
+            attn = attn.with_causal(true).with_key_lens(vec![0, 30]);
         }
         let native = attn.run(&shape, &q, &k, &v).unwrap();
         let mut runner = acl::AclAttention::prepare(&attn, &shape).unwrap();
@@ -623,7 +695,7 @@ fn fp16_pipeline_runs_or_reports_why_not() {
 #[test]
 fn pipelines_reject_bad_input() {
     let shape = AttnShape::new(1, 1, 8, 4);
-    let attn = Attention::new(Pipeline::IntAttention);
+    let attn = Attention::new(Pipeline::IntAttention).with_quantization(Quantization::PER_TENSOR);
     let mut runner = acl::AclAttention::prepare(&attn, &shape).unwrap();
     let mut q = vec![0.5f32; shape.q_elems()];
     let k = vec![0.25f32; shape.kv_elems()];
@@ -641,7 +713,9 @@ fn pipelines_reject_bad_input() {
         out.iter().all(|&x| (x - 1.0).abs() <= 1.0 / 127.0),
         "{out:?}"
     );
-    let bad = Attention::new(Pipeline::IntAttention).key_lens(vec![9]);
+    let bad = Attention::new(Pipeline::IntAttention)
+        .with_quantization(Quantization::PER_TENSOR)
+        .with_key_lens(vec![9]);
     assert!(acl::AclAttention::prepare(&bad, &shape).is_err());
     assert!(intattention::backend::prepare(intattention::Backend::Acl, &attn, &shape).is_ok());
 }
@@ -664,7 +738,9 @@ fn run_quantized_accepts_every_i8_value() {
         QTensor::from_parts(v, 0.01).unwrap(),
     );
     for pipe in [Pipeline::IntAttention, Pipeline::Int8] {
-        let attn = Attention::new(pipe).causal(true);
+        let attn = Attention::new(pipe)
+            .with_quantization(Quantization::PER_TENSOR)
+            .with_causal(true);
         let native = attn.run_quantized(&shape, &q, &k, &v).unwrap();
         let got = acl::AclAttention::prepare(&attn, &shape)
             .unwrap()

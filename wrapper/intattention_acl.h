@@ -100,9 +100,9 @@ typedef struct ia_gemm_options {
 typedef struct ia_build_info {
     uint32_t acl_major;             /* 20 or 52: the ACL family the shim was compiled for */
     uint8_t acl_patched;            /* 1 when the ACL in use carries our IndexSoftmax patch */
-    /* 1 when IndexSoftmax runs inside ACL (patched) wherever the patch computes the same:
-     * Normalized, b = 5, c = 6.6, no row limits or row sums, T <= 2^24; the shim's out-of-tree
-     * kernel runs otherwise. 0: always out of tree. */
+    /* 1 when every IndexSoftmax function runs inside ACL (NEIndexSoftmaxLayer, from our patch):
+     * every variant, table, threshold, row limit and the row sums. 0: the shim's out-of-tree
+     * kernel runs (an unpatched ACL). Both give the same bits. */
     uint8_t index_softmax_in_tree;
 } ia_build_info;
 
@@ -110,9 +110,16 @@ typedef struct ia_build_info {
 const char *ia_last_error(void);
 ia_status ia_build_info_get(ia_build_info *out);
 
-/* Scheduler (process-wide). 0 threads means ACL's default (one per core). */
+/* Scheduler (process-wide). 0 threads means ACL's default (one per core). An exception that an
+ * ACL kernel raises on a worker thread is caught there and reported by the call that ran it
+ * (IA_EXCEPTION), after every worker has finished. */
 ia_status ia_scheduler_set_threads(uint32_t threads);
 ia_status ia_scheduler_threads(uint32_t *out);
+/* Self-test of the above: sets the scheduler to `threads` (>= 2) threads and runs a kernel that
+ * throws on every worker thread (never on the calling one). Returns IA_EXCEPTION with the
+ * kernel's message when the exception came back as an error; IA_BAD_STATE if no workload ran on
+ * a worker. The scheduler keeps `threads` threads afterwards. */
+ia_status ia_selftest_worker_exception(uint32_t threads);
 
 /* Tensors. A new tensor has no memory; ACL functions configured on it may still add padding.
  * Memory comes from ia_tensor_allocate (owned; also done by ia_function_run, write and read)

@@ -43,14 +43,15 @@ public:
     {
         return !_limits.empty();
     }
-
-protected:
-    // One window step per row along Y, the whole row in one X step: the scheduler splits rows.
-    void configure_rows(size_t rows, size_t cols);
+    // The columns of `row` that take part.
     size_t valid_len(size_t row) const
     {
         return _limits.empty() ? _cols : _limits[row];
     }
+
+protected:
+    // One window step per row along Y, the whole row in one X step: the scheduler splits rows.
+    void configure_rows(size_t rows, size_t cols);
 
 private:
     std::vector<uint32_t> _limits{};

@@ -1,6 +1,11 @@
 // shim.cpp: the C entry points of intattention_acl.h. Each one checks its pointers, runs its
 // body inside guarded() so that no C++ exception reaches the caller, validates ACL functions
 // before configuring them, and reports failures through a status plus a thread-local message.
+//
+// Exceptions on ACL's worker threads: every run goes through CatchingScheduler (below), which
+// wraps each workload in a catch, so an exception never leaves a worker thread (where it would
+// end the process) and is rethrown on the calling thread once every worker has finished; there
+// guarded() turns it into IA_EXCEPTION.
 #include "intattention_acl.h"
 
 #include "compat.h"
@@ -8,6 +13,7 @@
 
 #include "arm_compute/core/Error.h"
 #include "arm_compute/core/TensorInfo.h"
+#include "arm_compute/runtime/CPP/CPPScheduler.h"
 #include "arm_compute/runtime/IFunction.h"
 #include "arm_compute/runtime/NEON/NEScheduler.h"
 #include "arm_compute/runtime/NEON/functions/NECast.h"
@@ -17,14 +23,23 @@
 #include "arm_compute/runtime/NEON/functions/NEQuantizationLayer.h"
 #include "arm_compute/runtime/NEON/functions/NESoftmaxLayer.h"
 #include "arm_compute/runtime/NEON/functions/NETranspose.h"
+#include "arm_compute/runtime/Scheduler.h"
 #include "arm_compute/runtime/Tensor.h"
+#if INTATTENTION_ACL_PATCHED
+// Added to ACL by patches/0001-index-softmax.patch.
+#include "arm_compute/runtime/NEON/functions/NEIndexSoftmaxLayer.h"
+#endif
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -46,13 +61,17 @@ struct ia_function
     std::string                     name{};
     std::vector<ia_tensor *>        tensors{};
     std::unique_ptr<IFunction>      function{};
+    // The shim's kernels. For IndexSoftmax on a patched ACL it only validates and keeps the
+    // threshold and row limits; the computation runs inside ACL (in_tree).
     std::unique_ptr<RowKernel>      kernel{};
-    // IndexSoftmax inside ACL (our patch, INTATTENTION_ACL_PATCHED): NESoftmaxLayer on S32
-    // scores with T as beta. Rebuilt when T changes; the out-of-tree kernel covers what the
-    // patch does not (row limits, T past 2^24, other variants and tables, row sums).
-    bool                            in_tree_eligible{ false };
-    std::unique_ptr<IFunction>      in_tree{};
-    int32_t                         in_tree_threshold{ 0 };
+#if INTATTENTION_ACL_PATCHED
+    // IndexSoftmax inside ACL: every finish, table, threshold and row limit of the shim's
+    // kernel, with the same bits.
+    std::unique_ptr<NEIndexSoftmaxLayer> in_tree{};
+    // U32 [rows]: each row's valid length (the columns when the row is whole).
+    std::unique_ptr<Tensor>              in_tree_lengths{};
+    int32_t                              in_tree_threshold{ 0 };
+#endif
 
     ~ia_function()
     {
@@ -92,11 +111,14 @@ struct Failure
     throw Failure{ status, std::move(message) };
 }
 
+void install_scheduler();
+
 template <typename F>
 ia_status guarded(const char *context, F &&body) noexcept
 {
     try
     {
+        install_scheduler();
         body();
         return IA_OK;
     }
@@ -367,58 +389,241 @@ private:
     QuantizationInfo _saved;
 };
 
-// SPEC section 3's table for b = 5, c = 6.6: the only one the patched ACL kernel has.
-const uint8_t spec_table_b5[32] = { 255, 206, 167, 135, 109, 88, 71, 57, 46, 38, 30, 25, 20, 16, 13, 10,
-                                    8,   7,   6,   4,   4,   3,  2,  2,  2,  1,  1,  1,  1,  1,  0,  0 };
-
-// Whether the patched ACL computes exactly what the shim's kernel would for these arguments.
-bool in_tree_capable(const ia_tensor *probs, const ia_tensor *row_sums, const ia_index_softmax_params &p)
+// The first exception of a group of workloads, kept until every workload has finished.
+class FirstException
 {
-    if(!INTATTENTION_ACL_PATCHED || row_sums != nullptr || p.variant != IA_INDEX_SOFTMAX_NORMALIZED || p.table_len != 32
-       || std::memcmp(p.table, spec_table_b5, sizeof(spec_table_b5)) != 0)
+public:
+    template <typename F>
+    void run(F &&f) noexcept
     {
-        return false;
+        try
+        {
+            f();
+        }
+        catch(...)
+        {
+            std::lock_guard<std::mutex> lock(_m);
+            if(!_first)
+            {
+                _first = std::current_exception();
+            }
+        }
     }
-    const ITensorInfo *pi = probs->tensor.info();
-    if(pi->data_type() == DataType::U8)
+    void rethrow()
     {
-        return true;
+        if(_first)
+        {
+            std::rethrow_exception(_first);
+        }
     }
-    const UniformQuantizationInfo q = pi->quantization_info().uniform();
-    return pi->data_type() == DataType::QASYMM8 && q.scale == 1.0f / 255.0f && q.offset == 0;
+
+private:
+    std::mutex         _m{};
+    std::exception_ptr _first{};
+};
+
+// A kernel as the scheduler sees it, with every entry point run inside FirstException.
+class CatchingKernel final : public ICPPKernel
+{
+public:
+    CatchingKernel(ICPPKernel *kernel, FirstException &first)
+        : _k(kernel), _first(first)
+    {
+        IKernel::configure(kernel->window());
+    }
+    bool is_parallelisable() const override
+    {
+        return _k->is_parallelisable();
+    }
+    BorderSize border_size() const override
+    {
+        return _k->border_size();
+    }
+    void run(const Window &window, const ThreadInfo &info) override
+    {
+        _first.run([&] { _k->run(window, info); });
+    }
+    void run_nd(const Window &window, const ThreadInfo &info, const Window &thread_locator) override
+    {
+        _first.run([&] { _k->run_nd(window, info, thread_locator); });
+    }
+    void run_op(ITensorPack &tensors, const Window &window, const ThreadInfo &info) override
+    {
+        _first.run([&] { _k->run_op(tensors, window, info); });
+    }
+#if INTATTENTION_ACL_MAJOR >= 52
+    size_t get_mws(const CPUInfo &platform, size_t thread_count) const override
+    {
+        return _k->get_mws(platform, thread_count);
+    }
+#endif
+    const char *name() const override
+    {
+        return _k->name();
+    }
+
+private:
+    ICPPKernel     *_k;
+    FirstException &_first;
+};
+
+// ACL's CPP scheduler with every kernel entry point and workload wrapped in a catch. A C++
+// exception that leaves a thread ends the process; ACL's CPPScheduler catches what its workers
+// throw, but 20.08 unwinds from the calling thread's own share of the work while the workers
+// still run on workloads it destroys. Here nothing throws inside the scheduler: the first
+// exception is kept, the inner CPPScheduler joins every worker, then it is rethrown on the
+// calling thread. CPPScheduler is final, so this wraps one instead of deriving from it.
+class CatchingScheduler final : public IScheduler
+{
+public:
+    void set_num_threads(unsigned int num_threads) override
+    {
+        _inner.set_num_threads(num_threads);
+    }
+    void set_num_threads_with_affinity(unsigned int num_threads, BindFunc func) override
+    {
+        _inner.set_num_threads_with_affinity(num_threads, func);
+    }
+    unsigned int num_threads() const override
+    {
+        return _inner.num_threads();
+    }
+    void schedule(ICPPKernel *kernel, const Hints &hints) override
+    {
+        FirstException first;
+        CatchingKernel k(kernel, first);
+        _inner.schedule(&k, hints);
+        first.rethrow();
+    }
+#if INTATTENTION_ACL_MAJOR >= 52
+    void schedule_op(ICPPKernel *kernel, const Hints &hints, const Window &window, ITensorPack &tensors) override
+    {
+        FirstException first;
+        CatchingKernel k(kernel, first);
+        _inner.schedule_op(&k, hints, window, tensors);
+        first.rethrow();
+    }
+#else
+    void schedule_op(ICPPKernel *kernel, const Hints &hints, ITensorPack &tensors) override
+    {
+        FirstException first;
+        CatchingKernel k(kernel, first);
+        _inner.schedule_op(&k, hints, tensors);
+        first.rethrow();
+    }
+#endif
+    void run_tagged_workloads(std::vector<Workload> &workloads, const char *tag) override
+    {
+        FirstException        first;
+        std::vector<Workload> wrapped;
+        wrapped.reserve(workloads.size());
+        for(Workload &w : workloads)
+        {
+            wrapped.emplace_back([&first, &w](const ThreadInfo &info) { first.run([&] { w(info); }); });
+        }
+        _inner.run_tagged_workloads(wrapped, tag);
+        first.rethrow();
+    }
+
+protected:
+    void run_workloads(std::vector<Workload> &workloads) override
+    {
+        run_tagged_workloads(workloads, nullptr);
+    }
+
+private:
+    CPPScheduler _inner{};
+};
+
+// Makes CatchingScheduler the scheduler of every ACL function (NEScheduler::get()), once,
+// before the first function is configured or run.
+void install_scheduler()
+{
+    static std::once_flag once;
+    std::call_once(once, [] { Scheduler::set(std::make_shared<CatchingScheduler>()); });
 }
 
-// Runs IndexSoftmax inside ACL when it can give identical output; false when the shim's kernel
-// must run instead. The patch carries T in the float `beta`, exact only up to 2^24.
+#if INTATTENTION_ACL_PATCHED
+IndexSoftmaxInfo in_tree_info(const ia_index_softmax_params &p)
+{
+    IndexSoftmaxInfo info{};
+    info.threshold  = p.threshold;
+    info.finish     = p.variant == IA_INDEX_SOFTMAX_DEFERRED    ? IndexSoftmaxFinish::DEFERRED
+                      : p.variant == IA_INDEX_SOFTMAX_PAPER_SIM ? IndexSoftmaxFinish::PAPER_SIM
+                                                                : IndexSoftmaxFinish::NORMALIZED;
+    info.table_size = p.table_len;
+    std::memcpy(info.table, p.table, std::min<size_t>(p.table_len, sizeof(info.table)));
+    return info;
+}
+
+// Writes the kernel's row limits (or whole rows) into the lengths tensor ACL reads.
+void write_row_lengths(ia_function &f)
+{
+    auto           *k = static_cast<IndexSoftmaxKernel *>(f.kernel.get());
+    Tensor         *t = f.in_tree_lengths.get();
+    const ITensorInfo *info = t->info();
+    for(size_t r = 0; r < k->rows(); ++r)
+    {
+        const uint32_t v = static_cast<uint32_t>(k->valid_len(r));
+        std::memcpy(t->buffer() + info->offset_first_element_in_bytes() + r * info->strides_in_bytes()[0], &v, sizeof(v));
+    }
+}
+#endif
+
+// Runs IndexSoftmax inside ACL when ACL carries our patch; false when the shim's kernel runs.
 bool run_in_tree(ia_function &f)
 {
-    auto *k = static_cast<IndexSoftmaxKernel *>(f.kernel.get());
-    if(!f.in_tree_eligible || k->has_row_limits() || k->threshold() > (int32_t(1) << 24))
+#if INTATTENTION_ACL_PATCHED
+    if(!f.in_tree)
     {
         return false;
     }
-    ia_tensor *scores = f.tensors[0];
-    ia_tensor *probs  = f.tensors[1];
-    if(!f.in_tree || f.in_tree_threshold != k->threshold())
+    auto *k = static_cast<IndexSoftmaxKernel *>(f.kernel.get());
+    if(f.in_tree_threshold != k->threshold())
     {
-        f.in_tree.reset();
-        const float beta = static_cast<float>(k->threshold());
-        if(!bool(NESoftmaxLayer::validate(scores->tensor.info(), probs->tensor.info(), beta, 0)))
-        {
-            // For example padding the tensors' memory no longer allows: the kernel it is, for good.
-            f.in_tree_eligible = false;
-            return false;
-        }
-        const std::vector<uint64_t>     before = sizes_of(f.tensors);
-        std::unique_ptr<NESoftmaxLayer> fn(new NESoftmaxLayer());
-        fn->configure(&scores->tensor, &probs->tensor, beta, 0);
-        check_memory_layouts(f, before);
-        f.in_tree           = std::move(fn);
+        f.in_tree->set_threshold(k->threshold());
         f.in_tree_threshold = k->threshold();
     }
     f.in_tree->run();
     return true;
+#else
+    (void)f;
+    return false;
+#endif
 }
+
+// ia_selftest_worker_exception's kernel: throws on any thread but the one that scheduled it.
+class ThrowOnWorkerKernel final : public RowKernel
+{
+public:
+    explicit ThrowOnWorkerKernel(size_t rows)
+        : _caller(std::this_thread::get_id())
+    {
+        configure_rows(rows, 1);
+    }
+    void run(const Window &window, const ThreadInfo &info) override
+    {
+        (void)window;
+        (void)info;
+        if(std::this_thread::get_id() != _caller)
+        {
+            _ran_on_worker = true;
+            throw std::runtime_error("self-test: thrown on an ACL worker thread");
+        }
+    }
+    const char *name() const override
+    {
+        return "IntAttentionThrowOnWorkerKernel";
+    }
+    bool ran_on_worker() const
+    {
+        return _ran_on_worker;
+    }
+
+private:
+    std::thread::id   _caller;
+    std::atomic<bool> _ran_on_worker{ false };
+};
 
 // Functions that keep their kernel's rows limited need a RowKernel.
 RowKernel *row_kernel(ia_function *f)
@@ -444,6 +649,7 @@ ia_status ia_build_info_get(ia_build_info *out)
         need(out, "out");
         out->acl_major             = INTATTENTION_ACL_MAJOR;
         out->acl_patched           = INTATTENTION_ACL_PATCHED;
+        // Every IndexSoftmax function runs inside ACL when it is patched.
         out->index_softmax_in_tree = INTATTENTION_ACL_PATCHED;
     });
 }
@@ -456,6 +662,21 @@ ia_status ia_scheduler_set_threads(uint32_t threads)
 ia_status ia_scheduler_threads(uint32_t *out)
 {
     return guarded("ia_scheduler_threads", [&] { *need(out, "out") = NEScheduler::get().num_threads(); });
+}
+
+ia_status ia_selftest_worker_exception(uint32_t threads)
+{
+    return guarded("ia_selftest_worker_exception", [&] {
+        if(threads < 2)
+        {
+            fail(IA_INVALID_ARGUMENT, "the self-test needs at least 2 threads");
+        }
+        NEScheduler::get().set_num_threads(threads);
+        // Many rows: every thread, the workers included, gets its first window of them.
+        ThrowOnWorkerKernel k(64 * size_t(threads));
+        NEScheduler::get().schedule(&k, IScheduler::Hints(Window::DimY));
+        fail(IA_BAD_STATE, k.ran_on_worker() ? "a worker's exception was lost" : "no workload ran on a worker thread");
+    });
 }
 
 ia_status ia_tensor_create(const ia_tensor_desc *desc, ia_tensor **out)
@@ -746,8 +967,21 @@ ia_status ia_index_softmax_create(ia_tensor *scores, ia_tensor *probs, ia_tensor
         finish("IndexSoftmax", { scores, probs, row_sums }, out, [&](ia_function &f) {
             std::unique_ptr<IndexSoftmaxKernel> k(new IndexSoftmaxKernel());
             k->configure(&scores->tensor, &probs->tensor, row_sums ? &row_sums->tensor : nullptr, *params);
-            f.kernel           = std::move(k);
-            f.in_tree_eligible = in_tree_capable(probs, row_sums, *params);
+            f.kernel = std::move(k);
+#if INTATTENTION_ACL_PATCHED
+            const IndexSoftmaxInfo  in_info = in_tree_info(*params);
+            std::unique_ptr<Tensor> lengths(new Tensor());
+            lengths->allocator()->init(TensorInfo(TensorShape(info(scores)->tensor_shape()[1]), 1, DataType::U32));
+            check_status(NEIndexSoftmaxLayer::validate(info(scores), info(probs), info(row_sums), lengths->info(), in_info),
+                         "NEIndexSoftmaxLayer");
+            lengths->allocator()->allocate();
+            std::unique_ptr<NEIndexSoftmaxLayer> fn(new NEIndexSoftmaxLayer());
+            fn->configure(&scores->tensor, &probs->tensor, row_sums ? &row_sums->tensor : nullptr, lengths.get(), in_info);
+            f.in_tree           = std::move(fn);
+            f.in_tree_lengths   = std::move(lengths);
+            f.in_tree_threshold = params->threshold;
+            write_row_lengths(f);
+#endif
         });
     });
 }
@@ -809,6 +1043,12 @@ ia_status ia_function_set_row_limits(ia_function *function, const uint32_t *vali
                 fail(IA_INVALID_ARGUMENT, "valid is null but rows is not 0");
             }
             k->set_row_limits({});
+#if INTATTENTION_ACL_PATCHED
+            if(function->in_tree_lengths)
+            {
+                write_row_lengths(*function);
+            }
+#endif
             return;
         }
         if(rows != k->rows())
@@ -824,6 +1064,12 @@ ia_status ia_function_set_row_limits(ia_function *function, const uint32_t *vali
             }
         }
         k->set_row_limits(std::move(limits));
+#if INTATTENTION_ACL_PATCHED
+        if(function->in_tree_lengths)
+        {
+            write_row_lengths(*function);
+        }
+#endif
     });
 }
 

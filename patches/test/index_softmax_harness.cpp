@@ -3,10 +3,13 @@
 // Debian's ACL 20.08 headers (the kernel only uses API that 20.08 and 52.x share), runs it under
 // qemu-aarch64 and compares the output with src/reference.rs.
 //
-//   harness rows IN OUT   IN: u32 T, u32 width, u32 rows, then rows * width i32 (little endian).
-//                         OUT: rows * width u8 from index_softmax::row, after checking that the
-//                         kernel entry point (ITensor + Window, as CpuSoftmaxKernel runs it)
-//                         writes the same bytes.
+//   harness rows IN OUT   IN: blocks, each: u32 T, u32 width, u32 rows, u32 finish (0 normalized,
+//                         1 deferred, 2 paper-sim), u32 N, N table bytes, rows u32 valid lengths,
+//                         rows * width i32 scores (all little endian).
+//                         OUT per block: rows * width u8 from index_softmax::row, then rows u32
+//                         row sums. For whole rows with the default table and the normalized
+//                         finish it also checks that the kernel entry point (ITensor + Window,
+//                         as CpuSoftmaxKernel runs it) writes the same bytes.
 //   harness validate      one line per case: "<name> <1 if validate() accepts, else 0>".
 #include "src/cpu/kernels/softmax/generic/neon/index_softmax.h"
 
@@ -39,39 +42,42 @@ bool read_all(const char *path, std::vector<unsigned char> &bytes)
     return true;
 }
 
-uint32_t u32_at(const std::vector<unsigned char> &b, size_t off)
+struct Reader
 {
-    uint32_t v;
-    std::memcpy(&v, b.data() + off, 4);
-    return v;
-}
+    const std::vector<unsigned char> &b;
+    size_t                            at;
+    bool                              ok;
 
-int rows_mode(const char *in_path, const char *out_path)
+    uint32_t u32()
+    {
+        uint32_t v = 0;
+        if (at + 4 > b.size())
+        {
+            ok = false;
+            return 0;
+        }
+        std::memcpy(&v, b.data() + at, 4);
+        at += 4;
+        return v;
+    }
+    bool bytes(void *dst, size_t n)
+    {
+        if (at + n > b.size())
+        {
+            ok = false;
+            return false;
+        }
+        std::memcpy(dst, b.data() + at, n);
+        at += n;
+        return true;
+    }
+};
+
+// The kernel entry point on ACL tensors, with the window CpuSoftmaxKernel builds for axis 0
+// (X collapsed to one step, rows in Y), must write what row() wrote.
+int check_entry_point(const std::vector<int32_t> &scores, const std::vector<uint8_t> &out, uint32_t t, uint32_t width,
+                      uint32_t rows)
 {
-    std::vector<unsigned char> in;
-    if (!read_all(in_path, in) || in.size() < 12)
-    {
-        std::fprintf(stderr, "cannot read %s\n", in_path);
-        return 2;
-    }
-    const uint32_t t = u32_at(in, 0), width = u32_at(in, 4), rows = u32_at(in, 8);
-    if (in.size() != 12 + 4ULL * width * rows || width == 0 || rows == 0)
-    {
-        std::fprintf(stderr, "bad input size\n");
-        return 2;
-    }
-    std::vector<int32_t> scores(static_cast<size_t>(width) * rows);
-    std::memcpy(scores.data(), in.data() + 12, 4 * scores.size());
-
-    std::vector<uint8_t> out(scores.size());
-    for (uint32_t r = 0; r < rows; ++r)
-    {
-        cpu::index_softmax::row(scores.data() + static_cast<size_t>(r) * width, out.data() + static_cast<size_t>(r) * width,
-                                width, t);
-    }
-
-    // The same through the kernel entry point, on ACL tensors, with the window CpuSoftmaxKernel
-    // builds for axis 0 (X collapsed to one step, rows in Y).
     Tensor src, dst;
     src.allocator()->init(TensorInfo(TensorShape(width, rows), 1, DataType::S32));
     dst.allocator()->init(TensorInfo(TensorShape(width, rows), 1, DataType::U8));
@@ -98,9 +104,71 @@ int rows_mode(const char *in_path, const char *out_path)
             return 4;
         }
     }
+    return 0;
+}
+
+int rows_mode(const char *in_path, const char *out_path)
+{
+    std::vector<unsigned char> in;
+    if (!read_all(in_path, in))
+    {
+        std::fprintf(stderr, "cannot read %s\n", in_path);
+        return 2;
+    }
+    std::vector<unsigned char> result;
+    Reader                     rd{in, 0, true};
+    while (rd.at < in.size())
+    {
+        const uint32_t t = rd.u32(), width = rd.u32(), rows = rd.u32(), finish = rd.u32(), n = rd.u32();
+        cpu::index_softmax::Params p{};
+        p.threshold  = t;
+        p.finish     = static_cast<cpu::index_softmax::Finish>(finish);
+        p.table_size = n;
+        if (!rd.ok || n > cpu::index_softmax::max_entries || !rd.bytes(p.table, n) || width == 0 || rows == 0)
+        {
+            std::fprintf(stderr, "bad block header at byte %zu\n", rd.at);
+            return 2;
+        }
+        if (!cpu::index_softmax::params_valid(p))
+        {
+            std::fprintf(stderr, "invalid parameters: T=%u N=%u finish=%u\n", t, n, finish);
+            return 2;
+        }
+        std::vector<uint32_t> valid(rows);
+        std::vector<int32_t>  scores(static_cast<size_t>(width) * rows);
+        if (!rd.bytes(valid.data(), 4 * valid.size()) || !rd.bytes(scores.data(), 4 * scores.size()))
+        {
+            std::fprintf(stderr, "truncated block\n");
+            return 2;
+        }
+        std::vector<uint8_t>  out(scores.size());
+        std::vector<uint32_t> sums(rows);
+        bool                  whole = true;
+        for (uint32_t r = 0; r < rows; ++r)
+        {
+            whole   = whole && valid[r] == width;
+            sums[r] = cpu::index_softmax::row(scores.data() + static_cast<size_t>(r) * width,
+                                              out.data() + static_cast<size_t>(r) * width, width, valid[r], p);
+        }
+        // The entry point takes T through a float: only thresholds exact in f32.
+        const bool exact_beta = static_cast<uint32_t>(static_cast<float>(t)) == t;
+        if (whole && exact_beta && p.finish == cpu::index_softmax::Finish::normalized &&
+            n == cpu::index_softmax::num_entries &&
+            std::memcmp(p.table, cpu::index_softmax::lut, n) == 0)
+        {
+            const int rc = check_entry_point(scores, out, t, width, rows);
+            if (rc != 0)
+            {
+                return rc;
+            }
+        }
+        result.insert(result.end(), out.begin(), out.end());
+        const auto *sb = reinterpret_cast<const unsigned char *>(sums.data());
+        result.insert(result.end(), sb, sb + 4 * sums.size());
+    }
 
     FILE *f = std::fopen(out_path, "wb");
-    if (f == nullptr || std::fwrite(out.data(), 1, out.size(), f) != out.size())
+    if (f == nullptr || std::fwrite(result.data(), 1, result.size(), f) != result.size())
     {
         std::fprintf(stderr, "cannot write %s\n", out_path);
         return 2;

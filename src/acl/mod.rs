@@ -82,6 +82,24 @@ pub fn scheduler_threads(threads: usize) -> Result<usize> {
     Ok(n as usize)
 }
 
+/// Self-test of the shim's scheduler: runs a kernel that throws on every ACL worker thread (never
+/// on the calling one) with `threads` threads, which must come back as [`Error::Acl`] carrying
+/// the kernel's message instead of ending the process (a C++ exception that leaves a thread
+/// calls `std::terminate`). Functions configured later use the thread count they ask for.
+#[doc(hidden)]
+pub fn selftest_worker_exception(threads: usize) -> Result<()> {
+    let t = u32::try_from(threads).map_err(|_| Error::InvalidParameter {
+        name: "threads",
+        value: threads.to_string(),
+        expected: "at most u32::MAX",
+    })?;
+    let mut g = lock();
+    // The self-test leaves the scheduler at `t` threads: forget what this module set.
+    g.current = None;
+    // SAFETY: plain value argument; the shim catches every exception.
+    ffi::check(unsafe { ffi::ia_selftest_worker_exception(t) })
+}
+
 /// How the shim was built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BuildInfo {
@@ -89,7 +107,8 @@ pub struct BuildInfo {
     pub acl_major: u32,
     /// The ACL in use carries our IndexSoftmax patch.
     pub patched: bool,
-    /// IndexSoftmax runs inside ACL (patched) rather than as the shim's out-of-tree kernel.
+    /// Every IndexSoftmax function runs inside ACL (`NEIndexSoftmaxLayer`, from our patch)
+    /// rather than as the shim's out-of-tree kernel.
     pub index_softmax_in_tree: bool,
 }
 

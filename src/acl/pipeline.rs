@@ -8,15 +8,18 @@
 //! | fp32    | NEGEMM f32, alpha = scale  | [logits mask], NESoftmaxLayer                    | NEGEMM f32 |
 //! | fp16    | NEGEMM f16, alpha = scale  | NECast to f32, [mask], NESoftmaxLayer, NECast to f16 | NEGEMM f16 |
 //! | int8    | NEGEMMLowp s8 x s8 -> s32  | NECast to f32, logits (x s_q s_k scale, mask), NESoftmaxLayer, NEQuantizationLayer to u8 (1/255) | NEGEMMLowp -> s32 |
-//! | intattn | NEGEMMLowp s8 x s8 -> s32  | IndexSoftmax (shim kernel) -> u8, row sums       | NEGEMMLowp -> s32 |
+//! | intattn | NEGEMMLowp s8 x s8 -> s32  | IndexSoftmax -> u8, row sums (NEIndexSoftmaxLayer in a patched ACL, else the shim's kernel) | NEGEMMLowp -> s32 |
 //!
 //! P x V in the integer pipelines: ACL computes u8 x s8 wrongly (see `Function::gemm_lowp`),
-//! so V enters as `V + 128` in QAsymm8 with offset 128 and ACL's offset contribution
-//! subtracts `128 * rowsum(P)`: the S32 result is exactly `P x V`.
+//! so V enters as `V + 128` in QAsymm8 and `128 * rowsum(P)` is subtracted: the S32 result is
+//! exactly `P x V`. With Deferred IndexSoftmax `rowsum(P)` is the row sum IndexSoftmax already
+//! returns, so V carries offset 0 (ACL then skips its row reduction of P and its offset
+//! contribution) and the subtraction happens here; elsewhere V carries offset 128 and ACL's
+//! offset contribution subtracts it.
 //!
-//! IntAttention supports all three IndexSoftmax variants through the shim's kernel
-//! (Normalized is the paper's and the published ACL kernel's output; Deferred and PaperSim
-//! are computed by the same kernel), and its output is bit-identical to the native pipeline.
+//! IntAttention supports all three IndexSoftmax variants (Normalized is the paper's output,
+//! Deferred the default), inside ACL when it carries our patch and through the shim's kernel
+//! otherwise, and its output is bit-identical to the native pipeline.
 //!
 //! Quantization scales change with every call's data, while ACL fixes quantization info and
 //! softmax beta at configure time: the tensors carry scale 1, the threshold T and the int8
@@ -27,11 +30,10 @@ use half::f16;
 use super::functions::{Function, GemmOptions};
 use super::tensor::{DataType, Tensor, TensorDesc};
 use super::{param_err, Error, Result};
-use crate::attention::{check_lens, head_slices, Attention, AttnShape};
+use crate::attention::{check_lens, head_slices, Attention, AttnShape, Quantization};
 use crate::ops::quant::{check_finite, QTensor};
 use crate::ops::softmax::{IndexSoftmaxParams, SoftmaxVariant};
 use crate::pipeline::Pipeline;
-use crate::reference;
 
 /// The integer intermediates of one head, for bit-exact comparison with the native kernels.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -78,6 +80,9 @@ struct IntGraph {
     probs: Tensor<'static>,
     row_sums: Option<Tensor<'static>>,
     o32: Tensor<'static>,
+    /// `128 * rowsum(P)` is subtracted here from ACL's `P x (V + 128)` (Deferred: the row sums
+    /// are rowsum(P)), not by ACL's offset contribution.
+    subtract_v_offset: bool,
     steps: Vec<Function<'static>>,
     /// Index into `steps` of IndexSoftmax or of the int8 logits kernel.
     softmax: usize,
@@ -96,8 +101,21 @@ const STREAMED: GemmOptions = GemmOptions { b_constant: false };
 
 impl AclAttention {
     /// Configures every ACL function for `shape` (nothing is allocated or run yet).
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for integer pipelines with scales finer than per tensor
+    /// (ACL quantizes per tensor); the checks of [`Attention::run`]; ACL's own errors.
     pub fn prepare(attn: &Attention, shape: &AttnShape) -> Result<Self> {
         attn.check(shape)?;
+        // ACL's quantization info holds one scale per tensor.
+        if attn.pipeline().is_integer() && attn.quantization() != Quantization::PER_TENSOR {
+            return Err(Error::InvalidParameter {
+                name: "quantization for the ACL backend",
+                value: format!("{:?}", attn.quantization()),
+                expected: "Quantization::PER_TENSOR (ACL quantizes per tensor; see \
+                           Attention::with_paper_settings)",
+            });
+        }
         super::set_threads(attn.executor().workers())?;
         let graph = match attn.pipeline() {
             Pipeline::Fp32 => Graph::Float(FloatGraph::new(attn, shape, false)?),
@@ -353,6 +371,37 @@ fn zero_masked_rows(attn: &Attention, shape: &AttnShape, b: usize, o: &mut [f32]
     }
 }
 
+// The three helpers below stay out of line so that the ARM proxy's per-symbol profile
+// (docs/arm-proxy.md) charges their instructions to them rather than to the caller.
+
+/// V + 128 as u8 (flipping the sign bit adds 128 to every i8, -128 included).
+#[inline(never)]
+fn shifted_v(v: &[i8]) -> Vec<u8> {
+    v.iter().map(|&x| (x as u8) ^ 0x80).collect()
+}
+
+/// P x V = P x (V + 128) - 128 rowsum(P), modulo 2^32 like ACL's own arithmetic: exact whenever
+/// P x V fits i32 (SPEC section 4).
+#[inline(never)]
+fn subtract_v_offset(o32: &mut [i32], row_sums: &[u32], d: usize) {
+    for (row, &sum) in o32.chunks_mut(d).zip(row_sums) {
+        let correction = sum.wrapping_mul(128) as i32;
+        for x in row {
+            *x = x.wrapping_sub(correction);
+        }
+    }
+}
+
+/// SPEC section 4 through the native pipeline's own output conversion (one rounding,
+/// vectorised), so that outputs match bit for bit: divided by the row sums (Deferred) or 255.
+#[inline(never)]
+fn output_rows(o: &mut [f32], o32: &[i32], row_sums: Option<&[u32]>, v_scale: f32, d: usize) {
+    for (i, (orow, o32row)) in o.chunks_mut(d).zip(o32.chunks(d)).enumerate() {
+        let div = row_sums.map_or(255, |s| s[i]);
+        crate::ops::output::output_row(o32row, div, v_scale, orow);
+    }
+}
+
 fn to_f16(what: &'static str, x: &[f32]) -> Result<Vec<f16>> {
     check_finite(what, x)?;
     if let Some(i) = x.iter().position(|v| v.abs() > f16::MAX.to_f32()) {
@@ -371,8 +420,12 @@ impl IntGraph {
         let q = Tensor::new(&qdesc(s8, lq, d, 1.0, 0))?;
         let k = Tensor::new(&qdesc(s8, lk, d, 1.0, 0))?;
         let kt = Tensor::new(&qdesc(s8, d, lk, 1.0, 0))?;
-        // V + 128 as u8: ACL's offset contribution takes the 128 back out exactly.
-        let v = Tensor::new(&qdesc(DataType::QAsymm8, lk, d, 1.0, 128))?;
+        // V + 128 as u8. Deferred IndexSoftmax returns rowsum(P): the 128 is taken back out in
+        // `run`; otherwise V's offset makes ACL's offset contribution take it out.
+        let subtract_v_offset =
+            attn.pipeline() == Pipeline::IntAttention && attn.variant() == SoftmaxVariant::Deferred;
+        let v_offset = if subtract_v_offset { 0 } else { 128 };
+        let v = Tensor::new(&qdesc(DataType::QAsymm8, lk, d, 1.0, v_offset))?;
         let scores = Tensor::new(&desc(DataType::S32, lq, lk))?;
         let probs = Tensor::new(&qdesc(DataType::QAsymm8, lq, lk, 1.0 / 255.0, 0))?;
         let o32 = Tensor::new(&desc(DataType::S32, lq, d))?;
@@ -420,6 +473,7 @@ impl IntGraph {
             probs,
             row_sums,
             o32,
+            subtract_v_offset,
             steps,
             softmax,
         })
@@ -453,8 +507,7 @@ impl IntGraph {
         };
         let deferred = index_params.is_some_and(|p| p.variant() == SoftmaxVariant::Deferred);
         let (lq, d) = (shape.q_len, shape.head_dim);
-        // V + 128 as u8 (flipping the sign bit adds 128 to every i8, -128 included).
-        let v_shifted: Vec<u8> = v.data().iter().map(|&x| (x as u8) ^ 0x80).collect();
+        let v_shifted = shifted_v(v.data());
         let mut out = vec![0f32; shape.q_elems()];
         let mut o32 = vec![0i32; lq * d];
         let mut sums = vec![0u32; lq];
@@ -476,15 +529,10 @@ impl IntGraph {
             if let Some(t) = &self.row_sums {
                 t.read(&mut sums)?;
             }
-            for i in 0..lq {
-                // SPEC section 4 with the native pipeline's single rounding, so that outputs
-                // match bit for bit.
-                let div = if deferred { sums[i] } else { 255 };
-                for c in 0..d {
-                    o[i * d + c] =
-                        reference::dequantize_output(o32[i * d + c] as i64, v.scale(), div);
-                }
+            if self.subtract_v_offset {
+                subtract_v_offset(&mut o32, &sums, d);
             }
+            output_rows(o, &o32, deferred.then_some(&sums[..]), v.scale(), d);
             if attn.pipeline() == Pipeline::Int8 {
                 zero_masked_rows(attn, shape, b, o);
             }
