@@ -92,6 +92,31 @@ pub fn threshold_exact(clip: f32, s_q: f32, s_k: f32, scale: f32) -> Result<i32>
     if s_q == 0.0 || s_k == 0.0 {
         return Ok(MAX_THRESHOLD);
     }
+    Ok(threshold_fast(clip, s_q, s_k, scale).unwrap_or_else(|| threshold_rational(clip, s_q, s_k, scale)))
+}
+
+/// [`threshold_exact`] in three f64 operations where they decide it (positive scales): `s_q s_k`
+/// is exact (48 bits), the product with `scale` and the quotient round once each, so `q` is
+/// within a relative 2^-52 of the exact `x = c / (s_q s_k scale)`, i.e. within 2^-21 for
+/// `x < 2^31`. `round_half_up(x) = floor(q + 1/2)` then holds unless `q` lies within 2^-20 of
+/// a half-integer; those (and quotients near the clamps) return `None`. The engine computes a
+/// threshold per query row with per-row Q scales, where the u128 path cost about 3 % of a
+/// call.
+fn threshold_fast(clip: f32, s_q: f32, s_k: f32, scale: f32) -> Option<i32> {
+    let q = clip as f64 / ((s_q as f64 * s_k as f64) * scale as f64);
+    if !(q < (1u64 << 31) as f64) {
+        return None;
+    }
+    let half = q - q.floor();
+    if (half - 0.5).abs() <= 1.0 / (1u64 << 20) as f64 {
+        return None;
+    }
+    let t = (q + 0.5).floor() as i64;
+    Some(t.clamp(1, MAX_THRESHOLD as i64) as i32)
+}
+
+/// [`threshold_exact`] in exact rational arithmetic (positive scales).
+fn threshold_rational(clip: f32, s_q: f32, s_k: f32, scale: f32) -> i32 {
     // Exact rational arithmetic on the f32 inputs: the product of three 24-bit mantissas
     // needs 72 bits, so an f64 quotient can land on the wrong side of a k + 1/2 tie.
     let (mc, ec) = f32_parts(clip);
@@ -105,18 +130,18 @@ pub fn threshold_exact(clip: f32, s_q: f32, s_k: f32, scale: f32) -> Result<i32>
     let (num, den) = if shift >= 0 {
         // Past 2^32 the clamp decides; this also keeps c << shift inside u128.
         if bit_len(c) as i32 + shift > bit_len(p) as i32 + 32 {
-            return Ok(MAX_THRESHOLD);
+            return MAX_THRESHOLD;
         }
         (c << shift, p)
     } else {
         // Once p 2^-shift > 4 c the quotient is below 1/2 and rounds to 0 (clamped to 1).
         if bit_len(p) as i32 - shift > bit_len(c) as i32 + 3 {
-            return Ok(1);
+            return 1;
         }
         (c, p << -shift)
     };
     let t = (2 * num + den) / (2 * den);
-    Ok(t.clamp(1, MAX_THRESHOLD as u128) as i32)
+    t.clamp(1, MAX_THRESHOLD as u128) as i32
 }
 
 /// A finite, non-negative f32 as `m 2^e` with an integer mantissa (subnormals included).
@@ -145,4 +170,55 @@ pub fn threshold_paper_sim(clip: f32, s_q: f32, s_k: f32, scale: f32) -> Result<
         return Ok(MAX_THRESHOLD);
     }
     Ok(t.trunc().clamp(1.0, MAX_THRESHOLD as f32) as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 20_000, ..ProptestConfig::default() })]
+
+        /// The f64 path, wherever it answers, answers what exact rational arithmetic does.
+        #[test]
+        fn fast_threshold_agrees_with_rational(
+            clip in prop_oneof![Just(6.6f32), 0.01f32..64.0],
+            s_q in prop_oneof![1e-30f32..1e3, (1u32..0x7f00_0000).prop_map(f32::from_bits)],
+            s_k in prop_oneof![1e-30f32..1e3, (1u32..0x7f00_0000).prop_map(f32::from_bits)],
+            scale in prop_oneof![Just(0.125f32), Just(0.088_388_35), 1e-3f32..4.0],
+        ) {
+            if let Some(t) = threshold_fast(clip, s_q, s_k, scale) {
+                prop_assert_eq!(t, threshold_rational(clip, s_q, s_k, scale));
+            }
+        }
+    }
+
+    /// Quotients at and next to half-integers: the fast path declines or agrees.
+    #[test]
+    fn fast_threshold_near_ties() {
+        let mut declined = 0;
+        for k in 1..5000u32 {
+            // c / (s_q s_k scale) = k + 1/2 exactly: s_q = 2c / (2k + 1) rounded, nudged.
+            let clip = 6.5f32;
+            for nudge in [-2i32, -1, 0, 1, 2] {
+                let base = (2.0 * clip as f64 / (2 * k + 1) as f64) as f32;
+                let s_q = f32::from_bits((base.to_bits() as i32 + nudge) as u32);
+                match threshold_fast(clip, s_q, 1.0, 1.0) {
+                    Some(t) => assert_eq!(t, threshold_rational(clip, s_q, 1.0, 1.0)),
+                    None => declined += 1,
+                }
+            }
+        }
+        // Typical scales almost never need the exact path.
+        let mut typical = 0;
+        for i in 1..10_000u32 {
+            let s_q = i as f32 * 1e-4;
+            if threshold_fast(6.6, s_q, 0.01, 0.125).is_none() {
+                typical += 1;
+            }
+        }
+        assert!(typical < 10, "{typical} declined");
+        assert!(declined < 25_000);
+    }
 }

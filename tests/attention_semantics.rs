@@ -1155,12 +1155,20 @@ fn block_mean(rows: &[Vec<f32>], d: usize) -> Vec<f32> {
     }
     total
         .iter()
-        .map(|&t| (t / rows.len() as f64) as f32)
+        .map(|&t| {
+            if rows.is_empty() {
+                0.0
+            } else {
+                (t / rows.len() as f64) as f32
+            }
+        })
         .collect()
 }
 
 /// IntAttention with Q scales per row or per head, K/V scales per head, optional K smoothing,
 /// optional per-channel V scales and V smoothing, written from section 6 in wide integers.
+/// `lens`: valid keys per batch row (key padding; the means are over valid keys, the scales
+/// over every row of the head).
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 fn finer_reference(
     s: &AttnShape,
@@ -1168,6 +1176,7 @@ fn finer_reference(
     quant: Quantization,
     variant: SoftmaxVariant,
     causal: bool,
+    lens: Option<&[usize]>,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -1184,10 +1193,11 @@ fn finer_reference(
         let (b, h) = (bh / s.heads, bh % s.heads);
         let u = b * s.kv_heads + h / (s.heads / s.kv_heads);
         // K: the mean over 256-key blocks in order, then the head's scale.
+        let valid = lens.map_or(lk, |l| l[b]);
         let keys: Vec<Vec<f32>> = (0..lk).map(|j| krow(k, u, j)).collect();
         let values: Vec<Vec<f32>> = (0..lk).map(|j| krow(v, u, j)).collect();
         let mean = if quant.smooth_k {
-            block_mean(&keys, d)
+            block_mean(&keys[..valid], d)
         } else {
             vec![0f32; d]
         };
@@ -1203,7 +1213,7 @@ fn finer_reference(
         let s_k = scale_of(ks.iter().flatten().copied());
         // V: minus its mean when smoothed; one scale, or one per channel with the floor.
         let v_mean = if quant.smooth_v {
-            block_mean(&values, d)
+            block_mean(&values[..valid], d)
         } else {
             vec![0f32; d]
         };
@@ -1245,7 +1255,8 @@ fn finer_reference(
                 (i + lk + 1).saturating_sub(lq).min(lk)
             } else {
                 lk
-            };
+            }
+            .min(valid);
             let sc: Vec<i64> = (0..n)
                 .map(|j| q8r.iter().zip(&k8[j]).map(|(a, b)| a * b).sum())
                 .collect();
@@ -1331,7 +1342,7 @@ fn finer_scales_and_smoothing_equal_their_definition() {
         for quant in quants {
             for variant in [SoftmaxVariant::Deferred, SoftmaxVariant::Normalized] {
                 for causal in [false, true] {
-                    let want = finer_reference(&s, 5, quant, variant, causal, &q, &k, &v);
+                    let want = finer_reference(&s, 5, quant, variant, causal, None, &q, &k, &v);
                     for kernel in Kernel::available() {
                         for schedule in [Schedule::Auto, Schedule::Unfused] {
                             for threads in [1, 3] {
@@ -1398,11 +1409,47 @@ fn defaults_are_fine_deferred_and_paper_elsewhere() {
             Quantization::FINE,
             SoftmaxVariant::Deferred,
             causal,
+            None,
             &q,
             &k,
             &v,
         );
         assert_bits_eq(&got, &want, &format!("default Deferred, causal {causal}"));
+        // Key padding: the means over each row's valid keys, the scales over all its rows
+        // (padding included), a batch row without keys all zeros. K smoothed too. The one-pass
+        // schedule (1 worker: units >= 2 x workers) and the others compute the statistics
+        // apart.
+        let lens = [173, 0];
+        let quant = Quantization::FINE.with_smooth_k(true);
+        let want = finer_reference(
+            &s,
+            DEFERRED_TABLE_BITS,
+            quant,
+            SoftmaxVariant::Deferred,
+            causal,
+            Some(&lens),
+            &q,
+            &k,
+            &v,
+        );
+        for schedule in [Schedule::Auto, Schedule::Unfused] {
+            for threads in [1, 3] {
+                let got = deferred
+                    .clone()
+                    .with_causal(causal)
+                    .with_quantization(quant)
+                    .with_key_lens(lens.to_vec())
+                    .with_schedule(schedule)
+                    .with_executor(support::threads(threads))
+                    .run(&s, &q, &k, &v)
+                    .unwrap();
+                assert_bits_eq(
+                    &got,
+                    &want,
+                    &format!("padded, causal {causal}, {schedule:?}, {threads} threads"),
+                );
+            }
+        }
         for variant in [SoftmaxVariant::Normalized, SoftmaxVariant::PaperSim] {
             let by_default = Attention::new(Pipeline::IntAttention)
                 .with_variant(variant)

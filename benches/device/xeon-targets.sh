@@ -16,8 +16,9 @@
 #   bert     BERT-like batches: 12 heads, d = 64, BERT_SHAPES (sequences x tokens), no mask.
 #   prefill  causal GQA prefill: PREFILL_L tokens, 32/8 heads, d = 128.
 # decode, bert and prefill run at 1 thread (ours and torch pinned to core $CORE) and $NT threads
-# (unpinned, as the paper part's 16-thread rows), for ours with the default scales and with
-# `--q-scales row --kv-scales head`, and for torch bf16 and fp32 (decode: with enable_gqa and
+# (unpinned, as the paper part's 16-thread rows), for ours with the default settings (Deferred:
+# b = 7, Quantization::FINE) and with `--paper` (b = 5, per-tensor scales), and for torch bf16
+# and fp32 (decode: with enable_gqa and
 # with the query heads folded per KV head, see torch_sdpa.py). ROUNDS rounds; odd rounds time
 # ours first, even rounds torch first, so neither side always gets the warmer (or the cooler)
 # machine.
@@ -30,7 +31,8 @@
 # Environment: BIN, PREV (an older binary timed next to BIN in the paper part), PY (the Python
 # with torch), CORE (the core of the 1-thread rows; CORE+1 joins for 2 threads), NT (the many-
 # thread count, default nproc), PARTS, ROUNDS (default 2), DECODE_LENS, SEQ_LENS, BERT_SHAPES,
-# PREFILL_L, OURS_ARGS (more arguments for every ours row, e.g. "--kernel amx"), ROW_TIMEOUT
+# PREFILL_L, PAPER_CORES (0: the paper part skips its every-core and all-cores-at-once runs,
+# about two thirds of its time), OURS_ARGS (more arguments for every ours row, e.g. "--kernel amx"), ROW_TIMEOUT
 # (seconds one command may take, default 150), BUDGET_S (after this many seconds the remaining
 # rows are skipped so that the summary still comes out, default 540).
 set -euo pipefail
@@ -48,6 +50,7 @@ SEQ_LENS=${SEQ_LENS:-4000,8192,16000,32768}
 BERT_SHAPES=${BERT_SHAPES:-32x128 16x512}
 PREFILL_L=${PREFILL_L:-2048}
 OURS_ARGS=${OURS_ARGS:-}
+PAPER_CORES=${PAPER_CORES:-1}
 ROW_TIMEOUT=${ROW_TIMEOUT:-150}
 BUDGET_S=${BUDGET_S:-540}
 OUT=${OUT:-$(mktemp -d -t xeon-targets.XXXXXX)}
@@ -137,18 +140,18 @@ peer() { # tag torch_sdpa-args...
     echo "$PART r$ROUND $tag torch: FAILED (exit $rc$( ((rc != 124)) || echo ': timed out')): $TORCH $*" >&2
   fi
 }
-# One row of a part: ours (default scales, then row/head scales) and torch, in the round's order.
+# One row of a part: ours (default settings, then the paper's) and torch, in the round's order.
 pair() { # tag "ours-args" "torch-args"
   local tag=$1
   # shellcheck disable=SC2206
   local oa=($2) ta=($3)
   if ((ROUND % 2)); then
     ours ours "$tag" "$BIN" "${oa[@]}"
-    ours ours-rowhead "$tag" "$BIN" "${oa[@]}" --q-scales row --kv-scales head
+    ours ours-paper "$tag" "$BIN" "${oa[@]}" --paper
     peer "$tag" "${ta[@]}"
   else
     peer "$tag" "${ta[@]}"
-    ours ours-rowhead "$tag" "$BIN" "${oa[@]}" --q-scales row --kv-scales head
+    ours ours-paper "$tag" "$BIN" "${oa[@]}" --paper
     ours ours "$tag" "$BIN" "${oa[@]}"
   fi
 }
@@ -182,6 +185,8 @@ part_paper() {
   ROUND=0
   PIN="taskset -c $CORE"
   ours intattn h16-1t "$BIN" --pipe intattn "${A4[@]}" --heads 16 --threads 1 --warmup 1 --runs 3
+  # PAPER_CORES=0 stops here (the rows above are the A/B against PREV and torch).
+  [ "$PAPER_CORES" = 1 ] || return 0
   # 1 thread on every core in turn: the cores of a shared VM do not run at one speed.
   for c in $(seq 0 $(($(nproc) - 1))); do
     PIN="taskset -c $c"
@@ -303,7 +308,7 @@ def fmt(x):
 base = ["ours", "intattn"]
 print("\nsummary: medians over rounds (ms); ratios are torch-bf16 median / ours median within each"
       " round (> 1: ours faster), listed per round")
-hdr = f"{'part':<8}{'row':<22}{'ours':>9}{'rowhead':>9}{'bf16':>9}{'bf16fold':>9}{'fp32':>9}  {'bf16/ours per round':<24}{'best-bf16/ours':>15}"
+hdr = f"{'part':<8}{'row':<22}{'ours':>9}{'paper':>9}{'bf16':>9}{'bf16fold':>9}{'fp32':>9}  {'bf16/ours per round':<24}{'best-bf16/ours':>15}"
 print(hdr)
 kernels = set()
 for (part, tag), d in cell.items():
@@ -324,11 +329,11 @@ for (part, tag), d in cell.items():
         if o and cand:
             best.append(min(cand) / o)
     bestr = f"{min(best):.2f}-{max(best):.2f}" if len(best) > 1 else (f"{best[0]:.2f}" if best else "-")
-    print(f"{part:<8}{tag:<22}{fmt(med(d, ours_who)):>9}{fmt(med(d, 'ours-rowhead')):>9}"
+    print(f"{part:<8}{tag:<22}{fmt(med(d, ours_who)):>9}{fmt(med(d, 'ours-paper')):>9}"
           f"{fmt(med(d, 'torch-bf16')):>9}{fmt(med(d, 'torch-bf16-fold')):>9}{fmt(med(d, 'torch-fp32')):>9}"
           f"  {' '.join(per) or '-':<24}{bestr:>15}")
 print(f"ours: kernel {', '.join(sorted(kernels)) or '?'}; 'ours' is the default scales (paper rows: the "
-      "intattn pipe), 'rowhead' --q-scales row --kv-scales head; bf16fold: torch with each KV head's "
+      "intattn pipe), 'paper' --paper (b = 5, per-tensor scales); bf16fold: torch with each KV head's "
       "query heads folded into one query block (decode rows); best-bf16/ours: the faster torch bf16 "
       "form over ours, lowest and highest round")
 PY

@@ -279,8 +279,8 @@ impl OnePass<'_> {
                     u,
                     0,
                     keys,
-                    self.ws.take_packed(),
-                    self.ws.take_packed(),
+                    self.ws.take_packed(self.kernel.layout().k_len(keys, d)),
+                    self.ws.take_packed(self.kernel.layout().v_len(keys, d)),
                 ) {
                     Ok(c) => Some(c),
                     Err(_) => {

@@ -161,33 +161,52 @@ pub(crate) fn float_scales(
             maxima.iter().map(|&m| scale_of_max_bits(m)).collect()
         }
     };
-    let mut k_mean = Vec::new();
-    if quant.smooth_k {
-        k_mean = head_means(par, shape, vis, k)?;
-        // The largest magnitude of the smoothed keys, over every row of each head.
-        let tasks: Vec<(usize, usize)> = (0..units)
-            .flat_map(|u| {
-                (0..shape.kv_len)
-                    .step_by(rows_per_task)
-                    .map(move |i0| (u, i0))
+    // Per-channel statistics, one pass over each tensor that needs them (smoothed K; V with
+    // per-channel scales or smoothing): block sums for the mean and each channel's extent.
+    let col_tensors: Vec<(usize, bool)> = [(1, quant.smooth_k), (2, fine_v(quant))]
+        .into_iter()
+        .filter(|&(_, on)| on)
+        .map(|(t, _)| (t, if t == 1 { true } else { quant.smooth_v }))
+        .collect();
+    let mut col = [Vec::new(), Vec::new(), Vec::new()];
+    let mut means = [Vec::new(), Vec::new(), Vec::new()];
+    if !col_tensors.is_empty() {
+        let tasks: Vec<(usize, usize, usize)> = col_tensors
+            .iter()
+            .flat_map(|&(t, _)| {
+                (0..units).flat_map(move |u| {
+                    (0..shape.kv_len)
+                        .step_by(SUM_ROWS)
+                        .map(move |i0| (t, u, i0))
+                })
             })
             .collect();
-        let maxima = par.map(tasks.clone(), |(u, i0)| {
-            let mean = &k_mean[u * d..(u + 1) * d];
-            let mut m = 0u32;
-            for i in i0..(i0 + rows_per_task).min(shape.kv_len) {
-                let row = k.row(u / g_n, u % g_n, i);
-                for (&x, &mu) in row.iter().zip(mean) {
-                    m = m.max((x - mu).to_bits() & 0x7fff_ffff);
-                }
-            }
-            m
+        let stats = par.map(tasks.clone(), |(t, u, i0)| {
+            let i1 = (i0 + SUM_ROWS).min(shape.kv_len);
+            ColStats::of_block(views[t], u / g_n, u % g_n, i0..i1, vis.keys[u / g_n], d)
         });
-        for ((u, _), m) in tasks.iter().zip(maxima) {
-            head_max[1][*u] = head_max[1][*u].max(m);
+        // Blocks come back in task order: each unit's blocks in key order, as the mean's
+        // definition adds them.
+        let mut it = stats.into_iter();
+        for &(t, smooth) in &col_tensors {
+            for u in 0..units {
+                let mut total = ColStats::new(d);
+                for _ in (0..shape.kv_len).step_by(SUM_ROWS) {
+                    total.merge(&it.next().expect("one result per task"));
+                }
+                let (mean, extent) = total.finish(vis.keys[u / g_n], smooth);
+                means[t].extend(mean);
+                col[t].extend(extent);
+            }
         }
-        if head_max[1].iter().any(|&m| m >= f32::INFINITY.to_bits()) {
+        if col.iter().flatten().any(|&m| m >= f32::INFINITY.to_bits()) {
             return Err(input_error(&views));
+        }
+    }
+    let k_mean = std::mem::take(&mut means[1]);
+    if quant.smooth_k {
+        for (u, m) in col[1].chunks_exact(d.max(1)).enumerate() {
+            head_max[1][u] = m.iter().copied().max().unwrap_or(0);
         }
     }
 
@@ -195,34 +214,7 @@ pub(crate) fn float_scales(
     // smoothed), then its scales.
     let kv_tensor = quant.kv == Granularity::PerTensor;
     let (v_scales, v_width, v_mean) = if fine_v(quant) {
-        let v_mean = if quant.smooth_v {
-            head_means(par, shape, vis, v)?
-        } else {
-            Vec::new()
-        };
-        let tasks: Vec<(usize, usize)> = (0..units)
-            .flat_map(|u| {
-                (0..shape.kv_len)
-                    .step_by(rows_per_task)
-                    .map(move |i0| (u, i0))
-            })
-            .collect();
-        let col = par.map(tasks.clone(), |(u, i0)| {
-            let mean = (!v_mean.is_empty()).then(|| &v_mean[u * d..(u + 1) * d]);
-            let mut m = vec![0u32; d];
-            let rows = i0..(i0 + rows_per_task).min(shape.kv_len);
-            column_maxima(rows.map(|i| v.row(u / g_n, u % g_n, i)), mean, &mut m);
-            m
-        });
-        let mut unit_col = vec![0u32; units * d];
-        for ((u, _), m) in tasks.iter().zip(col) {
-            for (a, x) in unit_col[u * d..(u + 1) * d].iter_mut().zip(m) {
-                *a = (*a).max(x);
-            }
-        }
-        if unit_col.iter().any(|&m| m >= f32::INFINITY.to_bits()) {
-            return Err(input_error(&views));
-        }
+        let mut unit_col = std::mem::take(&mut col[2]);
         if kv_tensor {
             // One slice: every unit's channel c shares the tensor's channel maximum.
             let mut all = vec![0u32; d];
@@ -240,7 +232,7 @@ pub(crate) fn float_scales(
             v_slice_scales(m, quant.v_per_channel, &mut scales);
         }
         let width = if quant.v_per_channel { d } else { 1 };
-        (scales, width, v_mean)
+        (scales, width, std::mem::take(&mut means[2]))
     } else {
         (per(&head_max[2], kv_tensor), 1, Vec::new())
     };
@@ -329,50 +321,98 @@ pub(crate) fn input_error(views: &[&TensorView<'_, f32>; 3]) -> Error {
     }
 }
 
-/// The mean key (or value) of every unit over its valid keys (docs/numerics.md, section 6): per
-/// channel,
-/// f64 sums of [`SUM_ROWS`] consecutive keys each, added in key order, divided by the key
-/// count and rounded to f32 (0 for a unit without keys). The order never depends on the
-/// workers, so neither do the bits.
-fn head_means(
-    par: Par,
-    shape: &AttnShape,
-    vis: &Visibility,
-    x: &TensorView<'_, f32>,
-) -> Result<Vec<f32>> {
-    let (g_n, d) = (shape.kv_heads, shape.head_dim);
-    let units = shape.batch * g_n;
-    let tasks: Vec<(usize, usize)> = (0..units)
-        .flat_map(|u| {
-            (0..vis.keys[u / g_n])
-                .step_by(SUM_ROWS)
-                .map(move |i0| (u, i0))
-        })
-        .collect();
-    let sums = par.map(tasks.clone(), |(u, i0)| {
-        let mut s = vec![0f64; d];
-        for i in i0..(i0 + SUM_ROWS).min(vis.keys[u / g_n]) {
-            for (acc, &e) in s.iter_mut().zip(x.row(u / g_n, u % g_n, i)) {
-                *acc += e as f64;
-            }
-        }
-        s
-    });
-    let mut total = vec![0f64; units * d];
-    for ((u, _), s) in tasks.iter().zip(sums) {
-        for (t, x) in total[u * d..(u + 1) * d].iter_mut().zip(s) {
-            *t += x;
+/// Per-channel statistics of rows of one head (docs/numerics.md section 6), from one pass:
+/// the f64 sum of each channel over the rows that are valid keys (added in row order), and
+/// each channel's smallest and largest value over all rows, NaN noted apart. Rounding is
+/// monotone, so over `x` in `[min, max]` the largest `|fl(x - mu)|` is at `min` or `max`: the
+/// smoothed tensor's per-channel maximum needs no second pass.
+pub(crate) struct ColStats {
+    sums: Vec<f64>,
+    min: Vec<f32>,
+    max: Vec<f32>,
+    nan: bool,
+}
+
+impl ColStats {
+    fn new(d: usize) -> Self {
+        ColStats {
+            sums: vec![0.0; d],
+            min: vec![f32::INFINITY; d],
+            max: vec![f32::NEG_INFINITY; d],
+            nan: false,
         }
     }
-    Ok(total
-        .chunks_exact(d.max(1))
-        .enumerate()
-        .flat_map(|(u, sums)| {
-            let n = vis.keys[u / g_n];
-            sums.iter()
-                .map(move |&s| if n == 0 { 0.0 } else { (s / n as f64) as f32 })
-        })
-        .collect())
+
+    /// Rows `rows` of head `h` of batch row `b`; rows from `valid` on only count for the
+    /// extent (key padding takes no part in the mean).
+    pub(crate) fn of_block(
+        x: &TensorView<'_, f32>,
+        b: usize,
+        h: usize,
+        rows: std::ops::Range<usize>,
+        valid: usize,
+        d: usize,
+    ) -> Self {
+        let mut s = ColStats::new(d);
+        let mut nan = false;
+        for i in rows {
+            let row = x.row(b, h, i);
+            if i < valid {
+                for (a, &v) in s.sums.iter_mut().zip(row) {
+                    *a += v as f64;
+                }
+            }
+            for ((lo, hi), &v) in s.min.iter_mut().zip(s.max.iter_mut()).zip(row) {
+                *lo = if v < *lo { v } else { *lo };
+                *hi = if v > *hi { v } else { *hi };
+                nan |= v.is_nan();
+            }
+        }
+        s.nan = nan;
+        s
+    }
+
+    /// Adds a later block (the sums in the order blocks are merged).
+    fn merge(&mut self, o: &ColStats) {
+        for (a, &x) in self.sums.iter_mut().zip(&o.sums) {
+            *a += x;
+        }
+        for (a, &x) in self.min.iter_mut().zip(&o.min) {
+            *a = a.min(x);
+        }
+        for (a, &x) in self.max.iter_mut().zip(&o.max) {
+            *a = a.max(x);
+        }
+        self.nan |= o.nan;
+    }
+
+    /// The mean over `n` valid rows (`fl32(sum / n)`, 0 without rows; empty unless `smooth`)
+    /// and each channel's largest `|x - mean|` (`|x|` unless `smooth`) as bits: infinity's
+    /// bits or more for a NaN, an infinity or a difference that overflows.
+    fn finish(&self, n: usize, smooth: bool) -> (Vec<f32>, Vec<u32>) {
+        let mean: Vec<f32> = if smooth {
+            self.sums
+                .iter()
+                .map(|&s| if n == 0 { 0.0 } else { (s / n as f64) as f32 })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let bits = |x: f32| x.to_bits() & 0x7fff_ffff;
+        let extent = (0..self.sums.len())
+            .map(|c| {
+                if self.nan {
+                    return u32::MAX;
+                }
+                let (lo, hi) = match mean.get(c) {
+                    Some(&mu) => (self.min[c] - mu, self.max[c] - mu),
+                    None => (self.min[c], self.max[c]),
+                };
+                bits(lo).max(bits(hi))
+            })
+            .collect();
+        (mean, extent)
+    }
 }
 
 /// The first NaN or infinity of one view, by logical index.
@@ -445,7 +485,14 @@ pub(crate) fn prepare_chunks(
         .collect();
     let storage: Vec<(crate::memory::AlignedVec<i8>, crate::memory::AlignedVec<i8>)> = tasks
         .iter()
-        .map(|_| (ws.take_packed(), ws.take_packed()))
+        .map(|&(_, _, len)| {
+            let layout = kernel.layout();
+            let d = shape.head_dim;
+            (
+                ws.take_packed(layout.k_len(len, d)),
+                ws.take_packed(layout.v_len(len, d)),
+            )
+        })
         .collect();
     let work: Vec<_> = tasks.into_iter().zip(storage).collect();
     let made = par.map(work, |((u, start, len), (ks, vs))| {
@@ -613,25 +660,35 @@ pub(crate) fn own_unit_scales(
     };
     let inf = f32::INFINITY.to_bits();
     let mut own = OwnScales::default();
+    // The unit's per-channel statistics, block by block in key order (as `float_scales`).
+    let stats = |x: &TensorView<'_, f32>| {
+        let mut total = ColStats::new(d);
+        for i0 in (0..lk).step_by(SUM_ROWS) {
+            total.merge(&ColStats::of_block(
+                x,
+                b,
+                g,
+                i0..(i0 + SUM_ROWS).min(lk),
+                keys,
+                d,
+            ));
+        }
+        total
+    };
     let k_max = if quant.smooth_k {
-        own.k_mean = unit_mean(|i| k.row(b, g, i), keys, d);
-        let mut m = vec![0u32; d];
-        column_maxima((0..lk).map(|i| k.row(b, g, i)), Some(&own.k_mean), &mut m);
-        m.into_iter().max().unwrap_or(0)
+        let (mean, extent) = stats(k).finish(keys, true);
+        own.k_mean = mean;
+        extent.into_iter().max().unwrap_or(0)
     } else {
         max_rows(k, g, lk)
     };
     let mut bad = k_max >= inf;
     own.k = scale_of_max_bits(k_max);
     if fine_v(quant) {
-        if quant.smooth_v {
-            own.v_mean = unit_mean(|i| v.row(b, g, i), keys, d);
-        }
-        let mean = (!own.v_mean.is_empty()).then_some(&own.v_mean[..]);
-        let mut m = vec![0u32; d];
-        column_maxima((0..lk).map(|i| v.row(b, g, i)), mean, &mut m);
-        bad |= m.iter().any(|&x| x >= inf);
-        v_slice_scales(&m, quant.v_per_channel, &mut own.v);
+        let (mean, extent) = stats(v).finish(keys, quant.smooth_v);
+        own.v_mean = mean;
+        bad |= extent.iter().any(|&x| x >= inf);
+        v_slice_scales(&extent, quant.v_per_channel, &mut own.v);
     } else {
         let m = max_rows(v, g, lk);
         bad |= m >= inf;

@@ -54,9 +54,28 @@ impl Workspace {
         lock(&self.scratch).push(s);
     }
 
-    /// Storage for one packed chunk, the largest kept (any size: it is resized).
-    pub(crate) fn take_packed(&self) -> AlignedVec<i8> {
-        lock(&self.packed).pop().unwrap_or_default()
+    /// Storage for one packed chunk of `len` bytes: the smallest kept buffer that holds it,
+    /// else the largest kept (it is resized), else a new one. Choosing by size matters: K and
+    /// V chunks differ in padding, and taking them back in the wrong order would reallocate
+    /// one of them for every chunk.
+    pub(crate) fn take_packed(&self, len: usize) -> AlignedVec<i8> {
+        let mut kept = lock(&self.packed);
+        let fits = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity_bytes() >= len)
+            .min_by_key(|(_, v)| v.capacity_bytes())
+            .map(|(i, _)| i);
+        let largest = || {
+            kept.iter()
+                .enumerate()
+                .max_by_key(|(_, v)| v.capacity_bytes())
+                .map(|(i, _)| i)
+        };
+        match fits.or_else(largest) {
+            Some(i) => kept.swap_remove(i),
+            None => AlignedVec::default(),
+        }
     }
 
     /// Returns packed chunk storage.
@@ -106,5 +125,28 @@ impl Scratch {
             + self.frow.capacity() * 4
             + self.wide.capacity() * 8
             + self.rows8.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_storage_is_handed_out_by_size() {
+        let ws = Workspace::new();
+        let mut small = AlignedVec::<i8>::default();
+        small.try_resize_zeroed(100, "t").unwrap();
+        let mut big = AlignedVec::<i8>::default();
+        big.try_resize_zeroed(1000, "t").unwrap();
+        // Given back small first, big last: a stack would hand out big for a small request.
+        ws.give_packed(small);
+        ws.give_packed(big);
+        assert_eq!(ws.take_packed(64).capacity_bytes(), 128);
+        ws.give_packed(AlignedVec::default());
+        assert_eq!(ws.take_packed(500).capacity_bytes(), 1024);
+        // Nothing large enough: the largest kept (0 bytes here) rather than nothing.
+        assert_eq!(ws.take_packed(5000).capacity_bytes(), 0);
+        assert_eq!(ws.take_packed(1).capacity_bytes(), 0);
     }
 }

@@ -74,12 +74,11 @@ fn channels_body<T: O32>(o32: &[T], divisor: u32, v_scales: &[f32], out: &mut [f
         const MAX_BITS: u64 = (f32::MAX as f64).to_bits();
         let mut bad = 0u64;
         for ((o, &x), &s) in o.iter_mut().zip(&x).zip(s) {
-            let x: i64 = x.into();
-            let q = (x as f64 * s as f64) * inv;
+            let q = (x.to_f64() * s as f64) * inv;
             let bits = q.to_bits();
             let mag = bits & !(1 << 63);
             let low = bits & ((1 << 29) - 1);
-            let big = (x.unsigned_abs() >= 1 << 53) as u64;
+            let big = x.past_f64() as u64;
             // A zero product (x or s zero) is exact: +0.0, as output_exact gives.
             let range = ((mag.wrapping_sub(MIN_BITS) >= MAX_BITS - MIN_BITS) & (mag != 0)) as u64;
             let near = (low.wrapping_sub((1 << 28) - 16) <= 32) as u64;
@@ -103,9 +102,34 @@ fn channels_body<T: O32>(o32: &[T], divisor: u32, v_scales: &[f32], out: &mut [f
 }
 
 /// An exact P x V result entry: i32 (one key chunk) or i64 (chunks summed).
-pub(crate) trait O32: Copy + Into<i64> {}
-impl O32 for i32 {}
-impl O32 for i64 {}
+pub(crate) trait O32: Copy + Into<i64> {
+    /// The value as f64: exact below 2^53 (every i32), rounded above (the caller's range
+    /// check sends those to the exact path). i32 converts directly, which vectorises where
+    /// an i64 conversion does not (AVX2 and NEON have no packed i64 -> f64 instruction).
+    fn to_f64(self) -> f64;
+    /// `|x| >= 2^53`, where the f64 path cannot be used.
+    fn past_f64(self) -> bool;
+}
+impl O32 for i32 {
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn past_f64(self) -> bool {
+        false
+    }
+}
+impl O32 for i64 {
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn past_f64(self) -> bool {
+        self.unsigned_abs() >= 1 << 53
+    }
+}
 
 crate::simd::dispatch! {
     /// [`output_row`] compiled for a given [`crate::simd::Level`].
@@ -137,13 +161,13 @@ fn output_row_body<T: O32>(o32: &[T], divisor: u32, v_scale: f32, out: &mut [f32
         const MAX_BITS: u64 = (f32::MAX as f64).to_bits();
         let mut bad = 0u64;
         for (o, &x) in o.iter_mut().zip(&x) {
-            let x: i64 = x.into();
-            let q = x as f64 * factor;
+            let q = x.to_f64() * factor;
             let bits = q.to_bits();
             let mag = bits & !(1 << 63);
             let low = bits & ((1 << 29) - 1);
-            let big = (x.unsigned_abs() >= 1 << 53) as u64;
-            let range = ((mag.wrapping_sub(MIN_BITS) >= MAX_BITS - MIN_BITS) & (x != 0)) as u64;
+            let big = x.past_f64() as u64;
+            // A zero entry gives q = +0.0 or -0.0; the exact value is +0.0 (see below).
+            let range = ((mag.wrapping_sub(MIN_BITS) >= MAX_BITS - MIN_BITS) & (mag != 0)) as u64;
             let near = (low.wrapping_sub((1 << 28) - 16) <= 32) as u64;
             bad |= big | range | near;
             *o = q as f32;
