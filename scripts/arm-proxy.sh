@@ -18,14 +18,17 @@
 # Usage: scripts/arm-proxy.sh [--json] [--lens "256 1024"] [--d 128] [--pipes "fp32 fp16 int8 intattn"]
 #                             [--cpus "max cortex-a76"] [--backends "native acl"] [--no-check]
 #                             [--profile PIPE[@L][:BACKEND]] [--top N] [--no-build] [--bin PATH]
+#                             [--args "MORE BENCH ARGUMENTS"]
 # --no-build skips the package check and the cargo build; --bin counts a given aarch64 binary.
+# --args appends to every bench command: "--paper" counts the paper's settings; a decoding step
+# is --lens 1 --backends native --args "--kv-cache --kv-len 8192 --heads 32 --kv-heads 8".
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 label="emulation proxy: qemu -cpu CPU executed aarch64 instructions, not time"
 
 json=0 lens="256 1024" d=128 pipes="fp32 fp16 int8 intattn" cpus="max cortex-a76"
-backends="native acl" check=1 profile="" top=25 build=1 bin=""
+backends="native acl" check=1 profile="" top=25 build=1 bin="" extra=""
 warmup=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -40,7 +43,8 @@ while [ $# -gt 0 ]; do
     --top) top=$2; shift ;;
     --no-build) build=0 ;;
     --bin) bin=$2; build=0; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --args) extra=$2; shift ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "arm-proxy: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -99,7 +103,8 @@ qemu_count() {
 }
 
 bench_args() { # PIPE L BACKEND RUNS
-  echo bench --pipe "$1" --L "$2" --d "$d" --backend "$3" --threads 1 --warmup "$warmup" --runs "$4"
+  # shellcheck disable=SC2086 # $extra is a word list
+  echo bench --pipe "$1" --L "$2" --d "$d" --backend "$3" --threads 1 --warmup "$warmup" --runs "$4" $extra
 }
 
 # --- which backends this build has ----------------------------------------------------------
@@ -162,11 +167,11 @@ awk -F'\t' 'NR == FNR { if ($3 == "intattn" && $5 != "-") ref[$1 FS $2 FS $4] = 
     print $0 "\t" r }' "$results" "$results" >"$ratios"
 
 if [ "$json" = 1 ]; then
-  awk -F'\t' -v d="$d" -v wu="$warmup" -v runs="$([ "$check" = 1 ] && echo 1, 2, 3 || echo 1, 3)" 'BEGIN {
+  awk -F'\t' -v d="$d" -v extra="$extra" -v wu="$warmup" -v runs="$([ "$check" = 1 ] && echo 1, 2, 3 || echo 1, 3)" 'BEGIN {
       printf "{\n  \"label\": \"emulation proxy: qemu executed aarch64 instructions (-cpu as in each result), not time\",\n"
       printf "  \"unit\": \"aarch64 instructions per run (1 thread)\",\n"
       printf "  \"method\": {\"warmup\": %d, \"runs\": [%s], \"per_run\": \"(count(runs=3) - count(runs=1)) / 2\", \"check\": \"(count(3) - count(2)) - (count(2) - count(1))\"},\n", wu, runs
-      printf "  \"d\": %d,\n  \"results\": [", d; sep = "" }
+      printf "  \"d\": %d,\n  \"extra_args\": \"%s\",\n  \"results\": [", d, extra; sep = "" }
     { ratio = ($9 == "-") ? "null" : $9; chk = ($6 == "-") ? "null" : $6
       kern = ($8 == "-") ? "null" : "\"" $8 "\""
       per = ($5 == "-") ? "null" : $5
@@ -178,7 +183,7 @@ if [ "$json" = 1 ]; then
 else
   for cpu in $cpus; do
     echo
-    echo "${label/CPU/$cpu} (1 thread, d = $d)"
+    echo "${label/CPU/$cpu} (1 thread, d = $d${extra:+; bench args: $extra})"
     printf '%-8s %-8s %-8s %6s %14s %9s %9s %9s  %s\n' backend pipeline kernel L "insns/run" millions "/intattn" check stable
     awk -F'\t' -v cpu="$cpu" '$1 == cpu && $5 == "-" {
         printf "%-8s %-8s %-8s %6d %14s %9s %9s %9s  %s\n", $2, $3, "-", $4, "-", "-", "-", "-", $7 }

@@ -92,7 +92,8 @@ pub fn threshold_exact(clip: f32, s_q: f32, s_k: f32, scale: f32) -> Result<i32>
     if s_q == 0.0 || s_k == 0.0 {
         return Ok(MAX_THRESHOLD);
     }
-    Ok(threshold_fast(clip, s_q, s_k, scale).unwrap_or_else(|| threshold_rational(clip, s_q, s_k, scale)))
+    Ok(threshold_fast(clip, s_q, s_k, scale)
+        .unwrap_or_else(|| threshold_rational(clip, s_q, s_k, scale)))
 }
 
 /// [`threshold_exact`] in three f64 operations where they decide it (positive scales): `s_q s_k`

@@ -231,7 +231,7 @@ fn every_part_of_the_default_scheme_helps() {
     // Measured means without one part of Quantization::FINE (b = 7): per-channel V 2.05%,
     // V smoothing 1.76%, per-row Q (per head instead) 1.75%; the default has 1.69%. K
     // smoothing (off by default) measured 1.68% mean but a worse worst head (8.86% against
-    // 8.59%) and a lower embedding cosine (docs/accuracy.md).
+    // 8.59%) and a lower embedding cosine (scripts/real-activations/results.md).
     let default = row("intattn", Some(SoftmaxVariant::Deferred)).stats.mean;
     for (what, settings) in [
         (

@@ -205,7 +205,7 @@ pub struct Attention {
 
 /// IndexSoftmax table bits of the Deferred finish unless set: 7 bits (128 entries) give the
 /// finish about 0.5 points of relative error less than the contract's 5 on real activations
-/// (docs/accuracy.md) for a few percent of time.
+/// (docs/accuracy-study.md) for a few percent of time.
 pub const DEFERRED_TABLE_BITS: u32 = 7;
 
 impl Default for Attention {

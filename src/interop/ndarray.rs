@@ -15,8 +15,11 @@ fn standard<'a>(a: &'a ArrayView4<'a, f32>) -> CowArray<'a, f32, Ix4> {
 
 fn tensor<'a>(a: &'a CowArray<'a, f32, Ix4>) -> Result<TensorView<'a, f32>> {
     let d = a.shape();
-    let data = a.as_slice().ok_or(Error::SizeOverflow {
-        what: "a standard-layout array",
+    // `standard` made it contiguous and row-major; this arm is not reached.
+    let data = a.as_slice().ok_or(Error::InvalidParameter {
+        name: "array layout",
+        value: format!("strides {:?}", a.strides()),
+        expected: "standard (row-major, contiguous)",
     })?;
     TensorView::new(data, [d[0], d[1], d[2], d[3]])
 }
@@ -32,7 +35,22 @@ pub fn run(
     k: ArrayView4<'_, f32>,
     v: ArrayView4<'_, f32>,
 ) -> Result<Array4<f32>> {
-    let mut out = Array4::<f32>::zeros(q.raw_dim());
+    // Allocated fallibly: a shape too large for memory is an error, not an abort.
+    let len = q.len();
+    let mut storage = Vec::new();
+    storage
+        .try_reserve_exact(len)
+        .map_err(|_| Error::Allocation {
+            what: "the output",
+            bytes: len.saturating_mul(4),
+        })?;
+    storage.resize(len, 0f32);
+    let mut out =
+        Array4::from_shape_vec(q.raw_dim(), storage).map_err(|e| Error::InvalidParameter {
+            name: "output shape",
+            value: e.to_string(),
+            expected: "the shape of Q",
+        })?;
     run_into(attn, &mut Workspace::new(), q, k, v, out.view_mut())?;
     Ok(out)
 }

@@ -225,10 +225,17 @@ fn round_half_even_small(v: f32) -> f32 {
 /// largest magnitude is subnormal).
 ///
 /// # Errors
-/// [`Error::NonFinite`] for a NaN or an infinity.
+/// [`Error::NonFinite`] for a NaN or an infinity; [`Error::Allocation`] if the int8 copy
+/// cannot be allocated.
 pub fn quantize_symmetric(x: &[f32]) -> Result<(Vec<i8>, f32)> {
     let scale = symmetric_scale(x)?;
-    let mut q = vec![0i8; x.len()];
+    let mut q = Vec::new();
+    q.try_reserve_exact(x.len())
+        .map_err(|_| Error::Allocation {
+            what: "the quantized tensor",
+            bytes: x.len(),
+        })?;
+    q.resize(x.len(), 0i8);
     quantize_with_scale(x, scale, &mut q);
     Ok((q, scale))
 }
@@ -248,7 +255,8 @@ impl QTensor {
     /// Quantizes a float tensor per the contract's section 1.
     ///
     /// # Errors
-    /// [`Error::NonFinite`] for a NaN or an infinity.
+    /// [`Error::NonFinite`] for a NaN or an infinity; [`Error::Allocation`] if the int8 copy
+    /// cannot be allocated.
     pub fn quantize(x: &[f32]) -> Result<Self> {
         let (data, scale) = quantize_symmetric(x)?;
         Ok(QTensor { data, scale })

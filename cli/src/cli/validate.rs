@@ -224,8 +224,10 @@ mod with_acl {
         let (q, k, v) = (&qkv.q, &qkv.k, &qkv.v);
         let v_max = max_abs(v);
         let s_v = v_max / 127.0;
+        // ACL quantizes per tensor: both sides run that scheme (at each finish's table bits).
         let base = |p: Pipeline| {
             Attention::new(p)
+                .with_quantization(intattention::Quantization::PER_TENSOR)
                 .with_causal(causal)
                 .with_executor(crate::threads::executor(a.threads).expect("validate: threads"))
         };
@@ -440,7 +442,7 @@ mod with_acl {
             "validate: native vs ACL (ACL {}.x, IndexSoftmax {}), batch {} heads {} L {} d {}, {} inputs{}, seed {}",
             r.acl.acl_major,
             if r.acl.index_softmax_in_tree {
-                "in the patched ACL where it applies"
+                "in the patched ACL"
             } else {
                 "as the shim's out-of-tree kernel"
             },
