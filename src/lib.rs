@@ -34,7 +34,6 @@
 )]
 
 #[cfg(intattention_acl)]
-#[allow(missing_docs)] // documented after the ACL source-build work lands (issue 11)
 pub mod acl;
 mod attention;
 pub mod backend;
