@@ -1,31 +1,18 @@
-//! # intattention
+#![doc = include_str!("../README.md")]
 //!
-//! Fully integer attention (IntAttention, Zhong et al., MLSys 2026) for CPUs: int8 Q K^T into
-//! i32 scores, IndexSoftmax into u8 probabilities, u8 P times int8 V, and the three baselines
-//! (fp32, fp16, int8 with a float softmax). Every integer result is exact against a scalar
-//! reference of the numerical contract (docs/numerics.md).
+//! ## Modules
 //!
-//! ```
-//! use intattention::{Attention, AttnShape, Pipeline, SoftmaxVariant};
-//!
-//! let shape = AttnShape::new(1, 8, 64, 64).with_kv_heads(2);
-//! let q = vec![0.1f32; shape.q_elems()];
-//! let (k, v) = (vec![0.2f32; shape.kv_elems()], vec![0.3f32; shape.kv_elems()]);
-//! let out = Attention::new(Pipeline::IntAttention)
-//!     .with_variant(SoftmaxVariant::Deferred)
-//!     .with_causal(true)
-//!     .run(&shape, &q, &k, &v)?;
-//! assert_eq!(out.len(), shape.q_elems());
-//! # Ok::<(), intattention::Error>(())
-//! ```
-//!
-//! - [`Attention`]: the configuration and its calls (`run`, `run_into` on strided
-//!   [`TensorView`]s with a caller's [`Workspace`], `run_quantized`, `run_cached` over a
-//!   [`KvCache`]); [`Executor`] says where the work runs.
+//! - [`Attention`]: the configuration and its calls ([`Attention::run`], [`Attention::run_into`]
+//!   on strided [`TensorView`]s with a caller's [`Workspace`], [`Attention::run_quantized`],
+//!   [`Attention::run_cached`] over a [`KvCache`]); [`Executor`] says where the work runs;
+//!   [`Error`] is every failure.
 //! - [`ops`]: the standalone operations (quantization, IndexSoftmax, the integer GEMMs).
 //! - [`kernels`]: the compute kernels ([`Kernel`]); every SIMD kernel is checked against
-//!   [`reference`], the scalar code that reads like the contract.
-//! - `acl` (feature `acl`, aarch64): ARM ComputeLibrary's operators and pipelines.
+//!   [`reference`](mod@reference), the scalar code that reads like the contract; [`lut`] holds IndexSoftmax's
+//!   table and threshold.
+//! - [`backend`]: set-up once, run many, on the native kernels or ACL.
+//! - [`interop`]: `ndarray` and `candle` bridges (features of the same names).
+//! - `acl` (feature `acl`, aarch64): ARM ComputeLibrary's tensors, operators and pipelines.
 
 #![deny(
     missing_docs,
@@ -34,7 +21,6 @@
 )]
 
 #[cfg(intattention_acl)]
-#[allow(missing_docs)] // documented after the ACL source-build work lands (issue 11)
 pub mod acl;
 mod attention;
 pub mod backend;

@@ -139,7 +139,7 @@ pub fn index_softmax_paper_sim_row(
 
 /// Contract section 4's dequantization `O = O32 s_v / divisor` (divisor 255 for P with scale
 /// 1/255, the row sum for Deferred), rounded once from the exact real value to the nearest f32,
-/// ties to even ([`crate::rounding::output_exact`]); a fully masked row (`divisor == 0`) gives 0.
+/// ties to even (`crate::rounding::output_exact`); a fully masked row (`divisor == 0`) gives 0.
 pub fn dequantize_output(o32: i64, s_v: f32, divisor: u32) -> f32 {
     crate::rounding::output_exact(o32, s_v, divisor)
 }

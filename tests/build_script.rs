@@ -1663,7 +1663,7 @@ fn patched_index_softmax_kernel_matches_the_reference_under_qemu() {
             255, 206, 167, 135, 109, 88, 71, 57, 46, 38, 30, 25, 20, 16, 13, 10, 8, 7, 6, 4, 4, 3,
             2, 2, 2, 1, 1, 1, 1, 1, 0, 0
         ],
-        "the kernel's default table is SPEC section 3's"
+        "the kernel's default table is docs/numerics.md section 3's"
     );
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut cases = Vec::new();

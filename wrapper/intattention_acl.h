@@ -78,7 +78,7 @@ typedef struct ia_tensor_layout {
 typedef struct ia_tensor ia_tensor;
 typedef struct ia_function ia_function;
 
-/* IndexSoftmax finish (SPEC section 3). */
+/* IndexSoftmax finish (docs/numerics.md, section 3). */
 typedef int32_t ia_index_softmax_variant;
 #define IA_INDEX_SOFTMAX_NORMALIZED 0
 #define IA_INDEX_SOFTMAX_DEFERRED 1
@@ -154,8 +154,9 @@ ia_status ia_quantize_create(ia_tensor *input, ia_tensor *output, ia_function **
 ia_status ia_dequantize_create(ia_tensor *input, ia_tensor *output, ia_function **out);
 /* 2-D transpose (NETranspose). */
 ia_status ia_transpose_create(ia_tensor *input, ia_tensor *output, ia_function **out);
-/* IndexSoftmax (SPEC section 3) over the rows of a 2-D S32 tensor into U8 / QASYMM8 of the
- * same shape. row_sums (nullable) is S32 or U32 of shape [rows] and receives sum_j e[j]. */
+/* IndexSoftmax (docs/numerics.md, section 3) over the rows of a 2-D S32 tensor into U8 /
+ * QASYMM8 of the same shape. row_sums (nullable) is S32 or U32 of shape [rows] and receives
+ * sum_j e[j]. */
 ia_status ia_index_softmax_create(ia_tensor *scores, ia_tensor *probs, ia_tensor *row_sums,
                                   const ia_index_softmax_params *params, ia_function **out);
 /* Changes the threshold T of an IndexSoftmax function between runs (T follows the

@@ -1,5 +1,5 @@
 // row_kernels.cpp: IndexSoftmax and the prefix mask as out-of-tree ACL kernels. The arithmetic
-// follows SPEC section 3 line by line (exact integers for Normalized and Deferred, the
+// follows docs/numerics.md section 3 line by line (exact integers for Normalized and Deferred, the
 // simulation's f32 steps for PaperSim); tests/acl.rs checks it bit for bit against the crate's
 // scalar reference.
 #include "row_kernels.h"
@@ -14,7 +14,7 @@ namespace intattention_acl
 {
 namespace
 {
-// SPEC section 3: thresholds and row lengths the exact arithmetic is proved for.
+// docs/numerics.md section 3: thresholds and row lengths the exact arithmetic is proved for.
 constexpr int32_t  max_threshold = int32_t(1) << 30;
 constexpr uint64_t max_row_len   = uint64_t(1) << 24;
 
@@ -250,7 +250,7 @@ void LogitsKernel::run(const Window &window, const ThreadInfo &info)
         if(valid == 0)
         {
             // A fully masked row: finite zeros keep ACL's softmax finite; the caller zeroes the
-            // row's output, as SPEC asks.
+            // row's output, as docs/numerics.md section 2 asks.
             std::fill(s, s + cols, 0.0f);
             continue;
         }

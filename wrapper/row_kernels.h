@@ -1,9 +1,9 @@
 // row_kernels.h: the shim's out-of-tree ACL kernels. They derive from ICPPKernel (the one
 // kernel base both ACL families install) and run through ACL's scheduler, split over rows.
 //
-// - IndexSoftmaxKernel: SPEC section 3 over the rows of an S32 score matrix, used whenever the
-//   ACL in use lacks our IndexSoftmax patch (every prebuilt ACL). Its output is bit-identical
-//   to the crate's scalar reference.
+// - IndexSoftmaxKernel: docs/numerics.md section 3 over the rows of an S32 score matrix, used
+//   whenever the ACL in use lacks our IndexSoftmax patch (every prebuilt ACL). Its output is
+//   bit-identical to the crate's scalar reference.
 // - LogitsKernel: scales and masks an F32 score matrix for ACL's float softmax, with a scale
 //   that can change between runs (causal and key-padding masks keep a prefix of every row).
 #ifndef INTATTENTION_ACL_ROW_KERNELS_H

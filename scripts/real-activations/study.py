@@ -4,7 +4,7 @@ smoothing, more table bits and other clips would buy Deferred IntAttention on th
 suite (tests/data/real), and what limits head_dim 1-2 on random inputs. Issue 15, part 2; the
 numbers are in docs/accuracy-study.md.
 
-It reimplements the integer arithmetic of SPEC.md in numpy (quantization, exact i64 scores,
+It reimplements the integer arithmetic of docs/numerics.md in numpy (quantization, exact i64 scores,
 IndexSoftmax with the exact threshold, Deferred/Normalized finish) and extends it with the
 variants under study. The reimplementation is checked against the library first (`--check`:
 the default settings must reproduce `intattention accuracy --real` head for head). Two
@@ -64,7 +64,7 @@ def head_errors(out, ref, lens):
 
 
 def quantize(x, gran, lens=None):
-    """SPEC section 1 at a granularity: 'tensor' (the call), 'input' (one batch row, all its
+    """docs/numerics.md section 1 at a granularity: 'tensor' (the call), 'input' (one batch row, all its
     heads), 'head' (batch row and head), 'row' (each token's d values) or 'channel' (one
     column of a head over its tokens: for V only, where O32's column c is then dequantized
     with s_v[c] instead of one s_v, still exact integer P x V). Returns int8-valued int64 array and the f32 scales
@@ -105,7 +105,7 @@ def smooth(x, lens):
 
 def intattn(q, k, v, lens, scale, bits=5, clip=6.6, qg="tensor", kg="tensor", vg="tensor",
             smooth_k=False, smooth_v=False, variant="deferred"):
-    """IntAttention per SPEC.md sections 1-4 with the study's options. K smoothing is exact for
+    """IntAttention per docs/numerics.md sections 1-4 with the study's options. K smoothing is exact for
     softmax (q . mean_k is the same for every key of a row); V smoothing is exact for any
     weights that sum to one (the mean is added back to the output)."""
     if smooth_k:

@@ -208,10 +208,10 @@ impl<'buf> Function<'buf> {
         })
     }
 
-    /// IndexSoftmax (SPEC section 3) over the rows of an S32 `[rows, cols]` matrix into U8 or
-    /// QAsymm8 probabilities of the same shape, bit-identical to the crate's reference.
-    /// `row_sums` (S32 or U32, `[rows]`) receives each row's sum of table values; Deferred
-    /// needs it. The threshold can change between runs ([`Function::set_threshold`]).
+    /// IndexSoftmax (docs/numerics.md, section 3) over the rows of an S32 `[rows, cols]` matrix
+    /// into U8 or QAsymm8 probabilities of the same shape, bit-identical to the crate's reference.
+    /// `row_sums` (S32 or U32, `[rows]`) receives each row's sum of table values; Deferred needs
+    /// it. The threshold can change between runs ([`Function::set_threshold`]).
     pub fn index_softmax(
         scores: &Tensor<'buf>,
         probs: &Tensor<'buf>,

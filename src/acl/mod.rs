@@ -5,7 +5,7 @@
 //! - [`tensor`]: ACL tensors that own their memory or borrow a caller's slice.
 //! - [`functions`]: the ACL operations (GEMM, GEMMLowp, softmax, cast, quantize, dequantize,
 //!   transpose) and the shim's own IndexSoftmax and logits kernels.
-//! - [`pipeline`]: the four attention pipelines of SPEC section 5 on ACL.
+//! - [`pipeline`]: the four attention pipelines of docs/numerics.md (section 5) on ACL.
 //!
 //! Built only with `cfg(intattention_acl)`, which build.rs sets after it found ACL and compiled
 //! the shim. ACL runs every function through one process-wide scheduler, so this module
@@ -112,6 +112,10 @@ pub struct BuildInfo {
     pub index_softmax_in_tree: bool,
 }
 
+/// How the shim in this build was compiled, and whether its ACL carries our patch.
+///
+/// # Errors
+/// [`Error::Acl`] if the shim cannot report it.
 pub fn build_info() -> Result<BuildInfo> {
     let mut info = ffi::ia_build_info::default();
     // SAFETY: `info` is a valid out-pointer for the duration of the call.

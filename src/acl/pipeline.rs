@@ -1,4 +1,5 @@
-//! The four pipelines of SPEC section 5 on ACL, configured once per shape and run per head.
+//! The four pipelines of docs/numerics.md (section 5) on ACL, configured once per shape and run per
+//! head.
 //!
 //! Per head (`Lq x d` Q, `Lk x d` K and V), every pipeline really transposes K (NETranspose)
 //! before `Q x K^T`, and both GEMMs re-read B on every run (K and V change per head).
@@ -129,16 +130,18 @@ impl AclAttention {
         })
     }
 
+    /// The configuration it was prepared for.
     pub fn attention(&self) -> &Attention {
         &self.attn
     }
 
+    /// The shape it was prepared for.
     pub fn shape(&self) -> &AttnShape {
         &self.shape
     }
 
     /// Runs on f32 inputs shaped as [`AttnShape`] says; the integer pipelines quantize each
-    /// tensor per SPEC section 1 first, as the native pipelines do.
+    /// tensor per docs/numerics.md section 1 first, as the native pipelines do.
     pub fn run(&mut self, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
         self.run_inner(q, k, v, None)
     }
@@ -257,7 +260,7 @@ impl FloatGraph {
         ];
         let mut logits = None;
         if half {
-            // f16 scores -> f32 softmax -> f16 probabilities (SPEC section 5, pipe 1).
+            // f16 scores -> f32 softmax -> f16 probabilities (docs/numerics.md section 5, fp16).
             let s32 = Tensor::new(&desc(DataType::F32, lq, lk))?;
             let p32 = Tensor::new(&desc(DataType::F32, lq, lk))?;
             steps.push(Function::cast(&s, &s32)?);
@@ -359,7 +362,8 @@ fn head_ranges(shape: &AttnShape, bh: usize) -> (std::ops::Range<usize>, std::op
     (bh * qn..(bh + 1) * qn, kv * kn..(kv + 1) * kn)
 }
 
-/// Rows with no valid key give zeros (SPEC: a fully masked row contributes nothing).
+/// Rows with no valid key give zeros (docs/numerics.md section 2: a fully masked row
+/// gives an output of zeros).
 fn zero_masked_rows(attn: &Attention, shape: &AttnShape, b: usize, o: &mut [f32]) {
     if !is_masked(attn) {
         return;
@@ -381,7 +385,7 @@ fn shifted_v(v: &[i8]) -> Vec<u8> {
 }
 
 /// P x V = P x (V + 128) - 128 rowsum(P), modulo 2^32 like ACL's own arithmetic: exact whenever
-/// P x V fits i32 (SPEC section 4).
+/// P x V fits i32 (docs/numerics.md section 4).
 #[inline(never)]
 fn subtract_v_offset(o32: &mut [i32], row_sums: &[u32], d: usize) {
     for (row, &sum) in o32.chunks_mut(d).zip(row_sums) {
@@ -392,7 +396,7 @@ fn subtract_v_offset(o32: &mut [i32], row_sums: &[u32], d: usize) {
     }
 }
 
-/// SPEC section 4 through the native pipeline's own output conversion (one rounding,
+/// docs/numerics.md section 4 through the native pipeline's own output conversion (one rounding,
 /// vectorised), so that outputs match bit for bit: divided by the row sums (Deferred) or 255.
 #[inline(never)]
 fn output_rows(o: &mut [f32], o32: &[i32], row_sums: Option<&[u32]>, v_scale: f32, d: usize) {
@@ -453,9 +457,9 @@ impl IntGraph {
                 &params,
             )?);
         } else {
-            // SPEC pipe 2: dequantize to f32, f32 softmax, quantize P to u8 with scale 1/255.
-            // The dequantization scale s_q s_k scale changes per call: the logits kernel
-            // applies it (and the masks) after an exact S32 -> F32 cast.
+            // int8 (docs/numerics.md section 5): dequantize to f32, f32 softmax, quantize P to u8
+            // with scale 1/255. The dequantization scale s_q s_k scale changes per call: the logits
+            // kernel applies it (and the masks) after an exact S32 -> F32 cast.
             let sf = Tensor::new(&desc(DataType::F32, lq, lk))?;
             let pf = Tensor::new(&desc(DataType::F32, lq, lk))?;
             steps.push(Function::cast(&scores, &sf)?);

@@ -18,11 +18,17 @@ use super::{param_err, shape_err, Error, Result};
 /// Element types, as ACL names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DataType {
+    /// 32-bit float.
     F32,
+    /// 16-bit float (IEEE binary16).
     F16,
+    /// 32-bit signed integer (scores, P x V sums).
     S32,
+    /// 32-bit unsigned integer (IndexSoftmax's row sums).
     U32,
+    /// 8-bit unsigned integer without quantization info (probabilities).
     U8,
+    /// 8-bit signed integer without quantization info.
     S8,
     /// u8 with a scale and an offset (`real = scale * (q - offset)`).
     QAsymm8,
@@ -44,6 +50,7 @@ impl DataType {
         }
     }
 
+    /// Whether the type carries a scale and an offset ([`Quantization`]).
     pub fn is_quantized(self) -> bool {
         matches!(self, DataType::QAsymm8 | DataType::QAsymm8Signed)
     }
@@ -52,20 +59,25 @@ impl DataType {
 /// Per-tensor affine quantization: `real = scale * (q - offset)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Quantization {
+    /// The real value of one step.
     pub scale: f32,
+    /// The integer that stands for real 0.
     pub offset: i32,
 }
 
 /// A tensor's type and row-major shape (outermost dimension first).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorDesc {
+    /// Element type.
     pub dtype: DataType,
+    /// Dimensions, outermost first (row-major; 1 to 4 of them).
     pub dims: Vec<usize>,
     /// Required for the quantized types, absent otherwise.
     pub quant: Option<Quantization>,
 }
 
 impl TensorDesc {
+    /// A tensor of a type without quantization info.
     pub fn new(dtype: DataType, dims: &[usize]) -> Self {
         TensorDesc {
             dtype,
@@ -88,6 +100,7 @@ impl TensorDesc {
         self.dims.iter().product()
     }
 
+    /// Whether the tensor has no element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -156,13 +169,20 @@ element!(i8, S8, QAsymm8Signed);
 /// Where a tensor's elements lie (row-major order, bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
+    /// Bytes per element.
     pub element_size: usize,
+    /// Byte strides, in the order of [`TensorDesc::dims`] (outermost first; entries past the
+    /// rank are unused).
     pub strides: [usize; 4],
+    /// Byte offset of the first element in the buffer (past ACL's padding).
     pub offset_first_element: usize,
+    /// Bytes of the whole buffer, padding included.
     pub total_size: usize,
     /// No padding: a plain row-major array.
     pub dense: bool,
+    /// The tensor has its memory (allocated or imported) now.
     pub has_memory: bool,
+    /// The memory is a caller's slice ([`Tensor::borrowed`]).
     pub imported: bool,
 }
 
@@ -244,6 +264,7 @@ impl<'buf> Tensor<'buf> {
         Ok(t)
     }
 
+    /// The tensor's type and shape.
     pub fn desc(&self) -> &TensorDesc {
         &self.desc
     }
@@ -286,12 +307,14 @@ impl<'buf> Tensor<'buf> {
         })
     }
 
+    /// All elements as a new dense row-major vector.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         let mut v = vec![T::default(); self.desc.len()];
         self.read(&mut v)?;
         Ok(v)
     }
 
+    /// Where ACL placed the elements (strides, padding, whether memory is there yet).
     pub fn layout(&self) -> Result<Layout> {
         let mut l = ffi::ia_tensor_layout::default();
         // SAFETY: the handle is live and `l` is a valid out-pointer.

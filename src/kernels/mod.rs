@@ -1,7 +1,7 @@
-//! Compute kernels: the crate-private [`KernelImpl`] trait the engine drives, the public
+//! Compute kernels: the crate-private `KernelImpl` trait the engine drives, the public
 //! [`Kernel`] handle that chooses one and checks every call, and the packed operand layouts.
 //!
-//! [`generic`] is portable scalar code built on [`crate::reference`]; architecture modules
+//! `generic` is portable scalar code built on [`crate::reference`]; architecture modules
 //! plug in faster kernels whose constructors return `None` unless the CPU has the features
 //! they need, so holding a kernel value is proof that it may run. Every kernel gives exactly
 //! the reference's integers. Which kernel runs is the caller's choice per call
