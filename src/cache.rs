@@ -19,6 +19,7 @@ use crate::error::{check_len, invalid, Error, Result};
 use crate::exec::{Executor, Par};
 use crate::kernels::{Kernel, KernelImpl, LayoutId, PackedB};
 use crate::memory::AlignedVec;
+use crate::ops::quant::all_finite;
 use crate::ops::quant::{
     check_finite, divisors_of, max_abs_bits, quantize_with_divisors, quantize_with_scale,
     scale_of_max_bits,
@@ -574,7 +575,7 @@ impl KvCache {
                 };
                 match r {
                     Ok(()) => {
-                        if !o.iter().all(|x| x.is_finite()) {
+                        if !all_finite(o) {
                             bad_out.store(true, Ordering::Relaxed);
                         }
                     }

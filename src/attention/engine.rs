@@ -31,6 +31,7 @@ use crate::kernels::{Kernel, KernelImpl, PackedB, MAX_K_U8S8};
 use crate::lut::{Lut, MAX_ROW_LEN};
 use crate::memory::Fresh;
 use crate::ops::output::output_row_channels;
+use crate::ops::quant::all_finite;
 use crate::ops::quant::{max_abs_bits, quantize_with_scale, QTensor};
 use crate::ops::softmax::SoftmaxVariant;
 use crate::tensor::TensorView;
@@ -734,7 +735,7 @@ impl<'a> Engine<'a> {
                     orow,
                 );
             }
-            bad |= !orow.iter().all(|x| x.is_finite());
+            bad |= !all_finite(orow);
         }
         if bad {
             self.bad_out.store(true, Ordering::Relaxed);
@@ -938,7 +939,7 @@ impl<'a> Engine<'a> {
                     unit.v_mean,
                     orow,
                 );
-                bad |= !orow.iter().all(|x| x.is_finite());
+                bad |= !all_finite(orow);
             }
             if bad {
                 self.bad_out.store(true, Ordering::Relaxed);

@@ -16,6 +16,7 @@ use super::{shape_of, Attention, AttnShape};
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, KernelImpl};
 use crate::memory::Fresh;
+use crate::ops::quant::all_finite;
 use crate::pipeline::Pipeline;
 use crate::tensor::TensorView;
 
@@ -178,7 +179,7 @@ pub(crate) fn head<T: FloatElem>(
         let srow = &mut s[i * ncols..(i + 1) * ncols];
         T::to_f32_slice(srow, &mut row);
         let n = valid(i);
-        if row[..n].iter().any(|x| !x.is_finite()) {
+        if !all_finite(&row[..n]) {
             return Err(HeadError::Overflow);
         }
         kernel.softmax_f32_row(&mut row, n);
@@ -306,7 +307,7 @@ fn heads<T: FloatElem>(
         };
         match head(kernel, &qh, &[page], lq, d, scale, |i| vis.valid(b, i), o) {
             Ok(()) => {
-                if !o.iter().all(|x| x.is_finite()) {
+                if !all_finite(o) {
                     bad_out.store(true, Ordering::Relaxed);
                 }
             }

@@ -15,6 +15,7 @@ use crate::kernels::{KernelImpl, MAX_K_U8S8};
 use crate::lut::MAX_ROW_LEN;
 use crate::memory::{AlignedVec, Fresh};
 use crate::ops::output::output_row_channels;
+use crate::ops::quant::all_finite;
 use crate::ops::quant::{divisors_of, max_abs_bits, quantize_with_divisors, quantize_with_scale};
 
 /// Runs an integer pipeline unfused into `out` (shaped like Q); inputs are checked.
@@ -143,7 +144,7 @@ pub(crate) fn run(
             let us = scales.unit(u, d);
             let mean = us.v_mean.unwrap_or(&[]);
             output_row_channels(&o32[i * d..(i + 1) * d], divisor[i], us.v, mean, orow);
-            bad |= !orow.iter().all(|x| x.is_finite());
+            bad |= !all_finite(orow);
         }
         if bad {
             bad_out.store(true, Ordering::Relaxed);

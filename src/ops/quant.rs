@@ -39,6 +39,12 @@ pub fn symmetric_scale(x: &[f32]) -> Result<f32> {
     Ok(scale_of_max_bits(max_bits))
 }
 
+/// Whether every value is finite: one pass of [`max_abs_bits`] (vectorised, no early exit),
+/// for checking whole output rows where `iter().all(is_finite)` stays scalar.
+pub(crate) fn all_finite(x: &[f32]) -> bool {
+    max_abs_bits(x) < f32::INFINITY.to_bits()
+}
+
 /// The largest `|x|` as bits (infinity's bits or more when a NaN or infinity is present).
 pub(crate) fn max_abs_bits(x: &[f32]) -> u32 {
     #[cfg(target_arch = "aarch64")]
