@@ -105,7 +105,8 @@ pub fn threshold_exact(clip: f32, s_q: f32, s_k: f32, scale: f32) -> Result<i32>
 /// call.
 fn threshold_fast(clip: f32, s_q: f32, s_k: f32, scale: f32) -> Option<i32> {
     let q = clip as f64 / ((s_q as f64 * s_k as f64) * scale as f64);
-    if !(q < (1u64 << 31) as f64) {
+    // (NaN cannot occur: the scales are positive and finite.)
+    if q.is_nan() || q >= (1u64 << 31) as f64 {
         return None;
     }
     let half = q - q.floor();
