@@ -172,11 +172,9 @@ fn outputs_that_do_not_fit_are_errors() {
             index,
             value,
         }) => {
-            assert!(
-                cfg!(target_arch = "aarch64"),
-                "f32 sums cannot overflow here"
-            );
-            assert!(index < s.q_elems() && value.is_infinite());
+            // f32 sums cannot overflow here: only f16 arithmetic (aarch64) gets this far.
+            let f16_sums = cfg!(target_arch = "aarch64");
+            assert!(f16_sums && index < s.q_elems() && value.is_infinite());
         }
         Err(e) => panic!("{e}"),
     }
