@@ -328,3 +328,55 @@ fn key_splits_match_unfused() {
         }
     }
 }
+
+/// Fewer units than workers, each with enough query rows for a block per worker: the keys are
+/// quantized and packed by chunks on every worker into one operand per unit (engine: the merged
+/// preparation). Bit for bit what one worker computes (which packs each unit whole), from f32
+/// inputs with the default and the paper settings, with key padding, over lengths around the
+/// chunk and panel boundaries and head dimensions of every kernel's panel edges.
+#[test]
+fn keys_packed_on_many_workers_match_one_worker() {
+    let mut case = 1300u64;
+    for kernel in Kernel::available() {
+        for (lq, lk, heads, kv_heads, d) in [
+            (300, 1000, 1, 1, 64),
+            (256, 1537, 2, 1, 3),
+            (200, 2049, 2, 2, 128),
+            (130, 3071, 1, 1, 17),
+        ] {
+            case += 1;
+            let shape = support::shape(1, heads, kv_heads, lq, lk, d);
+            let q = support::data(case, shape.q_elems());
+            let k = support::data(case + 1, shape.kv_elems());
+            let v = support::data(case + 2, shape.kv_elems());
+            for pad in [None, Some(vec![lk - 300])] {
+                for base in [
+                    Attention::new(Pipeline::IntAttention),
+                    Attention::new(Pipeline::IntAttention).with_paper_settings(),
+                    Attention::new(Pipeline::Int8),
+                ] {
+                    let attn = base.with_kernel(kernel).with_key_lens(pad.clone());
+                    let one = attn
+                        .clone()
+                        .with_executor(support::threads(1))
+                        .run(&shape, &q, &k, &v)
+                        .unwrap();
+                    for threads in [3, 4] {
+                        let attn = attn.clone().with_executor(support::threads(threads));
+                        let many = attn.run(&shape, &q, &k, &v).unwrap();
+                        let what = describe(&attn, &shape, kernel);
+                        assert_eq!(one.len(), many.len(), "{what}");
+                        if let Some(i) =
+                            (0..one.len()).find(|&i| one[i].to_bits() != many[i].to_bits())
+                        {
+                            panic!(
+                                "{threads} workers differ at {i}: {} vs {} ({what})",
+                                many[i], one[i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

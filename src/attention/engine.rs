@@ -412,8 +412,25 @@ impl<'a> Engine<'a> {
             },
             KvSide::Cached(_) => unreachable!("handled above"),
         };
-        let chunks =
-            prep::prepare_chunks(par, ws, kernel, &shape, &vis, &scales, rows, plan.key_chunk)?;
+        // Chunks made only to spread the packing over the workers are packed into one operand
+        // per unit where the row blocks alone keep every worker busy (no key splits wanted):
+        // each block then runs one product over all keys instead of one per chunk.
+        let pos = plan
+            .rows
+            .div_ceil(shape.group())
+            .clamp(1, shape.q_len.max(1));
+        let blocks = plan_in.units * shape.q_len.div_ceil(pos);
+        let merge = !attn.causal()
+            && plan.key_chunk < vis.max_keys()
+            && vis.max_keys() <= super::plan::PV_SPLIT
+            && plan.key_chunk.is_multiple_of(prep::MERGE_ALIGN)
+            && blocks >= par.workers();
+        let prepare = if merge {
+            prep::prepare_merged
+        } else {
+            prep::prepare_chunks
+        };
+        let chunks = prepare(par, ws, kernel, &shape, &vis, &scales, rows, plan.key_chunk)?;
         let units: Vec<UnitRef<'_>> = chunks
             .iter()
             .enumerate()

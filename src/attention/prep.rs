@@ -9,7 +9,7 @@ use super::workspace::{Scratch, Workspace};
 use super::{AttnShape, Granularity, Quantization};
 use crate::error::{Error, Result};
 use crate::exec::Par;
-use crate::kernels::{KernelImpl, PackedB};
+use crate::kernels::{KernelImpl, LayoutId, PackedB};
 use crate::ops::quant::{
     check_finite, divisors_of, max_abs_bits, quantize_centered, quantize_with_divisors,
     quantize_with_scale, scale_of_max_bits, QTensor,
@@ -568,11 +568,38 @@ pub(crate) fn prepare_chunk(
     mut ks: crate::memory::AlignedVec<i8>,
     mut vs: crate::memory::AlignedVec<i8>,
 ) -> Result<Chunk> {
-    let (g_n, d, lk) = (shape.kv_heads, shape.head_dim, shape.kv_len);
-    let (b, g) = (u / g_n, u % g_n);
+    let d = shape.head_dim;
     let layout = kernel.layout();
     ks.try_resize_zeroed(layout.k_len(len, d), "packed keys")?;
     vs.try_resize_zeroed(layout.v_len(len, d), "packed values")?;
+    pack_into(
+        ws, kernel, shape, scales, rows, u, start, len, &mut ks, &mut vs,
+    );
+    Ok(Chunk {
+        start,
+        len,
+        k: PackedB::from_parts(ks, len, d, layout),
+        v: PackedB::from_parts(vs, d, len, layout),
+    })
+}
+
+/// Keys `start..start + len` of unit `u`, quantized with `scales` and packed into `ks` and `vs`
+/// (zeroed, exactly `k_len` and `v_len` of `len` keys long).
+#[allow(clippy::too_many_arguments)]
+fn pack_into(
+    ws: &Workspace,
+    kernel: &dyn KernelImpl,
+    shape: &AttnShape,
+    scales: UnitScales<'_>,
+    rows: KvRows<'_>,
+    u: usize,
+    start: usize,
+    len: usize,
+    ks: &mut [i8],
+    vs: &mut [i8],
+) {
+    let (g_n, d, lk) = (shape.kv_heads, shape.head_dim, shape.kv_len);
+    let (b, g) = (u / g_n, u % g_n);
     let mut scr = ws.take_scratch();
     match rows {
         KvRows::Float { k, v } => {
@@ -584,7 +611,7 @@ pub(crate) fn prepare_chunk(
                 scales.k_mean,
                 &[scales.k],
             );
-            kernel.pack_k_into(&scr.rows8, len, d, &mut ks);
+            kernel.pack_k_into(&scr.rows8, len, d, ks);
             quantize_rows(
                 &mut scr,
                 len,
@@ -593,21 +620,147 @@ pub(crate) fn prepare_chunk(
                 scales.v_mean,
                 scales.v,
             );
-            kernel.pack_v_into(&scr.rows8, len, d, &mut vs);
+            kernel.pack_v_into(&scr.rows8, len, d, vs);
         }
         KvRows::Int { k, v } => {
             let at = (u * lk + start) * d;
-            kernel.pack_k_into(&k[at..at + len * d], len, d, &mut ks);
-            kernel.pack_v_into(&v[at..at + len * d], len, d, &mut vs);
+            kernel.pack_k_into(&k[at..at + len * d], len, d, ks);
+            kernel.pack_v_into(&v[at..at + len * d], len, d, vs);
         }
     }
     ws.give_scratch(scr);
-    Ok(Chunk {
-        start,
-        len,
-        k: PackedB::from_parts(ks, len, d, layout),
-        v: PackedB::from_parts(vs, d, len, layout),
-    })
+}
+
+/// Chunks are aligned to this many keys when they are packed into one unit-wide operand: a
+/// multiple of every layout's column panel (K) and depth step (V), so that a chunk's packed
+/// bytes are whole runs of the unit's.
+pub(crate) const MERGE_ALIGN: usize = 256;
+
+/// As [`prepare_chunks`], one task per chunk of `key_chunk` keys (a multiple of
+/// [`MERGE_ALIGN`]), but every unit's chunks are packed into one K and one V operand over all
+/// its keys: the row blocks then multiply all keys in one product each, as a unit packed by
+/// one task would, while the packing still runs on every worker. K's chunks are contiguous
+/// runs of the unit's packed K; V's are one run in each column panel, so each task packs its
+/// values into scratch and copies the runs.
+///
+/// # Errors
+/// [`Error::Allocation`] if the packed operands cannot be allocated.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prepare_merged(
+    par: Par,
+    ws: &Workspace,
+    kernel: &dyn KernelImpl,
+    shape: &AttnShape,
+    vis: &Visibility,
+    scales: &Scales,
+    rows: KvRows<'_>,
+    key_chunk: usize,
+) -> Result<Vec<Vec<Chunk>>> {
+    debug_assert!(key_chunk > 0 && key_chunk.is_multiple_of(MERGE_ALIGN));
+    let (g_n, d) = (shape.kv_heads, shape.head_dim);
+    let units = shape.batch * g_n;
+    let layout = kernel.layout();
+    // One K and one V buffer per unit with keys; their bytes are all written by the tasks.
+    let mut bufs = Vec::with_capacity(units);
+    for u in 0..units {
+        let keys = vis.keys[u / g_n];
+        if keys == 0 {
+            bufs.push(None);
+            continue;
+        }
+        let mut ks = ws.take_packed(layout.k_len(keys, d));
+        let mut vs = ws.take_packed(layout.v_len(keys, d));
+        let grown = ks
+            .try_set_len(layout.k_len(keys, d), "packed keys")
+            .and_then(|()| vs.try_set_len(layout.v_len(keys, d), "packed values"));
+        if let Err(e) = grown {
+            ws.give_packed(ks);
+            ws.give_packed(vs);
+            for (k, v) in bufs.into_iter().flatten() {
+                ws.give_packed(k);
+                ws.give_packed(v);
+            }
+            return Err(e);
+        }
+        bufs.push(Some((ks, vs)));
+    }
+    // The tasks: each chunk with its run of K and its run in every panel of V.
+    let mut tasks = Vec::new();
+    for (u, buf) in bufs.iter_mut().enumerate() {
+        let Some((ks, vs)) = buf else { continue };
+        let keys = vis.keys[u / g_n];
+        let starts: Vec<usize> = (0..keys).step_by(key_chunk).collect();
+        let mut k_rest: &mut [i8] = ks;
+        let mut v_runs: Vec<Vec<&mut [i8]>> = starts.iter().map(|_| Vec::new()).collect();
+        for panel in vs.chunks_mut(v_run_len(layout, keys, d)) {
+            let mut rest = panel;
+            for (c, &start) in starts.iter().enumerate() {
+                let len = key_chunk.min(keys - start);
+                let (run, after) = rest.split_at_mut(v_run_len(layout, len, d));
+                v_runs[c].push(run);
+                rest = after;
+            }
+        }
+        for (c, runs) in v_runs.into_iter().enumerate() {
+            let start = starts[c];
+            let len = key_chunk.min(keys - start);
+            let (k_run, after) = k_rest.split_at_mut(layout.k_len(len, d));
+            k_rest = after;
+            tasks.push((u, start, len, k_run, runs));
+        }
+    }
+    let failed = par.map(tasks, |(u, start, len, k_run, v_runs)| {
+        let mut vbuf = ws.take_packed(layout.v_len(len, d));
+        if let Err(e) = vbuf.try_resize_zeroed(layout.v_len(len, d), "packed values") {
+            ws.give_packed(vbuf);
+            return Some(e);
+        }
+        k_run.fill(0);
+        let scales = scales.unit(u, d);
+        pack_into(
+            ws, kernel, shape, scales, rows, u, start, len, k_run, &mut vbuf,
+        );
+        // The chunk's panels, in order, are its runs of the unit's V.
+        let mut src: &[i8] = &vbuf;
+        for run in v_runs {
+            let (part, rest) = src.split_at(run.len());
+            run.copy_from_slice(part);
+            src = rest;
+        }
+        ws.give_packed(vbuf);
+        None
+    });
+    let chunks: Vec<Vec<Chunk>> = bufs
+        .into_iter()
+        .enumerate()
+        .map(|(u, buf)| match buf {
+            None => Vec::new(),
+            Some((ks, vs)) => {
+                let keys = vis.keys[u / g_n];
+                vec![Chunk {
+                    start: 0,
+                    len: keys,
+                    k: PackedB::from_parts(ks, keys, d, layout),
+                    v: PackedB::from_parts(vs, d, keys, layout),
+                }]
+            }
+        })
+        .collect();
+    if let Some(e) = failed.into_iter().flatten().next() {
+        give_back(ws, chunks);
+        return Err(e);
+    }
+    Ok(chunks)
+}
+
+/// The bytes `len` keys (a multiple of the depth step unless they end the operand) take in
+/// each column panel of packed V with `d` columns; for `len` = all keys, a panel's size. The
+/// plain layout is one panel.
+fn v_run_len(layout: LayoutId, len: usize, d: usize) -> usize {
+    match layout.geoms() {
+        Some((_, gv)) => gv.nr * gv.padded(len) * gv.bytes,
+        None => len * d,
+    }
 }
 
 /// The scales one unit computed from its own rows (see [`own_unit_scales`]).

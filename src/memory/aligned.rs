@@ -131,6 +131,17 @@ impl<T: Pod> AlignedVec<T> {
         Ok(())
     }
 
+    /// Makes the buffer exactly `len` values long without zeroing (storage that its caller
+    /// overwrites whole), allocating only when the storage is too small; [`Error::Allocation`]
+    /// if the memory cannot be had.
+    pub fn try_set_len(&mut self, len: usize, what: &'static str) -> Result<()> {
+        if len > self.len {
+            self.try_grow(len, what)?;
+        }
+        self.len = len;
+        Ok(())
+    }
+
     /// Bytes of storage held (at least `len * size_of::<T>()`).
     pub fn capacity_bytes(&self) -> usize {
         self.lines.len() * 64
