@@ -213,6 +213,16 @@ fn edge_shapes() -> Vec<(usize, usize, usize)> {
         v.push((7, 65, x));
     }
     v.push((1, 1, 1));
+    // Few rows (a decoding step: 1-4 query rows per key/value head, or a few more) against
+    // whole panels at depths that take the kernels' vector packing paths (multiples of 16),
+    // one that does not (40), and depths past the small-strip size (1040).
+    for m in 1..=13 {
+        for (n, k) in [(16, 32), (24, 128), (8, 256), (17, 48), (16, 40)] {
+            v.push((m, n, k));
+        }
+    }
+    v.push((4, 16, 1040));
+    v.push((3, 9, 1024));
     v
 }
 

@@ -14,9 +14,10 @@
 
 use core::arch::aarch64::*;
 use core::arch::asm;
+use std::mem::MaybeUninit;
 
-use super::{drive, own_layout, Layout, MR, NR};
-use crate::kernels::{KernelImpl, LayoutId, PackedB};
+use super::{own_layout, Layout, MicroKernel, MR, NR};
+use crate::kernels::{strided_s8s8_fallback, strided_u8s8_fallback, KernelImpl, LayoutId, PackedB};
 
 /// Proof that the CPU has NEON and the int8 matrix-multiply instructions.
 pub struct I8mm {
@@ -56,14 +57,17 @@ impl KernelImpl for I8mm {
         if !own_layout(b, LAYOUT_ID, LAYOUT) {
             return self.gemm_s8s8_nt(a, b.data(), m, b.n(), b.k(), c);
         }
-        let k = b.k();
-        let strip = |i0, rows, s: &mut [i8]| {
-            pack_pairs(a, k, i0, rows, s);
-            [0; MR]
-        };
-        // SAFETY: we hold an `I8mm`, so NEON and SMMLA are present; `tile_smmla` reads MR * kp
-        // strip bytes and NR * kp panel bytes and writes one 8 x 8 tile, as `drive` requires.
-        unsafe { drive(LAYOUT, m, b, c, strip, tile_smmla) }
+        let n = b.n();
+        // SAFETY: we hold an `I8mm`, so NEON and SMMLA are present.
+        unsafe { run(a, b.k(), m, b, c, n, [tile_smmla, tile4_smmla]) }
+    }
+
+    fn gemm_s8s8_packed_strided(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32], ldc: usize) {
+        if !own_layout(b, LAYOUT_ID, LAYOUT) {
+            return strided_s8s8_fallback(self, a, m, b, c, ldc);
+        }
+        // SAFETY: as in `gemm_s8s8_packed`.
+        unsafe { run(a, b.k(), m, b, c, ldc, [tile_smmla, tile4_smmla]) }
     }
 
     fn pack_v_into(&self, b: &[i8], k: usize, n: usize, out: &mut [i8]) {
@@ -74,13 +78,117 @@ impl KernelImpl for I8mm {
         if !own_layout(b, LAYOUT_ID, LAYOUT) {
             return self.gemm_u8s8(a, b.data(), m, b.n(), b.k(), c);
         }
-        let k = b.k();
-        let strip = |i0, rows, s: &mut [u8]| {
-            pack_pairs(a, k, i0, rows, s);
-            [0; MR]
-        };
+        let n = b.n();
         // SAFETY: as in `gemm_s8s8_packed`, with USMMLA.
-        unsafe { drive(LAYOUT, m, b, c, strip, tile_usmmla) }
+        unsafe { run(a, b.k(), m, b, c, n, [tile_usmmla, tile4_usmmla]) }
+    }
+
+    fn gemm_u8s8_packed_strided(&self, a: &[u8], lda: usize, m: usize, b: &PackedB, c: &mut [i32]) {
+        if !own_layout(b, LAYOUT_ID, LAYOUT) {
+            return strided_u8s8_fallback(self, a, lda, m, b, c);
+        }
+        let n = b.n();
+        // SAFETY: as in `gemm_s8s8_packed`, with USMMLA.
+        unsafe { run(a, lda, m, b, c, n, [tile_usmmla, tile4_usmmla]) }
+    }
+}
+
+/// Rows of the small tile. A decoding step multiplies 1-4 query rows per key/value head (the
+/// query heads of one group): the 8-row tile would spend half or more of its MMLAs on zero
+/// rows, and its partial tiles go through a scratch tile and a copy.
+const MR4: usize = 4;
+
+/// Strip buffers of at most this many bytes live on the stack (depth up to 512 for 8 rows): a
+/// decoding step makes one call per cache page, and a heap strip per call cost more than the
+/// strip's packing.
+const STACK_STRIP: usize = 4096;
+
+/// `c = A * B` for `A` of `m` rows `lda >= k` apart (`k = b.k()`) and packed B (this kernel's
+/// layout), `c` of `m` rows `ldc >= n` apart (entries between rows untouched). Strips of 8
+/// rows go to `tiles[0]`, a last strip of at most [`MR4`] rows to `tiles[1]`.
+///
+/// # Safety
+/// The CPU must have NEON and I8MM; `b` must be in this kernel's own layout.
+#[target_feature(enable = "neon")]
+unsafe fn run<A: bytemuck::Pod>(
+    a: &[A],
+    lda: usize,
+    m: usize,
+    b: &PackedB,
+    c: &mut [i32],
+    ldc: usize,
+    tiles: [MicroKernel<A>; 2],
+) {
+    let (n, k) = (b.n(), b.k());
+    assert!(
+        lda >= k
+            && ldc >= n
+            && (m == 0 || (a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n)),
+        "A must be m rows lda >= k apart and C m rows ldc >= n apart"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            row[..n].fill(0);
+        }
+        return;
+    }
+    // A is i8 or u8: the strip is packed as bytes.
+    let a: &[u8] = bytemuck::cast_slice(a);
+    let kp = LAYOUT.padded_k(k);
+    // Left uninitialised: every strip is written whole before a tile reads it, and zeroing
+    // 4 KiB per call cost a decoding step (one call per cache page) more than its packing.
+    let mut on_stack = [MaybeUninit::<u8>::uninit(); STACK_STRIP];
+    let mut on_heap = Vec::new();
+    let strip: &mut [MaybeUninit<u8>] = if MR * kp <= STACK_STRIP {
+        &mut on_stack[..MR * kp]
+    } else {
+        on_heap.resize(MR * kp, MaybeUninit::uninit());
+        &mut on_heap
+    };
+    let mut edge = [0i32; MR * NR];
+    let corr = [0i32; MR];
+    let mut i0 = 0;
+    while i0 < m {
+        let left = m - i0;
+        let (tile_rows, tile) = if left <= MR4 {
+            (MR4, tiles[1])
+        } else {
+            (MR, tiles[0])
+        };
+        let rows = left.min(tile_rows);
+        pack_pairs_strided(a, lda, k, i0, rows, tile_rows / 2, strip);
+        // The tile reads the strip's first tile_rows * kp bytes, all written just above.
+        let strip_ptr = strip.as_ptr().cast::<A>();
+        for (p, panel) in b.data().chunks_exact(NR * kp).enumerate() {
+            let j0 = p * NR;
+            let cols = NR.min(n - j0);
+            if rows == tile_rows && cols == NR {
+                // SAFETY: the tile's rows i0..i0 + rows, columns j0..j0 + 8 lie inside `c`
+                // (asserted above: row stride ldc >= n); the strip's first tile_rows * kp
+                // bytes were all written by `pack_pairs_strided`, and the panel holds NR * kp
+                // bytes; NEON and I8MM per the caller.
+                unsafe {
+                    tile(
+                        strip_ptr,
+                        panel.as_ptr(),
+                        kp,
+                        &corr,
+                        c.as_mut_ptr().add(i0 * ldc + j0),
+                        ldc,
+                    )
+                };
+            } else {
+                // SAFETY: as above, into the 8 x 8 scratch tile (row stride NR).
+                unsafe { tile(strip_ptr, panel.as_ptr(), kp, &corr, edge.as_mut_ptr(), NR) };
+                for r in 0..rows {
+                    c[(i0 + r) * ldc + j0..][..cols].copy_from_slice(&edge[r * NR..][..cols]);
+                }
+            }
+        }
+        i0 += rows;
     }
 }
 
@@ -104,6 +212,106 @@ fn pack_pairs<T: Copy + Default>(a: &[T], k: usize, i0: usize, rows: usize, stri
         for (chunk, part) in src.chunks(8).enumerate() {
             let at = chunk * MR * 8 + pair * 16 + half * 8;
             strip[at..at + part.len()].copy_from_slice(part);
+        }
+    }
+}
+
+/// Packs rows `i0..i0 + rows` (`rows <= 2 * pairs`) of `a`, whose rows are `lda` apart, as
+/// `pairs` row pairs (module docs: `[chunk of 8 depth][pair][16 bytes]`), zero past `rows` and
+/// past `k`, writing every one of the first `2 * pairs * kp` bytes of `strip`.
+fn pack_pairs_strided(
+    a: &[u8],
+    lda: usize,
+    k: usize,
+    i0: usize,
+    rows: usize,
+    pairs: usize,
+    strip: &mut [MaybeUninit<u8>],
+) {
+    let kp = LAYOUT.padded_k(k);
+    assert!(rows <= 2 * pairs && strip.len() >= 2 * pairs * kp);
+    assert!(rows == 0 || a.len() >= (i0 + rows - 1) * lda + k);
+    if k.is_multiple_of(16) {
+        // SAFETY: NEON is part of the aarch64 target; the rows read lie inside `a` and the
+        // 2 * pairs * k bytes written inside `strip` (asserted above; kp = k here).
+        unsafe {
+            pack_pairs_rows_neon(
+                a.as_ptr().add(i0 * lda),
+                lda,
+                k,
+                rows,
+                pairs,
+                strip.as_mut_ptr().cast(),
+            )
+        };
+        return;
+    }
+    let strip = &mut strip[..2 * pairs * kp];
+    for x in strip.iter_mut() {
+        x.write(0);
+    }
+    for r in 0..rows {
+        let src = &a[(i0 + r) * lda..(i0 + r) * lda + k];
+        let (pair, half) = (r / 2, r % 2);
+        for (chunk, part) in src.chunks(8).enumerate() {
+            let at = chunk * 2 * pairs * 8 + pair * 16 + half * 8;
+            for (dst, &v) in strip[at..at + part.len()].iter_mut().zip(part) {
+                dst.write(v);
+            }
+        }
+    }
+}
+
+/// [`pack_pairs_strided`] with `k` a multiple of 16: per row pair and 16 depth values, two
+/// loads (zeros for a row past `rows`), `zip1`/`zip2` on 64-bit lanes, two stores.
+///
+/// # Safety
+/// Rows `0..rows` of `a` (stride `lda`) must be readable for `k` bytes, `strip` writable for
+/// `2 * pairs * k` bytes, `rows <= 2 * pairs`, and `k` a multiple of 16.
+#[target_feature(enable = "neon")]
+unsafe fn pack_pairs_rows_neon(
+    a: *const u8,
+    lda: usize,
+    k: usize,
+    rows: usize,
+    pairs: usize,
+    strip: *mut u8,
+) {
+    if rows == 2 * pairs {
+        // Every row present (the common case): no per-row test in the loop.
+        for c2 in 0..k / 16 {
+            for q in 0..pairs {
+                // SAFETY: as below, with both rows of every pair inside `a`.
+                unsafe {
+                    let x = vreinterpretq_u64_u8(vld1q_u8(a.add(2 * q * lda + 16 * c2)));
+                    let y = vreinterpretq_u64_u8(vld1q_u8(a.add((2 * q + 1) * lda + 16 * c2)));
+                    let d = strip.add(2 * c2 * pairs * 16 + 16 * q);
+                    vst1q_u8(d, vreinterpretq_u8_u64(vzip1q_u64(x, y)));
+                    vst1q_u8(d.add(pairs * 16), vreinterpretq_u8_u64(vzip2q_u64(x, y)));
+                }
+            }
+        }
+        return;
+    }
+    let zero = vdupq_n_u8(0);
+    for c2 in 0..k / 16 {
+        for q in 0..pairs {
+            // SAFETY: rows below `rows` hold k >= 16 c2 + 16 bytes; the destination chunks
+            // 2 c2 and 2 c2 + 1 of pair q lie inside the 2 * pairs * k bytes of the strip.
+            unsafe {
+                let row = |r: usize| {
+                    if r < rows {
+                        vld1q_u8(a.add(r * lda + 16 * c2))
+                    } else {
+                        zero
+                    }
+                };
+                let x = vreinterpretq_u64_u8(row(2 * q));
+                let y = vreinterpretq_u64_u8(row(2 * q + 1));
+                let d = strip.add(2 * c2 * pairs * 16 + 16 * q);
+                vst1q_u8(d, vreinterpretq_u8_u64(vzip1q_u64(x, y)));
+                vst1q_u8(d.add(pairs * 16), vreinterpretq_u8_u64(vzip2q_u64(x, y)));
+            }
         }
     }
 }
@@ -309,3 +517,99 @@ macro_rules! mmla_tile {
 
 mmla_tile!(tile_smmla, i8, "smmla");
 mmla_tile!(tile_usmmla, u8, "usmmla");
+
+/// One depth chunk of the 4 x 8 tile: `ld1` two A pairs (v0-v1, 32 bytes) and four B pairs
+/// (v4-v7, 64 bytes), then 8 matrix multiply-accumulates into v16-v23 (accumulator `4 q + h`
+/// = A pair `q` times B pair `h`).
+macro_rules! mmla_chunk4 {
+    ($op:literal) => {
+        concat!(
+            "ld1 {{v0.16b, v1.16b}}, [{a}], #32\n",
+            "ld1 {{v4.16b, v5.16b, v6.16b, v7.16b}}, [{b}], #64\n",
+            $op,
+            " v16.4s, v0.16b, v4.16b\n",
+            $op,
+            " v17.4s, v0.16b, v5.16b\n",
+            $op,
+            " v18.4s, v0.16b, v6.16b\n",
+            $op,
+            " v19.4s, v0.16b, v7.16b\n",
+            $op,
+            " v20.4s, v1.16b, v4.16b\n",
+            $op,
+            " v21.4s, v1.16b, v5.16b\n",
+            $op,
+            " v22.4s, v1.16b, v6.16b\n",
+            $op,
+            " v23.4s, v1.16b, v7.16b\n",
+        )
+    };
+}
+
+macro_rules! mmla_tile4 {
+    ($name:ident, $a:ty, $op:literal) => {
+        /// The 4 x 8 micro-kernel: as the 8 x 8 one with two A pairs per depth chunk (a strip
+        /// of [`MR4`] rows, `[chunk][pair][16 bytes]`), 8 accumulators in v16-v23; it writes
+        /// rows 0..4 of the tile. `corr` is all zeros and not read.
+        #[target_feature(enable = "neon,i8mm")]
+        unsafe fn $name(
+            a: *const $a,
+            b: *const i8,
+            kp: usize,
+            corr: &[i32; MR],
+            c: *mut i32,
+            ldc: usize,
+        ) {
+            debug_assert!(corr.iter().all(|&x| x == 0));
+            debug_assert!(kp > 0 && kp % 8 == 0);
+            let z = vdupq_n_s32(0);
+            let mut acc = [z; 8];
+            let chunks = kp / 8;
+            // SAFETY: the strip holds MR4 * kp = 32 * chunks bytes and the panel NR * kp bytes
+            // (the caller's contract); the block reads exactly `chunks` chunks of 32 and 64
+            // bytes, advancing copies of the pointers. It writes only the named registers; the
+            // callee-saved v8-v15 are not touched. `i8mm` is enabled for this function.
+            unsafe {
+                asm!(
+                    "lsr {p}, {n}, #1",
+                    "cbz {p}, 2f",
+                    "1:",
+                    mmla_chunk4!($op),
+                    mmla_chunk4!($op),
+                    "subs {p}, {p}, #1",
+                    "b.ne 1b",
+                    "2:",
+                    "tbz {n}, #0, 3f",
+                    mmla_chunk4!($op),
+                    "3:",
+                    n = in(reg) chunks,
+                    p = out(reg) _,
+                    a = inout(reg) a => _,
+                    b = inout(reg) b => _,
+                    out("v0") _, out("v1") _,
+                    out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                    inout("v16") acc[0], inout("v17") acc[1], inout("v18") acc[2],
+                    inout("v19") acc[3], inout("v20") acc[4], inout("v21") acc[5],
+                    inout("v22") acc[6], inout("v23") acc[7],
+                    options(nostack, readonly)
+                );
+            }
+            for q in 0..MR4 / 2 {
+                let r0 = c.wrapping_add(2 * q * ldc);
+                let r1 = c.wrapping_add((2 * q + 1) * ldc);
+                for h in 0..2 {
+                    let x = vreinterpretq_s64_s32(acc[4 * q + 2 * h]);
+                    let y = vreinterpretq_s64_s32(acc[4 * q + 2 * h + 1]);
+                    // SAFETY: the caller provides a 4 x 8 destination with row stride ldc.
+                    unsafe {
+                        vst1q_s32(r0.add(4 * h), vreinterpretq_s32_s64(vzip1q_s64(x, y)));
+                        vst1q_s32(r1.add(4 * h), vreinterpretq_s32_s64(vzip2q_s64(x, y)));
+                    }
+                }
+            }
+        }
+    };
+}
+
+mmla_tile4!(tile4_smmla, i8, "smmla");
+mmla_tile4!(tile4_usmmla, u8, "usmmla");
