@@ -215,6 +215,30 @@ impl Table256 {
             r
         }
     }
+
+    /// [`Table256::lookup`] with the number of used parts fixed at compile time (`USED ==
+    /// self.used`): no loop and no test per lookup, for the loops that run it per 16 scores.
+    ///
+    /// # Safety
+    /// NEON must be available.
+    #[inline(always)]
+    unsafe fn lookup_n<const USED: usize>(&self, idx: uint8x16_t) -> uint8x16_t {
+        debug_assert_eq!(USED, self.used);
+        // SAFETY: NEON is available (this function's contract); only register operations follow.
+        unsafe {
+            let mut r = vqtbl4q_u8(self.parts[0], idx);
+            if USED > 1 {
+                r = vqtbx4q_u8(r, self.parts[1], vsubq_u8(idx, vdupq_n_u8(64)));
+            }
+            if USED > 2 {
+                r = vqtbx4q_u8(r, self.parts[2], vsubq_u8(idx, vdupq_n_u8(128)));
+            }
+            if USED > 3 {
+                r = vqtbx4q_u8(r, self.parts[3], vsubq_u8(idx, vdupq_n_u8(192)));
+            }
+            r
+        }
+    }
 }
 
 /// `max(row)` of a non-empty row.
@@ -258,6 +282,63 @@ unsafe fn index4(d: int32x4_t, c: float64x2_t) -> [uint64x2_t; 2] {
     }
 }
 
+/// The constants of one row's vector index pass (see [`index_softmax_row`]).
+struct IndexPass {
+    mv: int32x4_t,
+    tv: int32x4_t,
+    c: float64x2_t,
+    table: Table256,
+    pick_lo: uint8x16_t,
+    pick_hi: uint8x16_t,
+}
+
+impl IndexPass {
+    /// The table values of the whole 16-score chunks of `row` into `e`, with `USED` table
+    /// parts; returns the partial sums and how many scores were done.
+    ///
+    /// # Safety
+    /// NEON must be available, `USED == self.table.used`, and `e.len() >= row.len()`.
+    #[target_feature(enable = "neon")]
+    unsafe fn run<const USED: usize>(&self, row: &[i32], e: &mut [u8]) -> (uint32x4_t, usize) {
+        // In registers for the whole loop (through `self` they were reloaded per chunk).
+        let (mv, tv, c) = (self.mv, self.tv, self.c);
+        let (table, pick_lo, pick_hi) = (self.table, self.pick_lo, self.pick_hi);
+        let mut acc = vdupq_n_u32(0);
+        let mut rows = row.chunks_exact(16);
+        let mut outs = e.chunks_exact_mut(16);
+        for (s, o) in (&mut rows).zip(&mut outs) {
+            // SAFETY: the chunk has 16 elements; NEON is present (this function's contract).
+            let sv = unsafe { vld1q_s32_x4(s.as_ptr()) };
+            // m - S >= 0; saturating at i32::MAX changes nothing once clamped to T <= 2^30.
+            let d = |v| vminq_s32(vqsubq_s32(mv, v), tv);
+            // SAFETY: NEON is present.
+            let (i0, i1, i2, i3) = unsafe {
+                (
+                    index4(d(sv.0), c),
+                    index4(d(sv.1), c),
+                    index4(d(sv.2), c),
+                    index4(d(sv.3), c),
+                )
+            };
+            let u8s = |a: [uint64x2_t; 2], b: [uint64x2_t; 2]| {
+                uint8x16x4_t(
+                    vreinterpretq_u8_u64(a[0]),
+                    vreinterpretq_u8_u64(a[1]),
+                    vreinterpretq_u8_u64(b[0]),
+                    vreinterpretq_u8_u64(b[1]),
+                )
+            };
+            let ib = vqtbx4q_u8(vqtbl4q_u8(u8s(i0, i1), pick_lo), u8s(i2, i3), pick_hi);
+            // SAFETY: indices are <= N - 1 <= 255; USED is the table's part count.
+            let ev = unsafe { table.lookup_n::<USED>(ib) };
+            // SAFETY: the output chunk has 16 bytes.
+            unsafe { vst1q_u8(o.as_mut_ptr(), ev) };
+            acc = vpadalq_u16(acc, vpaddlq_u8(ev));
+        }
+        (acc, row.len() / 16 * 16)
+    }
+}
+
 /// IndexSoftmax exponent pass, see [`KernelImpl::index_softmax_row`].
 ///
 /// # Safety
@@ -296,41 +377,27 @@ pub(crate) unsafe fn index_softmax_row(
         unsafe { vld1q_u8(ix.as_ptr()) }
     };
     let (pick_lo, pick_hi) = (pick(true), pick(false));
-    let mut acc = vdupq_n_u32(0);
-    let mut rows = row.chunks_exact(16);
-    let mut outs = e.chunks_exact_mut(16);
-    for (s, o) in (&mut rows).zip(&mut outs) {
-        // SAFETY: the chunk has 16 elements.
-        let sv = unsafe { vld1q_s32_x4(s.as_ptr()) };
-        // m - S >= 0; saturating at i32::MAX changes nothing once clamped to T <= 2^30.
-        let d = |v| vminq_s32(vqsubq_s32(mv, v), tv);
-        // SAFETY: NEON is present.
-        let (i0, i1, i2, i3) = unsafe {
-            (
-                index4(d(sv.0), c),
-                index4(d(sv.1), c),
-                index4(d(sv.2), c),
-                index4(d(sv.3), c),
-            )
-        };
-        let u8s = |a: [uint64x2_t; 2], b: [uint64x2_t; 2]| {
-            uint8x16x4_t(
-                vreinterpretq_u8_u64(a[0]),
-                vreinterpretq_u8_u64(a[1]),
-                vreinterpretq_u8_u64(b[0]),
-                vreinterpretq_u8_u64(b[1]),
-            )
-        };
-        let ib = vqtbx4q_u8(vqtbl4q_u8(u8s(i0, i1), pick_lo), u8s(i2, i3), pick_hi);
-        // SAFETY: indices are <= N - 1 <= 255.
-        let ev = unsafe { table.lookup(ib) };
-        // SAFETY: the output chunk has 16 bytes.
-        unsafe { vst1q_u8(o.as_mut_ptr(), ev) };
-        acc = vpadalq_u16(acc, vpaddlq_u8(ev));
-    }
+    let pass = IndexPass {
+        mv,
+        tv,
+        c,
+        table,
+        pick_lo,
+        pick_hi,
+    };
+    // SAFETY: NEON is present; `table.used` is the pass's part count in every arm.
+    let (acc, done) = unsafe {
+        match table.used {
+            1 => pass.run::<1>(row, e),
+            2 => pass.run::<2>(row, e),
+            3 => pass.run::<3>(row, e),
+            _ => pass.run::<4>(row, e),
+        }
+    };
+    let (rows, outs) = (&row[done..], &mut e[done..]);
     let entries = lut.entries();
     let mut sum = vaddvq_u32(acc);
-    for (&s, o) in rows.remainder().iter().zip(outs.into_remainder()) {
+    for (&s, o) in rows.iter().zip(outs) {
         let d = (m as i64 - s as i64).min(threshold as i64);
         let v = entries[reference::table_index(d, lut.max_index(), threshold)];
         *o = v;
