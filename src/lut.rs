@@ -89,11 +89,22 @@ fn check_scales(s_q: f32, s_k: f32, scale: f32) -> Result<()> {
 pub fn threshold_exact(clip: f32, s_q: f32, s_k: f32, scale: f32) -> Result<i32> {
     check_scales(s_q, s_k, scale)?;
     check_bits_and_clip(DEFAULT_TABLE_BITS, clip)?;
-    if s_q == 0.0 || s_k == 0.0 {
-        return Ok(MAX_THRESHOLD);
+    Ok(threshold_of_checked(clip, s_q, s_k, scale))
+}
+
+/// [`threshold_exact`] for a clip that [`Lut::new`] accepted and a finite, positive softmax
+/// `scale` (both checked once per call): the engine's per-row thresholds (per-row Q scales),
+/// where checking them again was most of the cost. A zero or non-finite (a row with a NaN or
+/// infinity, which the call reports as an error) `s_q` or `s_k` gives `2^30`, what
+/// [`threshold_exact`]'s caller used for its error.
+pub(crate) fn threshold_of_checked(clip: f32, s_q: f32, s_k: f32, scale: f32) -> i32 {
+    debug_assert!(scale.is_finite() && scale > 0.0);
+    debug_assert!(check_bits_and_clip(DEFAULT_TABLE_BITS, clip).is_ok());
+    if !(s_q.is_finite() && s_k.is_finite() && s_q > 0.0 && s_k > 0.0) {
+        return MAX_THRESHOLD;
     }
-    Ok(threshold_fast(clip, s_q, s_k, scale)
-        .unwrap_or_else(|| threshold_rational(clip, s_q, s_k, scale)))
+    threshold_fast(clip, s_q, s_k, scale)
+        .unwrap_or_else(|| threshold_rational(clip, s_q, s_k, scale))
 }
 
 /// [`threshold_exact`] in three f64 operations where they decide it (positive scales): `s_q s_k`

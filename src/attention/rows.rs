@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::kernels::KernelImpl;
-use crate::lut::{threshold_exact, threshold_paper_sim, Lut, MAX_THRESHOLD};
+use crate::lut::{threshold_of_checked, threshold_paper_sim, Lut, MAX_THRESHOLD};
 use crate::ops::softmax::SoftmaxVariant;
 use crate::pipeline::Pipeline;
 
@@ -57,14 +57,17 @@ impl RowSoftmax {
     pub fn param(&self, s_q: f32, s_k: f32) -> RowParam {
         match &self.soft {
             Soft::Index { variant, clip, .. } => {
-                let t = match variant {
-                    SoftmaxVariant::PaperSim => threshold_paper_sim(*clip, s_q, s_k, self.scale),
-                    _ => threshold_exact(*clip, s_q, s_k, self.scale),
+                // Scales here are finite and non-negative, the softmax scale positive and the
+                // clip checked by `Lut::new`: the paper-simulation rule's error arm is never
+                // taken, and would mean "no scale", i.e. the largest threshold.
+                let threshold = match variant {
+                    SoftmaxVariant::PaperSim => {
+                        threshold_paper_sim(*clip, s_q, s_k, self.scale).unwrap_or(MAX_THRESHOLD)
+                    }
+                    _ => threshold_of_checked(*clip, s_q, s_k, self.scale),
                 };
-                // Scales here are finite and non-negative and the clip was checked: the error
-                // arm is never taken, and would mean "no scale", i.e. the largest threshold.
                 RowParam {
-                    threshold: t.unwrap_or(MAX_THRESHOLD),
+                    threshold,
                     logit_scale: 0.0,
                 }
             }

@@ -27,11 +27,11 @@ pub(crate) fn output_row_channels<T: O32>(
     v_mean: &[f32],
     out: &mut [f32],
 ) {
-    if v_scales.len() == 1 {
-        output_row(o32, divisor, v_scales[0], out);
-    } else {
-        channels_at(crate::simd::level(), o32, divisor, v_scales, out);
+    if v_scales.len() != 1 {
+        // The mean goes in with the conversion (one pass over the row).
+        return channels_at(crate::simd::level(), o32, divisor, v_scales, v_mean, out);
     }
+    output_row(o32, divisor, v_scales[0], out);
     // A row that saw no key stays zero (section 2): its weights do not sum to one.
     if divisor != 0 && !v_mean.is_empty() {
         for (o, &m) in out.iter_mut().zip(v_mean) {
@@ -42,19 +42,48 @@ pub(crate) fn output_row_channels<T: O32>(
 
 crate::simd::dispatch! {
     /// [`channels_body`] compiled for a given [`crate::simd::Level`].
-    fn channels_at<T: O32>(o32: &[T], divisor: u32, v_scales: &[f32], out: &mut [f32])
-        => channels_body
+    fn channels_at<T: O32>(
+        o32: &[T],
+        divisor: u32,
+        v_scales: &[f32],
+        v_mean: &[f32],
+        out: &mut [f32]
+    ) => channels_body
+}
+
+/// [`channels_rows`] with the mean (when there is one) as a compile-time choice.
+#[inline(always)]
+fn channels_body<T: O32>(
+    o32: &[T],
+    divisor: u32,
+    v_scales: &[f32],
+    v_mean: &[f32],
+    out: &mut [f32],
+) {
+    if v_mean.is_empty() {
+        channels_rows(o32, divisor, v_scales, None, out)
+    } else {
+        channels_rows(o32, divisor, v_scales, Some(v_mean), out)
+    }
 }
 
 /// Per-channel scales: `q = fl64(fl64(O32 * s_c) * fl64(1 / divisor))`, three roundings of
 /// at most 2^-53 each, so `q` is within 3 f64 ulps of the exact quotient: inside the window
 /// of 16 ulps around the f32 halfway points that [`output_row`]'s check declines, so the same
 /// check (per entry, in integer lanes) proves the rounding to f32 correct; the rest take
-/// [`output_exact`]. One division per row instead of one per channel.
+/// [`output_exact`]. One division per row instead of one per channel. With `mean`, each entry
+/// then gets `mean[c]` added in f32 (the second rounding of section 6), in the same pass.
 #[inline(always)]
-fn channels_body<T: O32>(o32: &[T], divisor: u32, v_scales: &[f32], out: &mut [f32]) {
+fn channels_rows<T: O32>(
+    o32: &[T],
+    divisor: u32,
+    v_scales: &[f32],
+    mean: Option<&[f32]>,
+    out: &mut [f32],
+) {
     const GROUP: usize = 8;
     if divisor == 0 {
+        // A row that saw no key stays zero (section 2), mean or not.
         out.fill(0.0);
         return;
     }
@@ -63,13 +92,23 @@ fn channels_body<T: O32>(o32: &[T], divisor: u32, v_scales: &[f32], out: &mut [f
         let x: i64 = x.into();
         *o = output_exact(x, s, divisor);
     };
+    let zeros = [0f32; GROUP];
     let mut outs = out.chunks_exact_mut(GROUP);
     let mut ins = o32.chunks_exact(GROUP);
     let mut scales = v_scales.chunks_exact(GROUP);
+    let mut means = mean.unwrap_or(&[]).chunks_exact(GROUP);
     for ((o, x), s) in (&mut outs).zip(&mut ins).zip(&mut scales) {
         let x: [T; GROUP] = x.try_into().expect("group");
         let s: &[f32; GROUP] = s.try_into().expect("group");
         let o: &mut [f32; GROUP] = o.try_into().expect("group");
+        let m: &[f32; GROUP] = match mean {
+            Some(_) => means
+                .next()
+                .expect("a mean per column")
+                .try_into()
+                .expect("group"),
+            None => &zeros,
+        };
         const MIN_BITS: u64 = (f32::MIN_POSITIVE as f64).to_bits();
         const MAX_BITS: u64 = (f32::MAX as f64).to_bits();
         let mut bad = 0u64;
@@ -90,14 +129,24 @@ fn channels_body<T: O32>(o32: &[T], divisor: u32, v_scales: &[f32], out: &mut [f
                 one(o, x, s);
             }
         }
+        if mean.is_some() {
+            for (o, &m) in o.iter_mut().zip(m) {
+                *o += m;
+            }
+        }
     }
-    for ((o, &x), &s) in outs
+    let rest_means = means.remainder();
+    for (c, ((o, &x), &s)) in outs
         .into_remainder()
         .iter_mut()
         .zip(ins.remainder())
         .zip(scales.remainder())
+        .enumerate()
     {
         one(o, x, s);
+        if mean.is_some() {
+            *o += rest_means[c];
+        }
     }
 }
 
@@ -257,7 +306,7 @@ mod tests {
     ) {
         for level in crate::simd::levels() {
             let mut got = vec![f32::NAN; o32.len()];
-            super::channels_at(level, o32, div, scales, &mut got);
+            super::channels_at(level, o32, div, scales, &[], &mut got);
             for (i, ((&x, &g), &s)) in o32.iter().zip(&got).zip(scales).enumerate() {
                 let want = dequantize_output(x.into(), s, div);
                 assert!(
@@ -266,14 +315,31 @@ mod tests {
                 );
             }
         }
-        let mut got = vec![f32::NAN; o32.len()];
-        super::output_row_channels(o32, div, scales, mean, &mut got);
-        for (i, (&x, &g)) in o32.iter().zip(&got).enumerate() {
+        let with_mean = |i: usize, x: T| {
             let mut want = dequantize_output(x.into(), scales[i], div);
             if div != 0 && !mean.is_empty() {
                 want += mean[i];
             }
+            want
+        };
+        let mut got = vec![f32::NAN; o32.len()];
+        super::output_row_channels(o32, div, scales, mean, &mut got);
+        for (i, (&x, &g)) in o32.iter().zip(&got).enumerate() {
+            let want = with_mean(i, x);
             assert_eq!(g.to_bits(), want.to_bits(), "entry {i} with the mean");
+        }
+        // The mean added in the conversion pass, on every level.
+        for level in crate::simd::levels() {
+            let mut got = vec![f32::NAN; o32.len()];
+            super::channels_at(level, o32, div, scales, mean, &mut got);
+            for (i, (&x, &g)) in o32.iter().zip(&got).enumerate() {
+                let want = with_mean(i, x);
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "{level:?}, entry {i} with the mean"
+                );
+            }
         }
     }
 
