@@ -16,8 +16,10 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::{drive, own_layout, pack_rows, Layout, MR, NR};
-use crate::kernels::{KernelImpl, LayoutId, PackedB};
+use std::mem::MaybeUninit;
+
+use super::{own_layout, pack_rows_strided, run_strips, Layout, MR, MR4, NR};
+use crate::kernels::{strided_s8s8_fallback, strided_u8s8_fallback, KernelImpl, LayoutId, PackedB};
 
 /// Proof that the CPU has NEON and the dot-product instructions.
 pub struct Dotprod {
@@ -50,14 +52,17 @@ impl KernelImpl for Dotprod {
         if !own_layout(b, LAYOUT_ID, LAYOUT) {
             return self.gemm_s8s8_nt(a, b.data(), m, b.n(), b.k(), c);
         }
-        let (k, kp) = (b.k(), LAYOUT.padded_k(b.k()));
-        let strip = |i0, rows, s: &mut [i8]| {
-            pack_rows(a, k, kp, i0, rows, s);
-            [0; MR]
-        };
-        // SAFETY: we hold a `Dotprod`, so NEON and SDOT are present; `tile_sdot` reads MR * kp
-        // strip bytes and NR * kp panel bytes and writes one 8 x 8 tile, as `drive` requires.
-        unsafe { drive(LAYOUT, m, b, c, strip, tile_sdot) }
+        let k = b.k();
+        // SAFETY: we hold a `Dotprod`, so NEON and SDOT are present; `b` is in our layout.
+        unsafe { run_s8(a, k, m, b, c, b.n()) }
+    }
+
+    fn gemm_s8s8_packed_strided(&self, a: &[i8], m: usize, b: &PackedB, c: &mut [i32], ldc: usize) {
+        if !own_layout(b, LAYOUT_ID, LAYOUT) {
+            return strided_s8s8_fallback(self, a, m, b, c, ldc);
+        }
+        // SAFETY: as in `gemm_s8s8_packed`.
+        unsafe { run_s8(a, b.k(), m, b, c, ldc) }
     }
 
     fn pack_v_into(&self, b: &[i8], k: usize, n: usize, out: &mut [i8]) {
@@ -68,19 +73,64 @@ impl KernelImpl for Dotprod {
         if !own_layout(b, LAYOUT_ID, LAYOUT) {
             return self.gemm_u8s8(a, b.data(), m, b.n(), b.k(), c);
         }
-        let (k, kp) = (b.k(), LAYOUT.padded_k(b.k()));
-        let strip = |i0, rows, s: &mut [u8]| {
-            pack_rows(a, k, kp, i0, rows, s);
-            let mut corr = [0i32; MR];
-            for (r, cr) in corr.iter_mut().enumerate().take(rows) {
-                let sum: u32 = s[r * kp..r * kp + k].iter().map(|&p| p as u32).sum();
-                // <= 128 * 255 * MAX_K_U8S8 < 2^31.
-                *cr = (128 * sum) as i32;
-            }
-            corr
-        };
         // SAFETY: as in `gemm_s8s8_packed`, with UDOT.
-        unsafe { drive(LAYOUT, m, b, c, strip, tile_udot) }
+        unsafe { run_u8(a, b.k(), m, b, c) }
+    }
+
+    fn gemm_u8s8_packed_strided(&self, a: &[u8], lda: usize, m: usize, b: &PackedB, c: &mut [i32]) {
+        if !own_layout(b, LAYOUT_ID, LAYOUT) {
+            return strided_u8s8_fallback(self, a, lda, m, b, c);
+        }
+        // SAFETY: as in `gemm_s8s8_packed`, with UDOT.
+        unsafe { run_u8(a, lda, m, b, c) }
+    }
+}
+
+/// Q K^T through [`run_strips`]: row-major strips, no corrections.
+///
+/// # Safety
+/// The CPU must have NEON and SDOT; `b` must be in this kernel's own layout.
+unsafe fn run_s8(a: &[i8], lda: usize, m: usize, b: &PackedB, c: &mut [i32], ldc: usize) {
+    let (k, kp) = (b.k(), LAYOUT.padded_k(b.k()));
+    let pack = |a: &[u8], i0, rows, tile_rows, s: &mut [MaybeUninit<u8>]| {
+        pack_rows_strided(a, lda, k, kp, i0, rows, tile_rows, s);
+        [0; MR]
+    };
+    // SAFETY: the caller's contract; the tiles read the row-major strips `pack` writes whole.
+    unsafe { run_strips(LAYOUT, a, lda, m, b, c, ldc, [tile_sdot, tile4_sdot], pack) }
+}
+
+/// P x V through [`run_strips`]: row-major strips of P against `v + 128`, each row corrected by
+/// `128 * sum(p)` (module docs).
+///
+/// # Safety
+/// The CPU must have NEON and UDOT; `b` must be in this kernel's own layout.
+unsafe fn run_u8(a: &[u8], lda: usize, m: usize, b: &PackedB, c: &mut [i32]) {
+    let (k, kp) = (b.k(), LAYOUT.padded_k(b.k()));
+    let pack = |a: &[u8], i0: usize, rows: usize, tile_rows, s: &mut [MaybeUninit<u8>]| {
+        pack_rows_strided(a, lda, k, kp, i0, rows, tile_rows, s);
+        let mut corr = [0i32; MR];
+        for (r, cr) in corr.iter_mut().enumerate().take(rows) {
+            let row = &a[(i0 + r) * lda..(i0 + r) * lda + k];
+            let sum: u32 = row.iter().map(|&p| p as u32).sum();
+            // <= 128 * 255 * MAX_K_U8S8 < 2^31.
+            *cr = (128 * sum) as i32;
+        }
+        corr
+    };
+    // SAFETY: as in `run_s8`, with UDOT.
+    unsafe {
+        run_strips(
+            LAYOUT,
+            a,
+            lda,
+            m,
+            b,
+            c,
+            b.n(),
+            [tile_udot, tile4_udot],
+            pack,
+        )
     }
 }
 
@@ -122,10 +172,11 @@ unsafe fn udot_lane<const LANE: i32>(
     acc
 }
 
-/// One micro-kernel body for both signednesses: 16 depth values per step, 8 A rows loaded as
-/// 16 bytes each, and per group of 4 depth values two B vectors (columns 0-3 and 4-7).
+/// One micro-kernel body for both signednesses and both tile heights (`$rows`, 8 or 4): 16
+/// depth values per step, each A row loaded as 16 bytes, and per group of 4 depth values two B
+/// vectors (columns 0-3 and 4-7).
 macro_rules! dot_tile {
-    ($name:ident, $a:ty, $acc:ty, $zero:expr, $zero_a:expr, $load:ident, $dot:ident, $to_s32:expr) => {
+    ($name:ident, $rows:expr, $a:ty, $acc:ty, $zero:expr, $zero_a:expr, $load:ident, $dot:ident, $to_s32:expr) => {
         #[target_feature(enable = "neon,dotprod")]
         unsafe fn $name(
             a: *const $a,
@@ -135,10 +186,10 @@ macro_rules! dot_tile {
             c: *mut i32,
             ldc: usize,
         ) {
-            let mut acc: [[$acc; 2]; MR] = [[$zero; 2]; MR];
+            let mut acc: [[$acc; 2]; $rows] = [[$zero; 2]; $rows];
             let mut t = 0;
             while t < kp {
-                let mut av = [$zero_a; MR];
+                let mut av = [$zero_a; $rows];
                 for (r, v) in av.iter_mut().enumerate() {
                     // SAFETY: row r of the strip has kp >= t + 16 bytes.
                     *v = unsafe { $load(a.add(r * kp + t)) };
@@ -167,7 +218,7 @@ macro_rules! dot_tile {
             }
             for (r, (acc, &corr)) in acc.iter().zip(corr).enumerate() {
                 let cr = vdupq_n_s32(corr);
-                // SAFETY: the caller provides an 8 x 8 destination with row stride ldc.
+                // SAFETY: the caller provides a $rows x 8 destination with row stride ldc.
                 unsafe {
                     vst1q_s32(c.add(r * ldc), vsubq_s32($to_s32(acc[0]), cr));
                     vst1q_s32(c.add(r * ldc + 4), vsubq_s32($to_s32(acc[1]), cr));
@@ -179,6 +230,7 @@ macro_rules! dot_tile {
 
 dot_tile!(
     tile_sdot,
+    MR,
     i8,
     int32x4_t,
     vdupq_n_s32(0),
@@ -189,6 +241,30 @@ dot_tile!(
 );
 dot_tile!(
     tile_udot,
+    MR,
+    u8,
+    uint32x4_t,
+    vdupq_n_u32(0),
+    vdupq_n_u8(0),
+    vld1q_u8,
+    udot_lane,
+    vreinterpretq_s32_u32
+);
+// The 4-row tiles of a decoding step's few query rows (see `MR4`).
+dot_tile!(
+    tile4_sdot,
+    MR4,
+    i8,
+    int32x4_t,
+    vdupq_n_s32(0),
+    vdupq_n_s8(0),
+    vld1q_s8,
+    sdot_lane,
+    core::convert::identity
+);
+dot_tile!(
+    tile4_udot,
+    MR4,
     u8,
     uint32x4_t,
     vdupq_n_u32(0),

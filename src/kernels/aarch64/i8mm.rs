@@ -16,7 +16,7 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 use std::mem::MaybeUninit;
 
-use super::{own_layout, Layout, MicroKernel, MR, NR};
+use super::{own_layout, run_strips, Layout, MicroKernel, MR, MR4, NR};
 use crate::kernels::{strided_s8s8_fallback, strided_u8s8_fallback, KernelImpl, LayoutId, PackedB};
 
 /// Proof that the CPU has NEON and the int8 matrix-multiply instructions.
@@ -93,23 +93,10 @@ impl KernelImpl for I8mm {
     }
 }
 
-/// Rows of the small tile. A decoding step multiplies 1-4 query rows per key/value head (the
-/// query heads of one group): the 8-row tile would spend half or more of its MMLAs on zero
-/// rows, and its partial tiles go through a scratch tile and a copy.
-const MR4: usize = 4;
-
-/// Strip buffers of at most this many bytes live on the stack (depth up to 512 for 8 rows): a
-/// decoding step makes one call per cache page, and a heap strip per call cost more than the
-/// strip's packing.
-const STACK_STRIP: usize = 4096;
-
-/// `c = A * B` for `A` of `m` rows `lda >= k` apart (`k = b.k()`) and packed B (this kernel's
-/// layout), `c` of `m` rows `ldc >= n` apart (entries between rows untouched). Strips of 8
-/// rows go to `tiles[0]`, a last strip of at most [`MR4`] rows to `tiles[1]`.
+/// [`run_strips`] with this kernel's strips: row pairs, no corrections.
 ///
 /// # Safety
 /// The CPU must have NEON and I8MM; `b` must be in this kernel's own layout.
-#[target_feature(enable = "neon")]
 unsafe fn run<A: bytemuck::Pod>(
     a: &[A],
     lda: usize,
@@ -119,82 +106,13 @@ unsafe fn run<A: bytemuck::Pod>(
     ldc: usize,
     tiles: [MicroKernel<A>; 2],
 ) {
-    let (n, k) = (b.n(), b.k());
-    assert!(
-        lda >= k
-            && ldc >= n
-            && (m == 0 || (a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n)),
-        "A must be m rows lda >= k apart and C m rows ldc >= n apart"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        for row in c.chunks_mut(ldc).take(m) {
-            row[..n].fill(0);
-        }
-        return;
-    }
-    // A is i8 or u8: the strip is packed as bytes.
-    let a: &[u8] = bytemuck::cast_slice(a);
-    let kp = LAYOUT.padded_k(k);
-    // Left uninitialised: every strip is written whole before a tile reads it, and zeroing
-    // 4 KiB per call cost a decoding step (one call per cache page) more than its packing.
-    let mut on_stack = [MaybeUninit::<u8>::uninit(); STACK_STRIP];
-    let mut on_heap;
-    let strip: &mut [MaybeUninit<u8>] = if MR * kp <= STACK_STRIP {
-        &mut on_stack[..MR * kp]
-    } else {
-        on_heap = Box::<[u8]>::new_uninit_slice(MR * kp);
-        &mut on_heap
+    let k = b.k();
+    let pack = |a: &[u8], i0: usize, rows: usize, tile_rows: usize, s: &mut [MaybeUninit<u8>]| {
+        pack_pairs_strided(a, lda, k, i0, rows, tile_rows / 2, s);
+        [0; MR]
     };
-    let mut edge = [0i32; MR * NR];
-    let corr = [0i32; MR];
-    let mut i0 = 0;
-    while i0 < m {
-        let left = m - i0;
-        let (tile_rows, tile) = if left <= MR4 {
-            (MR4, tiles[1])
-        } else {
-            (MR, tiles[0])
-        };
-        let rows = left.min(tile_rows);
-        pack_pairs_strided(a, lda, k, i0, rows, tile_rows / 2, strip);
-        // The tile reads the strip's first tile_rows * kp bytes, all written just above.
-        let strip_ptr = strip.as_ptr().cast::<A>();
-        // Whole tiles straight into C with plain pointer steps (an iterator over the panels
-        // cost about 9 instructions per tile more), then the tiles that need the scratch tile.
-        let panels = b.data().chunks_exact(NR * kp);
-        let direct = if rows == tile_rows { n / NR } else { 0 };
-        let (bp, cp) = (b.data().as_ptr(), c.as_mut_ptr());
-        for p in 0..direct {
-            // SAFETY: the tile's rows i0..i0 + rows, columns 8p..8p + 8 lie inside `c`
-            // (asserted above: row stride ldc >= n, 8p + 8 <= n); the strip's first
-            // tile_rows * kp bytes were all written by `pack_pairs_strided`; panel p's NR * kp
-            // bytes lie inside `b` (own layout: n.div_ceil(NR) panels); NEON and I8MM per the
-            // caller.
-            unsafe {
-                tile(
-                    strip_ptr,
-                    bp.add(p * NR * kp),
-                    kp,
-                    &corr,
-                    cp.add(i0 * ldc + p * NR),
-                    ldc,
-                )
-            };
-        }
-        for (p, panel) in panels.enumerate().skip(direct) {
-            let j0 = p * NR;
-            let cols = NR.min(n - j0);
-            // SAFETY: as above, into the 8 x 8 scratch tile (row stride NR).
-            unsafe { tile(strip_ptr, panel.as_ptr(), kp, &corr, edge.as_mut_ptr(), NR) };
-            for r in 0..rows {
-                c[(i0 + r) * ldc + j0..][..cols].copy_from_slice(&edge[r * NR..][..cols]);
-            }
-        }
-        i0 += rows;
-    }
+    // SAFETY: the caller's contract; the tiles read the row-pair strips `pack` writes whole.
+    unsafe { run_strips(LAYOUT, a, lda, m, b, c, ldc, tiles, pack) }
 }
 
 /// Packs rows `i0..i0 + rows` of the row-major `m x k` matrix `a` as row pairs (module docs),

@@ -63,6 +63,7 @@ pub mod i8mm;
 pub mod neon;
 
 use super::{KernelImpl, LayoutId, PackedB};
+use std::mem::MaybeUninit;
 
 /// Every aarch64 kernel this CPU can run, slowest first.
 pub(crate) fn kernels() -> Vec<&'static dyn KernelImpl> {
@@ -288,6 +289,145 @@ pub(crate) unsafe fn drive<A: Copy + Default>(
                 }
             }
         }
+    }
+}
+
+/// Rows of the small tile. A decoding step multiplies 1-4 query rows per key/value head (the
+/// query heads of one group): the 8-row tile would spend half or more of its work on zero rows,
+/// and its partial tiles go through a scratch tile and a copy.
+pub(crate) const MR4: usize = 4;
+
+/// Strip buffers of at most this many bytes live on the stack (depth up to 512 for 8 rows): a
+/// decoding step makes one call per cache page, and a heap strip per call cost more than the
+/// strip's packing.
+const STACK_STRIP: usize = 4096;
+
+/// `c = A * B` for `A` of `m` rows `lda >= k` apart (`k = b.k()`, one-byte elements) and packed
+/// B in `layout`, `c` of `m` rows `ldc >= n` apart (entries between rows untouched). Strips of
+/// 8 rows go to `tiles[0]`, a last strip of at most [`MR4`] rows to `tiles[1]` (which writes 4
+/// rows). `pack(a, i0, rows, tile_rows, strip)` packs rows `i0..i0 + rows` of `a` (as bytes)
+/// into the kernel's strip layout for a `tile_rows`-row tile, writing every one of the strip's
+/// first `tile_rows * kp` bytes, and returns the per-row corrections.
+///
+/// # Safety
+/// The CPU must run `tiles`; `b` must be in the kernel's own layout (`layout`), and `tiles[i]`
+/// must read at most `tile_rows * kp` strip bytes and `NR * kp` panel bytes and write one tile
+/// of 8 (or 4) rows x 8 columns at the given row stride.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn run_strips<A: bytemuck::Pod>(
+    layout: Layout,
+    a: &[A],
+    lda: usize,
+    m: usize,
+    b: &PackedB,
+    c: &mut [i32],
+    ldc: usize,
+    tiles: [MicroKernel<A>; 2],
+    mut pack: impl FnMut(&[u8], usize, usize, usize, &mut [MaybeUninit<u8>]) -> [i32; MR],
+) {
+    let (n, k) = (b.n(), b.k());
+    assert!(
+        lda >= k
+            && ldc >= n
+            && (m == 0 || (a.len() >= (m - 1) * lda + k && c.len() >= (m - 1) * ldc + n)),
+        "A must be m rows lda >= k apart and C m rows ldc >= n apart"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            row[..n].fill(0);
+        }
+        return;
+    }
+    // A is i8 or u8: the strip is packed as bytes.
+    let a: &[u8] = bytemuck::cast_slice(a);
+    let kp = layout.padded_k(k);
+    // Left uninitialised: every strip is written whole before a tile reads it, and zeroing
+    // 4 KiB per call cost a decoding step (one call per cache page) more than its packing.
+    let mut on_stack = [MaybeUninit::<u8>::uninit(); STACK_STRIP];
+    let mut on_heap;
+    let strip: &mut [MaybeUninit<u8>] = if MR * kp <= STACK_STRIP {
+        &mut on_stack[..MR * kp]
+    } else {
+        on_heap = Box::<[u8]>::new_uninit_slice(MR * kp);
+        &mut on_heap
+    };
+    let mut edge = [0i32; MR * NR];
+    let mut i0 = 0;
+    while i0 < m {
+        let left = m - i0;
+        let (tile_rows, tile) = if left <= MR4 {
+            (MR4, tiles[1])
+        } else {
+            (MR, tiles[0])
+        };
+        let rows = left.min(tile_rows);
+        let corr = pack(a, i0, rows, tile_rows, strip);
+        // The tile reads the strip's first tile_rows * kp bytes, all written by `pack`.
+        let strip_ptr = strip.as_ptr().cast::<A>();
+        // Whole tiles straight into C with plain pointer steps (an iterator over the panels
+        // cost about 9 instructions per tile more), then the tiles that need the scratch tile.
+        let panels = b.data().chunks_exact(NR * kp);
+        let direct = if rows == tile_rows { n / NR } else { 0 };
+        let (bp, cp) = (b.data().as_ptr(), c.as_mut_ptr());
+        for p in 0..direct {
+            // SAFETY: the tile's rows i0..i0 + rows, columns 8p..8p + 8 lie inside `c`
+            // (asserted above: row stride ldc >= n, 8p + 8 <= n); the strip's first
+            // tile_rows * kp bytes were all written by `pack`; panel p's NR * kp bytes lie
+            // inside `b` (own layout: n.div_ceil(NR) panels); the CPU runs `tile` (the
+            // caller's contract).
+            unsafe {
+                tile(
+                    strip_ptr,
+                    bp.add(p * NR * kp),
+                    kp,
+                    &corr,
+                    cp.add(i0 * ldc + p * NR),
+                    ldc,
+                )
+            };
+        }
+        for (p, panel) in panels.enumerate().skip(direct) {
+            let j0 = p * NR;
+            let cols = NR.min(n - j0);
+            // SAFETY: as above, into the 8 x 8 scratch tile (row stride NR).
+            unsafe { tile(strip_ptr, panel.as_ptr(), kp, &corr, edge.as_mut_ptr(), NR) };
+            for r in 0..rows {
+                c[(i0 + r) * ldc + j0..][..cols].copy_from_slice(&edge[r * NR..][..cols]);
+            }
+        }
+        i0 += rows;
+    }
+}
+
+/// Copies rows `i0..i0 + rows` of `a` (bytes, rows `lda` apart, `k` each) into the first
+/// `tile_rows` rows of a strip with row stride `kp`, zero past `rows` and past `k`, writing
+/// every one of the strip's first `tile_rows * kp` bytes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_rows_strided(
+    a: &[u8],
+    lda: usize,
+    k: usize,
+    kp: usize,
+    i0: usize,
+    rows: usize,
+    tile_rows: usize,
+    strip: &mut [MaybeUninit<u8>],
+) {
+    assert!(rows <= tile_rows && kp >= k && strip.len() >= tile_rows * kp);
+    assert!(rows == 0 || a.len() >= (i0 + rows - 1) * lda + k);
+    for (r, dst) in strip.chunks_exact_mut(kp).take(tile_rows).enumerate() {
+        let (head, tail) = dst.split_at_mut(if r < rows { k } else { 0 });
+        if r < rows {
+            let src = &a[(i0 + r) * lda..(i0 + r) * lda + k];
+            // SAFETY: `head` and `src` are k bytes each, distinct (one borrows `a`, the other
+            // the strip); u8 and MaybeUninit<u8> have the same layout.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), head.as_mut_ptr().cast(), k) };
+        }
+        // SAFETY: `tail` is a slice of MaybeUninit<u8>; writing zero bytes initialises it.
+        unsafe { std::ptr::write_bytes(tail.as_mut_ptr(), 0, tail.len()) };
     }
 }
 
