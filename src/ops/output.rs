@@ -109,19 +109,11 @@ fn channels_rows<T: O32>(
                 .expect("group"),
             None => &zeros,
         };
-        const MIN_BITS: u64 = (f32::MIN_POSITIVE as f64).to_bits();
-        const MAX_BITS: u64 = (f32::MAX as f64).to_bits();
         let mut bad = 0u64;
         for ((o, &x), &s) in o.iter_mut().zip(&x).zip(s) {
             let q = (x.to_f64() * s as f64) * inv;
-            let bits = q.to_bits();
-            let mag = bits & !(1 << 63);
-            let low = bits & ((1 << 29) - 1);
-            let big = x.past_f64() as u64;
             // A zero product (x or s zero) is exact: +0.0, as output_exact gives.
-            let range = ((mag.wrapping_sub(MIN_BITS) >= MAX_BITS - MIN_BITS) & (mag != 0)) as u64;
-            let near = (low.wrapping_sub((1 << 28) - 16) <= 32) as u64;
-            bad |= big | range | near;
+            bad |= undecided(x, q);
             *o = q as f32 + 0.0;
         }
         if bad != 0 {
@@ -203,22 +195,11 @@ fn output_row_body<T: O32>(o32: &[T], divisor: u32, v_scale: f32, out: &mut [f32
     for (o, x) in (&mut outs).zip(&mut ins) {
         let x: [T; GROUP] = x.try_into().expect("group");
         let o: &mut [f32; GROUP] = o.try_into().expect("group");
-        // Per entry, all in integer lanes: `x` past 2^53, |q| outside f32's normal range
-        // (compared as bit patterns, which order like magnitudes), or the low 29 bits of q
-        // within 16 of the f32 halfway point. `x == 0` gives q = +0.0, which is exact.
-        const MIN_BITS: u64 = (f32::MIN_POSITIVE as f64).to_bits();
-        const MAX_BITS: u64 = (f32::MAX as f64).to_bits();
         let mut bad = 0u64;
         for (o, &x) in o.iter_mut().zip(&x) {
             let q = x.to_f64() * factor;
-            let bits = q.to_bits();
-            let mag = bits & !(1 << 63);
-            let low = bits & ((1 << 29) - 1);
-            let big = x.past_f64() as u64;
             // A zero entry gives q = +0.0 or -0.0; the exact value is +0.0 (see below).
-            let range = ((mag.wrapping_sub(MIN_BITS) >= MAX_BITS - MIN_BITS) & (mag != 0)) as u64;
-            let near = (low.wrapping_sub((1 << 28) - 16) <= 32) as u64;
-            bad |= big | range | near;
+            bad |= undecided(x, q);
             *o = q as f32;
         }
         if bad != 0 {
@@ -230,6 +211,23 @@ fn output_row_body<T: O32>(o32: &[T], divisor: u32, v_scale: f32, out: &mut [f32
     for (o, &x) in outs.into_remainder().iter_mut().zip(ins.remainder()) {
         one(o, x);
     }
+}
+
+/// 1 where the f64 estimate `q` of an entry `x` cannot decide its f32 rounding, else 0, all in
+/// integer lanes (branch-free, so the group loops vectorise): `x` past 2^53, |q| outside f32's
+/// normal range (compared as bit patterns, which order like magnitudes; a zero `q` is exact),
+/// or the low 29 bits of `q` within 16 of the f32 halfway point.
+#[inline(always)]
+fn undecided<T: O32>(x: T, q: f64) -> u64 {
+    const MIN_BITS: u64 = (f32::MIN_POSITIVE as f64).to_bits();
+    const MAX_BITS: u64 = (f32::MAX as f64).to_bits();
+    let bits = q.to_bits();
+    let mag = bits & !(1 << 63);
+    let low = bits & ((1 << 29) - 1);
+    let big = x.past_f64() as u64;
+    let range = ((mag.wrapping_sub(MIN_BITS) >= MAX_BITS - MIN_BITS) & (mag != 0)) as u64;
+    let near = (low.wrapping_sub((1 << 28) - 16) <= 32) as u64;
+    big | range | near
 }
 
 /// `s_v / divisor` in f64 (one rounding), the per-row factor of [`dequantize_output_fast`];

@@ -16,7 +16,7 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 use std::mem::MaybeUninit;
 
-use super::{own_layout, run_strips, Layout, MicroKernel, MR, MR4, NR};
+use super::{own_layout, run_strips, Layout, MicroKernel, MR, NR};
 use crate::kernels::{strided_s8s8_fallback, strided_u8s8_fallback, KernelImpl, LayoutId, PackedB};
 
 /// Proof that the CPU has NEON and the int8 matrix-multiply instructions.
@@ -48,8 +48,13 @@ impl KernelImpl for I8mm {
         }
         assert_eq!(b.len(), n * k);
         assert_eq!(out.len(), LAYOUT.packed_len(n, k), "packed K length");
+        // A panel of 8 keys is a strip of 8 rows: the same row pairs as the A strips.
+        let b: &[u8] = bytemuck::cast_slice(b);
         for (p, panel) in out.chunks_exact_mut(NR * k).enumerate() {
-            pack_pairs(b, k, p * NR, NR.min(n - p * NR), panel);
+            // SAFETY: i8 and MaybeUninit<u8> have one layout; the packer only writes
+            // initialised bytes, so `panel` stays initialised.
+            let panel = unsafe { &mut *(panel as *mut [i8] as *mut [MaybeUninit<u8>]) };
+            pack_pairs_strided(b, k, k, p * NR, NR.min(n - p * NR), MR / 2, panel);
         }
     }
 
@@ -113,30 +118,6 @@ unsafe fn run<A: bytemuck::Pod>(
     };
     // SAFETY: the caller's contract; the tiles read the row-pair strips `pack` writes whole.
     unsafe { run_strips(LAYOUT, a, lda, m, b, c, ldc, tiles, pack) }
-}
-
-/// Packs rows `i0..i0 + rows` of the row-major `m x k` matrix `a` as row pairs (module docs),
-/// zero past `rows` and past `k`. Packed K has the same shape per panel of 8 keys, so
-/// [`I8mm::pack_k`] uses this too.
-fn pack_pairs<T: Copy + Default>(a: &[T], k: usize, i0: usize, rows: usize, strip: &mut [T]) {
-    assert!(strip.len() >= MR * k && a.len() >= (i0 + rows) * k);
-    if rows == MR && k.is_multiple_of(16) {
-        // SAFETY: NEON is part of the aarch64 target; rows i0..i0 + 8 of `a` and the first
-        // 8 * k elements of `strip` exist (asserted above), and T is a one-byte type here (u8
-        // or i8, the only A types of this kernel; checked below).
-        assert_eq!(std::mem::size_of::<T>(), 1);
-        unsafe { pack_pairs_neon(a.as_ptr().add(i0 * k).cast(), k, strip.as_mut_ptr().cast()) };
-        return;
-    }
-    strip.fill(T::default());
-    for r in 0..rows {
-        let src = &a[(i0 + r) * k..(i0 + r + 1) * k];
-        let (pair, half) = (r / 2, r % 2);
-        for (chunk, part) in src.chunks(8).enumerate() {
-            let at = chunk * MR * 8 + pair * 16 + half * 8;
-            strip[at..at + part.len()].copy_from_slice(part);
-        }
-    }
 }
 
 /// Packs rows `i0..i0 + rows` (`rows <= 2 * pairs`) of `a`, whose rows are `lda` apart, as
@@ -234,30 +215,6 @@ unsafe fn pack_pairs_rows_neon(
                 let d = strip.add(2 * c2 * pairs * 16 + 16 * q);
                 vst1q_u8(d, vreinterpretq_u8_u64(vzip1q_u64(x, y)));
                 vst1q_u8(d.add(pairs * 16), vreinterpretq_u8_u64(vzip2q_u64(x, y)));
-            }
-        }
-    }
-}
-
-/// [`pack_pairs`] for 8 full rows with `k` a multiple of 16: per row pair and 16 depth
-/// values, two loads, `zip1`/`zip2` on 64-bit lanes (chunk `c` of both rows, then chunk
-/// `c + 1`), two stores.
-///
-/// # Safety
-/// `a` must be readable for `8 * k` bytes (8 rows of stride `k`), `strip` writable for `8 * k`
-/// bytes, and `k` a multiple of 16.
-#[target_feature(enable = "neon")]
-unsafe fn pack_pairs_neon(a: *const u8, k: usize, strip: *mut u8) {
-    for c2 in 0..k / 16 {
-        for q in 0..MR / 2 {
-            // SAFETY: rows 2q and 2q + 1 hold k >= 16 c2 + 16 bytes; the destination chunks
-            // 2 c2 and 2 c2 + 1 lie inside the 8 k bytes of the strip.
-            unsafe {
-                let x = vreinterpretq_u64_u8(vld1q_u8(a.add(2 * q * k + 16 * c2)));
-                let y = vreinterpretq_u64_u8(vld1q_u8(a.add((2 * q + 1) * k + 16 * c2)));
-                let d = strip.add(2 * c2 * MR * 8 + 16 * q);
-                vst1q_u8(d, vreinterpretq_u8_u64(vzip1q_u64(x, y)));
-                vst1q_u8(d.add(MR * 8), vreinterpretq_u8_u64(vzip2q_u64(x, y)));
             }
         }
     }
@@ -421,21 +378,34 @@ macro_rules! mmla_tile {
                     options(nostack, readonly)
                 );
             }
-            for q in 0..MR / 2 {
-                let r0 = c.wrapping_add(2 * q * ldc);
-                let r1 = c.wrapping_add((2 * q + 1) * ldc);
-                for h in 0..2 {
-                    let x = vreinterpretq_s64_s32(acc[4 * q + 2 * h]);
-                    let y = vreinterpretq_s64_s32(acc[4 * q + 2 * h + 1]);
-                    // SAFETY: the caller provides an 8 x 8 destination with row stride ldc.
-                    unsafe {
-                        vst1q_s32(r0.add(4 * h), vreinterpretq_s32_s64(vzip1q_s64(x, y)));
-                        vst1q_s32(r1.add(4 * h), vreinterpretq_s32_s64(vzip2q_s64(x, y)));
-                    }
-                }
-            }
+            // SAFETY: the caller provides an 8 x 8 destination with row stride ldc.
+            unsafe { store_pairs(&acc, c, ldc) };
         }
     };
+}
+
+/// Writes a tile's accumulators to `c` (row stride `ldc`): accumulator `4 q + h` holds the
+/// 2 x 2 block of row pair `q` and column pair `h`, unzipped into rows with `zip1`/`zip2` on
+/// 64-bit lanes; `acc.len() / 2` rows of 8 columns.
+///
+/// # Safety
+/// `c` must be writable for those rows, 8 entries each, `ldc` apart.
+#[inline(always)]
+unsafe fn store_pairs(acc: &[int32x4_t], c: *mut i32, ldc: usize) {
+    for q in 0..acc.len() / 4 {
+        let r0 = c.wrapping_add(2 * q * ldc);
+        let r1 = c.wrapping_add((2 * q + 1) * ldc);
+        for h in 0..2 {
+            // SAFETY: register operations, then stores to rows 2q and 2q + 1, columns 4h..4h + 4,
+            // inside the destination (this function's contract).
+            unsafe {
+                let x = vreinterpretq_s64_s32(acc[4 * q + 2 * h]);
+                let y = vreinterpretq_s64_s32(acc[4 * q + 2 * h + 1]);
+                vst1q_s32(r0.add(4 * h), vreinterpretq_s32_s64(vzip1q_s64(x, y)));
+                vst1q_s32(r1.add(4 * h), vreinterpretq_s32_s64(vzip2q_s64(x, y)));
+            }
+        }
+    }
 }
 
 mmla_tile!(tile_smmla, i8, "smmla");
@@ -472,7 +442,7 @@ macro_rules! mmla_chunk4 {
 macro_rules! mmla_tile4 {
     ($name:ident, $a:ty, $op:literal) => {
         /// The 4 x 8 micro-kernel: as the 8 x 8 one with two A pairs per depth chunk (a strip
-        /// of [`MR4`] rows, `[chunk][pair][16 bytes]`), 8 accumulators in v16-v23; it writes
+        /// of [`super::MR4`] rows, `[chunk][pair][16 bytes]`), 8 accumulators in v16-v23; it writes
         /// rows 0..4 of the tile. `corr` is all zeros and not read.
         #[target_feature(enable = "neon,i8mm")]
         unsafe fn $name(
@@ -517,19 +487,8 @@ macro_rules! mmla_tile4 {
                     options(nostack, readonly)
                 );
             }
-            for q in 0..MR4 / 2 {
-                let r0 = c.wrapping_add(2 * q * ldc);
-                let r1 = c.wrapping_add((2 * q + 1) * ldc);
-                for h in 0..2 {
-                    let x = vreinterpretq_s64_s32(acc[4 * q + 2 * h]);
-                    let y = vreinterpretq_s64_s32(acc[4 * q + 2 * h + 1]);
-                    // SAFETY: the caller provides a 4 x 8 destination with row stride ldc.
-                    unsafe {
-                        vst1q_s32(r0.add(4 * h), vreinterpretq_s32_s64(vzip1q_s64(x, y)));
-                        vst1q_s32(r1.add(4 * h), vreinterpretq_s32_s64(vzip2q_s64(x, y)));
-                    }
-                }
-            }
+            // SAFETY: the caller provides a 4 x 8 destination with row stride ldc.
+            unsafe { store_pairs(&acc, c, ldc) };
         }
     };
 }
