@@ -95,7 +95,7 @@ pub fn parse(text: &str) -> Result<Vec<FilePatch>, String> {
 }
 
 /// `a,b +c,d @@` -> (b, d); a missing count means 1.
-fn hunk_counts(rest: &str) -> Option<(usize, usize)> {
+pub fn hunk_counts(rest: &str) -> Option<(usize, usize)> {
     let mut parts = rest.split_whitespace();
     let old = parts.next()?;
     let new = parts.next()?.strip_prefix('+')?;

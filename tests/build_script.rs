@@ -1001,7 +1001,7 @@ fn patches_are_well_formed_unified_diffs() {
             }
             if let Some(rest) = line.strip_prefix("@@ -") {
                 let (old, new) =
-                    hunk_counts(rest).unwrap_or_else(|| panic!("bad hunk header {line:?}"));
+                    patch::hunk_counts(rest).unwrap_or_else(|| panic!("bad hunk header {line:?}"));
                 let (mut seen_old, mut seen_new) = (0, 0);
                 i += 1;
                 while i < lines.len() && (seen_old < old || seen_new < new) {
@@ -1046,20 +1046,6 @@ fn patches_are_well_formed_unified_diffs() {
             "{expected} not in the patch"
         );
     }
-}
-
-/// `a,b +c,d @@` -> (b, d); a missing count means 1.
-fn hunk_counts(rest: &str) -> Option<(usize, usize)> {
-    let mut parts = rest.split_whitespace();
-    let old = parts.next()?;
-    let new = parts.next()?.strip_prefix('+')?;
-    let count = |s: &str| -> Option<usize> {
-        match s.split_once(',') {
-            Some((_, n)) => n.parse().ok(),
-            None => Some(1),
-        }
-    };
-    Some((count(old)?, count(new)?))
 }
 
 // ---- patch.rs: applying and verifying -----------------------------------------------------
@@ -1432,7 +1418,8 @@ fn new_files_in_patch(text: &str) -> Vec<(String, String)> {
                 .strip_prefix("+++ b/")
                 .expect("+++ b/ after --- /dev/null");
             let (_, count) =
-                hunk_counts(lines[i + 2].strip_prefix("@@ -").expect("hunk header")).unwrap();
+                patch::hunk_counts(lines[i + 2].strip_prefix("@@ -").expect("hunk header"))
+                    .unwrap();
             let body: Vec<&str> = lines[i + 3..i + 3 + count]
                 .iter()
                 .map(|l| l.strip_prefix('+').expect("added line"))
